@@ -1,0 +1,424 @@
+package cachegroup
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// ErrExists is returned when a name is taken by something incompatible.
+var ErrExists = errors.New("already exists with different settings")
+
+// Owner is a uid:gid that committed files are normalised to.
+type Owner struct {
+	UID uint32 `json:"uid"`
+	GID uint32 `json:"gid"`
+}
+
+// Volume is a volume's head: its current root and its settings.
+type Volume struct {
+	ID    string `json:"id"`
+	Name  string `json:"name"`
+	Quota int64  `json:"quota"`
+	// Owner, if set, normalises every committed file to this uid:gid.
+	Owner      *Owner    `json:"owner,omitempty"`
+	Root       Digest    `json:"root"`
+	Size       int64     `json:"size"`
+	Count      int64     `json:"count"`
+	Generation uint64    `json:"generation"`
+	Source     string    `json:"source,omitempty"` // snapshot it was cloned from
+	Created    time.Time `json:"created"`
+	Updated    time.Time `json:"updated"`
+}
+
+// Snapshot pins one generation of a volume.
+type Snapshot struct {
+	ID       string    `json:"id"`
+	Name     string    `json:"name"`
+	VolumeID string    `json:"volumeID"`
+	Root     Digest    `json:"root"`
+	Size     int64     `json:"size"`
+	Count    int64     `json:"count"`
+	Created  time.Time `json:"created"`
+}
+
+// VolumeSpec is what a new volume is created from.
+type VolumeSpec struct {
+	Name   string
+	Quota  int64
+	Owner  *Owner
+	Source string // snapshot ID to clone, or ""
+}
+
+// CommitResult tells what a commit did.
+type CommitResult struct {
+	Volume  Volume
+	Evicted int // files evicted to stay within quota
+}
+
+// VolumeID returns the ID of the volume called name: stable, so that creation
+// is idempotent on name and any member can find the volume's home.
+func VolumeID(name string) string { return "vol-" + shortHash(name) }
+
+// SnapshotID returns the ID of the snapshot called name.
+func SnapshotID(name string) string { return "snap-" + shortHash(name) }
+
+func shortHash(s string) string {
+	h := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(h[:12])
+}
+
+// Home is what a volume's home serves: heads, commits and snapshots.
+type Home interface {
+	Volume(ctx context.Context, id string) (Volume, error)
+	Volumes(ctx context.Context) ([]Volume, error)
+	CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, error)
+	DeleteVolume(ctx context.Context, id string) error
+	ExpandVolume(ctx context.Context, id string, quota int64) (Volume, error)
+	Commit(ctx context.Context, id string, c *Commit) (CommitResult, error)
+	Snapshot(ctx context.Context, id string) (Snapshot, error)
+	Snapshots(ctx context.Context) ([]Snapshot, error)
+	CreateSnapshot(ctx context.Context, name, volumeID string) (Snapshot, error)
+	DeleteSnapshot(ctx context.Context, id string) error
+}
+
+// Blobs is what a blob's owner serves.
+type Blobs interface {
+	// Fetch streams blob d; the receiver verifies it.
+	Fetch(ctx context.Context, d Digest) (io.ReadCloser, error)
+	// Push stores blob d read from r, verifying it first.
+	Push(ctx context.Context, d Digest, r io.Reader) error
+}
+
+// Peer is one member of a group as the others see it.
+type Peer interface {
+	Home
+	Blobs
+	// Name is the member's identity, its node name.
+	Name() string
+}
+
+// Local is this member: it keeps heads and snapshots for the volumes it is a
+// home of, as JSON files under its meta directory, and serves its store.
+type Local struct {
+	name  string
+	store *Store
+	dir   string
+
+	mu        sync.Mutex
+	volumes   map[string]*Volume
+	snapshots map[string]*Snapshot
+	commitMu  map[string]*sync.Mutex // serialises commits per volume
+}
+
+var _ Peer = (*Local)(nil)
+
+// OpenLocal opens the member called name over store, keeping metadata in dir.
+func OpenLocal(name string, store *Store, dir string) (*Local, error) {
+	l := &Local{name: name, store: store, dir: dir,
+		volumes: map[string]*Volume{}, snapshots: map[string]*Snapshot{}, commitMu: map[string]*sync.Mutex{}}
+	for _, sub := range []string{"volumes", "snapshots"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+			return nil, fmt.Errorf("open member: %w", err)
+		}
+	}
+	if err := loadJSONDir(filepath.Join(dir, "volumes"), func(v *Volume) { l.volumes[v.ID] = v }); err != nil {
+		return nil, err
+	}
+	if err := loadJSONDir(filepath.Join(dir, "snapshots"), func(s *Snapshot) { l.snapshots[s.ID] = s }); err != nil {
+		return nil, err
+	}
+	if _, err := store.PutBytes(EmptyTree()); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+func loadJSONDir[T any](dir string, add func(*T)) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return err
+		}
+		v := new(T)
+		if err := json.Unmarshal(b, v); err != nil {
+			return fmt.Errorf("load %s: %w", e.Name(), err)
+		}
+		add(v)
+	}
+	return nil
+}
+
+// Name returns the member's identity.
+func (l *Local) Name() string { return l.name }
+
+// Store returns the member's blob store.
+func (l *Local) Store() *Store { return l.store }
+
+// Fetch opens blob d from the local store.
+func (l *Local) Fetch(_ context.Context, d Digest) (io.ReadCloser, error) {
+	return l.store.Open(d)
+}
+
+// Push stores blob d, verified.
+func (l *Local) Push(_ context.Context, d Digest, r io.Reader) error {
+	if l.store.Has(d) {
+		return nil
+	}
+	_, err := l.store.Put(r, d)
+	return err
+}
+
+// Volume returns the head of volume id.
+func (l *Local) Volume(_ context.Context, id string) (Volume, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	v, ok := l.volumes[id]
+	if !ok {
+		return Volume{}, fmt.Errorf("volume %s: %w", id, ErrNotFound)
+	}
+	return *v, nil
+}
+
+// Volumes lists the volumes this member is home of, by ID.
+func (l *Local) Volumes(_ context.Context) ([]Volume, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	vs := make([]Volume, 0, len(l.volumes))
+	for _, v := range l.volumes {
+		vs = append(vs, *v)
+	}
+	sort.Slice(vs, func(i, j int) bool { return vs[i].ID < vs[j].ID })
+	return vs, nil
+}
+
+// CreateVolume creates the volume spec names, or returns it if it exists with
+// the same settings.
+func (l *Local) CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, error) {
+	id := VolumeID(spec.Name)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if v, ok := l.volumes[id]; ok {
+		if v.Quota != spec.Quota || v.Source != spec.Source {
+			return Volume{}, fmt.Errorf("volume %q: %w (quota %d, source %q)", spec.Name, ErrExists, v.Quota, v.Source)
+		}
+		return *v, nil
+	}
+	now := time.Now().UTC()
+	v := &Volume{ID: id, Name: spec.Name, Quota: spec.Quota, Owner: spec.Owner, Root: Sum(EmptyTree()),
+		Source: spec.Source, Created: now, Updated: now}
+	if spec.Source != "" {
+		s, ok := l.snapshots[spec.Source]
+		if !ok {
+			return Volume{}, fmt.Errorf("snapshot %s: %w", spec.Source, ErrNotFound)
+		}
+		if spec.Quota > 0 && s.Size > spec.Quota {
+			return Volume{}, fmt.Errorf("%w: snapshot %s holds %d bytes, quota %d", ErrTooLarge, s.ID, s.Size, spec.Quota)
+		}
+		v.Root, v.Size, v.Count = s.Root, s.Size, s.Count
+	}
+	if err := writeJSON(filepath.Join(l.dir, "volumes", id+".json"), v); err != nil {
+		return Volume{}, err
+	}
+	l.volumes[id] = v
+	return *v, nil
+}
+
+// DeleteVolume drops volume id's head; a missing volume is not an error. Its
+// blobs are left for garbage collection.
+func (l *Local) DeleteVolume(_ context.Context, id string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := os.Remove(filepath.Join(l.dir, "volumes", id+".json")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	delete(l.volumes, id)
+	return nil
+}
+
+// ExpandVolume raises volume id's quota; a smaller quota is kept as it is.
+func (l *Local) ExpandVolume(_ context.Context, id string, quota int64) (Volume, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	v, ok := l.volumes[id]
+	if !ok {
+		return Volume{}, fmt.Errorf("volume %s: %w", id, ErrNotFound)
+	}
+	if quota <= v.Quota {
+		return *v, nil
+	}
+	nv := *v
+	nv.Quota = quota
+	nv.Updated = time.Now().UTC()
+	if err := writeJSON(filepath.Join(l.dir, "volumes", id+".json"), &nv); err != nil {
+		return Volume{}, err
+	}
+	l.volumes[id] = &nv
+	return nv, nil
+}
+
+// Commit applies c to volume id's head, one commit at a time per volume.
+// Every blob the commit names must already be in the store. The new head is
+// durable when Commit returns.
+func (l *Local) Commit(_ context.Context, id string, c *Commit) (CommitResult, error) {
+	l.mu.Lock()
+	mu, ok := l.commitMu[id]
+	if !ok {
+		mu = new(sync.Mutex)
+		l.commitMu[id] = mu
+	}
+	l.mu.Unlock()
+	mu.Lock()
+	defer mu.Unlock()
+
+	v, err := l.Volume(context.Background(), id)
+	if err != nil {
+		return CommitResult{}, err
+	}
+	for _, op := range c.Ops {
+		if op.Kind == OpUpsert && op.Entry.Type == TypeFile && !l.store.Has(op.Entry.Digest) {
+			return CommitResult{}, fmt.Errorf("commit %q: blob %s: %w", op.Path, op.Entry.Digest, ErrNotFound)
+		}
+	}
+	root, size, count, evicted, err := applyCommit(l.store, v.Root, c, v.Quota)
+	if err != nil {
+		return CommitResult{}, fmt.Errorf("volume %s: %w", id, err)
+	}
+	if err := l.store.Sync(); err != nil {
+		return CommitResult{}, err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	cur, ok := l.volumes[id]
+	if !ok {
+		return CommitResult{}, fmt.Errorf("volume %s: %w (deleted during commit)", id, ErrNotFound)
+	}
+	nv := *cur // keep settings changed meanwhile (quota)
+	nv.Root, nv.Size, nv.Count = root, size, count
+	nv.Generation++
+	nv.Updated = time.Now().UTC()
+	if err := writeJSON(filepath.Join(l.dir, "volumes", id+".json"), &nv); err != nil {
+		return CommitResult{}, err
+	}
+	l.volumes[id] = &nv
+	return CommitResult{Volume: nv, Evicted: evicted}, nil
+}
+
+// Snapshot returns snapshot id.
+func (l *Local) Snapshot(_ context.Context, id string) (Snapshot, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s, ok := l.snapshots[id]
+	if !ok {
+		return Snapshot{}, fmt.Errorf("snapshot %s: %w", id, ErrNotFound)
+	}
+	return *s, nil
+}
+
+// Snapshots lists the snapshots this member keeps, by ID.
+func (l *Local) Snapshots(_ context.Context) ([]Snapshot, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ss := make([]Snapshot, 0, len(l.snapshots))
+	for _, s := range l.snapshots {
+		ss = append(ss, *s)
+	}
+	sort.Slice(ss, func(i, j int) bool { return ss[i].ID < ss[j].ID })
+	return ss, nil
+}
+
+// CreateSnapshot pins volume volumeID's current generation under name, or
+// returns the snapshot of that name if it is of the same volume.
+func (l *Local) CreateSnapshot(_ context.Context, name, volumeID string) (Snapshot, error) {
+	id := SnapshotID(name)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if s, ok := l.snapshots[id]; ok {
+		if s.VolumeID != volumeID {
+			return Snapshot{}, fmt.Errorf("snapshot %q: %w (of volume %s)", name, ErrExists, s.VolumeID)
+		}
+		return *s, nil
+	}
+	v, ok := l.volumes[volumeID]
+	if !ok {
+		return Snapshot{}, fmt.Errorf("volume %s: %w", volumeID, ErrNotFound)
+	}
+	s := &Snapshot{ID: id, Name: name, VolumeID: volumeID, Root: v.Root, Size: v.Size, Count: v.Count, Created: time.Now().UTC()}
+	if err := writeJSON(filepath.Join(l.dir, "snapshots", id+".json"), s); err != nil {
+		return Snapshot{}, err
+	}
+	l.snapshots[id] = s
+	return *s, nil
+}
+
+// DeleteSnapshot unpins snapshot id; a missing snapshot is not an error.
+func (l *Local) DeleteSnapshot(_ context.Context, id string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := os.Remove(filepath.Join(l.dir, "snapshots", id+".json")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	delete(l.snapshots, id)
+	return nil
+}
+
+// writeJSON writes v to path atomically and durably.
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, b)
+}
+
+// writeFileAtomic writes b to a temporary file, fsyncs it, renames it over
+// path and fsyncs the directory.
+func writeFileAtomic(path string, b []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

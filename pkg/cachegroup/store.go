@@ -1,0 +1,290 @@
+package cachegroup
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrNotFound is returned when a blob, volume or snapshot does not exist.
+var ErrNotFound = errors.New("not found")
+
+// ErrCorrupt is returned when content does not match its digest.
+var ErrCorrupt = errors.New("content does not match its digest")
+
+// ErrNoSpace is returned when a write would pass the cache size or the disk's
+// free-space floor.
+var ErrNoSpace = errors.New("cache store is full")
+
+// Limits bound what a store may write to its disk.
+type Limits struct {
+	// CacheSize is the most bytes of blobs the store keeps; 0 means no limit
+	// besides the floor.
+	CacheSize int64
+	// FreeFloor is the free space the store always leaves on its disk.
+	FreeFloor int64
+}
+
+// Store is a content-addressed blob store on one disk. A blob lives at
+// blobs/<first two hex digits>/<digest>; it is written to a temporary file and
+// renamed into place, so a blob that exists is complete. Blob files are
+// immutable in content; their metadata is that of the first file tree entry
+// linked to them (see Node.Snapshot), so a tree can be built from hard links.
+//
+// Writes are not fsynced one by one: callers that acknowledge data call Sync
+// once, which flushes the whole filesystem (one syncfs instead of thousands of
+// fsyncs).
+type Store struct {
+	dir    string
+	limits Limits
+	used   atomic.Int64 // bytes of blobs, approximate across crashes
+	locks  [64]sync.Mutex
+}
+
+// OpenStore opens (creating if needed) the store under dir.
+func OpenStore(dir string, limits Limits) (*Store, error) {
+	s := &Store{dir: dir, limits: limits}
+	for _, d := range []string{s.blobDir(), s.variantDir(), s.tmpDir()} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("open store: %w", err)
+		}
+	}
+	// Temporary files are partial writes of a previous process: drop them.
+	if ents, err := os.ReadDir(s.tmpDir()); err == nil {
+		for _, e := range ents {
+			os.RemoveAll(filepath.Join(s.tmpDir(), e.Name()))
+		}
+	}
+	var used int64
+	filepath.WalkDir(s.blobDir(), func(_ string, e fs.DirEntry, err error) error {
+		if err == nil && e.Type().IsRegular() {
+			if fi, err := e.Info(); err == nil {
+				used += fi.Size()
+			}
+		}
+		return nil
+	})
+	s.used.Store(used)
+	return s, nil
+}
+
+// Dir returns the store's root directory.
+func (s *Store) Dir() string { return s.dir }
+
+func (s *Store) blobDir() string    { return filepath.Join(s.dir, "blobs") }
+func (s *Store) variantDir() string { return filepath.Join(s.dir, "variants") }
+func (s *Store) tmpDir() string     { return filepath.Join(s.dir, "tmp") }
+
+// Path returns where blob d lives (whether or not it exists).
+func (s *Store) Path(d Digest) string {
+	h := d.String()
+	return filepath.Join(s.blobDir(), h[:2], h)
+}
+
+// lock returns the mutex that serialises metadata changes of blob d.
+func (s *Store) lock(d Digest) *sync.Mutex { return &s.locks[d[0]%64] }
+
+// Has reports whether blob d is in the store.
+func (s *Store) Has(d Digest) bool {
+	_, err := os.Lstat(s.Path(d))
+	return err == nil
+}
+
+// Open opens blob d for reading.
+func (s *Store) Open(d Digest) (*os.File, error) {
+	f, err := os.Open(s.Path(d))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("blob %s: %w", d, ErrNotFound)
+	}
+	return f, err
+}
+
+// ReadAll returns the content of blob d, verified against its digest; small
+// blobs only (tree objects).
+func (s *Store) ReadAll(d Digest) ([]byte, error) {
+	b, err := os.ReadFile(s.Path(d))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("blob %s: %w", d, ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if Sum(b) != d {
+		s.Remove(d)
+		return nil, fmt.Errorf("blob %s: %w (removed)", d, ErrCorrupt)
+	}
+	return b, nil
+}
+
+// Put stores the content read from r and returns its digest. If want is not
+// zero the content must hash to it, or nothing is stored and ErrCorrupt is
+// returned.
+func (s *Store) Put(r io.Reader, want Digest) (Digest, error) {
+	f, err := os.CreateTemp(s.tmpDir(), "put-")
+	if err != nil {
+		return Digest{}, err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, h), r)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return Digest{}, fmt.Errorf("store blob: %w", err)
+	}
+	var d Digest
+	h.Sum(d[:0])
+	if !want.IsZero() && d != want {
+		return Digest{}, fmt.Errorf("blob %s: got %s: %w", want, d, ErrCorrupt)
+	}
+	if err := s.place(tmp, d, n); err != nil {
+		return Digest{}, err
+	}
+	return d, nil
+}
+
+// PutBytes stores b and returns its digest.
+func (s *Store) PutBytes(b []byte) (Digest, error) {
+	d := Sum(b)
+	if s.Has(d) {
+		return d, nil
+	}
+	f, err := os.CreateTemp(s.tmpDir(), "put-")
+	if err != nil {
+		return Digest{}, err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return Digest{}, fmt.Errorf("store blob: %w", err)
+	}
+	return d, s.place(tmp, d, int64(len(b)))
+}
+
+// Adopt moves the regular file at path into the store as blob d of size n, by
+// rename: the caller has hashed it. The file keeps its metadata. If the blob
+// already exists the file is left where it is and Adopt reports false.
+func (s *Store) Adopt(path string, d Digest, n int64) (bool, error) {
+	if s.Has(d) {
+		return false, nil
+	}
+	if err := s.place(path, d, n); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// place renames the file at src to blob d's path, reserving n bytes.
+func (s *Store) place(src string, d Digest, n int64) error {
+	if err := s.reserve(n); err != nil {
+		return err
+	}
+	dst := s.Path(d)
+	if err := os.Rename(src, dst); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+			return err
+		}
+		err = os.Rename(src, dst)
+		if err != nil {
+			s.used.Add(-n)
+			return fmt.Errorf("store blob %s: %w", d, err)
+		}
+	} else if err != nil {
+		s.used.Add(-n)
+		return fmt.Errorf("store blob %s: %w", d, err)
+	}
+	return nil
+}
+
+// reserve accounts n more bytes, refusing past the cache size or the floor.
+func (s *Store) reserve(n int64) error {
+	if s.limits.CacheSize > 0 && s.used.Load()+n > s.limits.CacheSize {
+		return fmt.Errorf("%w: %d bytes used of %d", ErrNoSpace, s.used.Load(), s.limits.CacheSize)
+	}
+	if s.limits.FreeFloor > 0 {
+		free, err := s.Free()
+		if err == nil && free-n < s.limits.FreeFloor {
+			return fmt.Errorf("%w: %d bytes free, floor %d", ErrNoSpace, free, s.limits.FreeFloor)
+		}
+	}
+	s.used.Add(n)
+	return nil
+}
+
+// Free returns the bytes available on the store's disk.
+func (s *Store) Free() (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(s.dir, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * st.Bsize, nil
+}
+
+// Capacity returns how many more bytes of blobs the store may take.
+func (s *Store) Capacity() int64 {
+	free, err := s.Free()
+	if err != nil {
+		return 0
+	}
+	c := free - s.limits.FreeFloor
+	if s.limits.CacheSize > 0 {
+		c = min(c, s.limits.CacheSize-s.used.Load())
+	}
+	return max(c, 0)
+}
+
+// Used returns the bytes of blobs in the store.
+func (s *Store) Used() int64 { return s.used.Load() }
+
+// Remove deletes blob d.
+func (s *Store) Remove(d Digest) {
+	if fi, err := os.Lstat(s.Path(d)); err == nil && os.Remove(s.Path(d)) == nil {
+		s.used.Add(-fi.Size())
+	}
+}
+
+// Verify re-hashes blob d and removes it if it does not match.
+func (s *Store) Verify(d Digest) error {
+	f, err := s.Open(d)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return err
+	}
+	if Digest(h.Sum(nil)) != d {
+		s.Remove(d)
+		return fmt.Errorf("blob %s: %w (removed)", d, ErrCorrupt)
+	}
+	return nil
+}
+
+// Sync flushes the store's filesystem: everything written or renamed into the
+// store before it is durable when it returns.
+func (s *Store) Sync() error {
+	f, err := os.Open(s.dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("syncfs %s: %w", s.dir, err)
+	}
+	return nil
+}

@@ -1,0 +1,364 @@
+package driver
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"strings"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/cachegroup/cachegroup/pkg/cachegroup"
+)
+
+// defaultQuota is the quota of a volume created with no capacity range.
+const defaultQuota = 1 << 30
+
+// maxNameLen bounds CSI names (the spec asks for at least 128).
+const maxNameLen = 256
+
+// ControllerGetCapabilities advertises what the controller does; there is no
+// attach: every node reads the group directly.
+func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
+	var caps []*csi.ControllerServiceCapability
+	for _, t := range []csi.ControllerServiceCapability_RPC_Type{
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
+		csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
+		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
+		csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
+	} {
+		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{
+			Rpc: &csi.ControllerServiceCapability_RPC{Type: t}}})
+	}
+	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+// CreateVolume creates a volume (idempotent on name): quota = the requested
+// capacity; from a snapshot, an instant clone of its tree.
+func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+	spec, err := d.validateCreateVolume(req)
+	if err != nil {
+		return nil, err
+	}
+	id := cachegroup.VolumeID(spec.Name)
+	if err := d.inflight.lock(id); err != nil {
+		return nil, err
+	}
+	defer d.inflight.unlock(id)
+
+	v, err := d.group.Home(id).CreateVolume(ctx, spec)
+	if err != nil {
+		return nil, errStatus(err, "create volume %q", spec.Name)
+	}
+	vol := &csi.Volume{VolumeId: v.ID, CapacityBytes: v.Quota, ContentSource: req.GetVolumeContentSource()}
+	return &csi.CreateVolumeResponse{Volume: vol}, nil
+}
+
+func (d *Driver) validateCreateVolume(req *csi.CreateVolumeRequest) (cachegroup.VolumeSpec, error) {
+	var spec cachegroup.VolumeSpec
+	if req.GetName() == "" {
+		return spec, status.Error(codes.InvalidArgument, "volume name is required")
+	}
+	if len(req.GetName()) > maxNameLen {
+		return spec, status.Errorf(codes.InvalidArgument, "volume name is longer than %d bytes", maxNameLen)
+	}
+	if err := validateCapabilities(req.GetVolumeCapabilities()); err != nil {
+		return spec, err
+	}
+	spec.Name = req.GetName()
+	quota, err := quotaOf(req.GetCapacityRange())
+	if err != nil {
+		return spec, err
+	}
+	spec.Quota = quota
+	for k, v := range req.GetParameters() {
+		switch {
+		case k == "owner":
+			if spec.Owner, err = ParseOwner(v); err != nil {
+				return spec, status.Errorf(codes.InvalidArgument, "parameter owner=%s: %v", v, err)
+			}
+		case strings.HasPrefix(k, k8sPrefix):
+			// Added by the external provisioner (PVC name, namespace).
+		default:
+			return spec, status.Errorf(codes.InvalidArgument, "unknown StorageClass parameter %q (known: owner)", k)
+		}
+	}
+	if src := req.GetVolumeContentSource(); src != nil {
+		snap := src.GetSnapshot()
+		if snap == nil {
+			return spec, status.Error(codes.InvalidArgument, "volume content source: only snapshots can be cloned")
+		}
+		if snap.GetSnapshotId() == "" {
+			return spec, status.Error(codes.InvalidArgument, "volume content source: snapshot id is required")
+		}
+		spec.Source = snap.GetSnapshotId()
+	}
+	return spec, nil
+}
+
+// quotaOf picks a volume's quota from a capacity range.
+func quotaOf(r *csi.CapacityRange) (int64, error) {
+	req, lim := r.GetRequiredBytes(), r.GetLimitBytes()
+	if req < 0 || lim < 0 {
+		return 0, status.Error(codes.InvalidArgument, "capacity range: negative bytes")
+	}
+	if lim > 0 && req > lim {
+		return 0, status.Errorf(codes.InvalidArgument, "capacity range: required %d > limit %d", req, lim)
+	}
+	switch {
+	case req > 0:
+		return req, nil
+	case lim > 0:
+		return min(lim, defaultQuota), nil
+	}
+	return defaultQuota, nil
+}
+
+// validateCapabilities accepts mount volumes in any access mode: each pod has
+// its own view, so every multi-node mode is safe. Block volumes are refused.
+func validateCapabilities(caps []*csi.VolumeCapability) error {
+	if len(caps) == 0 {
+		return status.Error(codes.InvalidArgument, "volume capabilities are required")
+	}
+	for _, c := range caps {
+		if err := validateCapability(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func validateCapability(c *csi.VolumeCapability) error {
+	if c == nil {
+		return status.Error(codes.InvalidArgument, "volume capability is required")
+	}
+	if c.GetAccessMode() == nil || c.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_UNKNOWN {
+		return status.Error(codes.InvalidArgument, "volume capability: access mode is required")
+	}
+	if c.GetBlock() != nil {
+		return status.Error(codes.InvalidArgument, "volume capability: block volumes are not supported, only mount")
+	}
+	m := c.GetMount()
+	if m == nil {
+		return status.Error(codes.InvalidArgument, "volume capability: access type mount is required")
+	}
+	if m.GetFsType() != "" && m.GetFsType() != "overlay" {
+		return status.Errorf(codes.InvalidArgument, "volume capability: fs type %q is not supported (the volume is an overlay)", m.GetFsType())
+	}
+	if _, err := ParseOptions(m.GetMountFlags(), nil); err != nil {
+		return status.Errorf(codes.InvalidArgument, "volume capability: %v", err)
+	}
+	return nil
+}
+
+// DeleteVolume drops a volume's head; a missing volume is not an error.
+func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
+	id := req.GetVolumeId()
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume id is required")
+	}
+	if err := d.inflight.lock(id); err != nil {
+		return nil, err
+	}
+	defer d.inflight.unlock(id)
+	if err := d.group.Home(id).DeleteVolume(ctx, id); err != nil {
+		return nil, errStatus(err, "delete volume %s", id)
+	}
+	return &csi.DeleteVolumeResponse{}, nil
+}
+
+// ValidateVolumeCapabilities confirms mount capabilities of an existing volume.
+func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
+	id := req.GetVolumeId()
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume id is required")
+	}
+	if len(req.GetVolumeCapabilities()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "volume capabilities are required")
+	}
+	if _, err := d.group.Home(id).Volume(ctx, id); err != nil {
+		return nil, errStatus(err, "volume %s", id)
+	}
+	if err := validateCapabilities(req.GetVolumeCapabilities()); err != nil {
+		return &csi.ValidateVolumeCapabilitiesResponse{Message: status.Convert(err).Message()}, nil
+	}
+	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
+		VolumeContext:      req.GetVolumeContext(),
+		VolumeCapabilities: req.GetVolumeCapabilities(),
+		Parameters:         req.GetParameters(),
+	}}, nil
+}
+
+var (
+	volumeIDPattern   = regexp.MustCompile(`^vol-[0-9a-f]{24}$`)
+	snapshotIDPattern = regexp.MustCompile(`^snap-[0-9a-f]{24}$`)
+)
+
+// page returns the items after the starting token (the last ID of the
+// previous page), at most max of them, and the next token. Tokens are IDs, so
+// a page stays right when items are added or deleted between calls.
+func page[T any](items []T, id func(T) string, token string, max int32, valid *regexp.Regexp) ([]T, string, error) {
+	if max < 0 {
+		return nil, "", status.Error(codes.InvalidArgument, "max_entries is negative")
+	}
+	if token != "" {
+		if !valid.MatchString(token) {
+			return nil, "", status.Errorf(codes.Aborted, "starting token %q is not one this driver returned", token)
+		}
+		i := 0
+		for i < len(items) && id(items[i]) <= token {
+			i++
+		}
+		items = items[i:]
+	}
+	if max == 0 || int(max) >= len(items) {
+		return items, "", nil
+	}
+	return items[:max], id(items[max-1]), nil
+}
+
+// ListVolumes lists the group's volumes, paginated.
+func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
+	vs, err := d.group.Volumes(ctx)
+	if err != nil {
+		return nil, errStatus(err, "list volumes")
+	}
+	vs, next, err := page(vs, func(v cachegroup.Volume) string { return v.ID }, req.GetStartingToken(), req.GetMaxEntries(), volumeIDPattern)
+	if err != nil {
+		return nil, err
+	}
+	resp := &csi.ListVolumesResponse{NextToken: next}
+	for _, v := range vs {
+		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{Volume: &csi.Volume{VolumeId: v.ID, CapacityBytes: v.Quota}})
+	}
+	return resp, nil
+}
+
+// GetCapacity returns how many more bytes the local store may take.
+func (d *Driver) GetCapacity(_ context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
+	if caps := req.GetVolumeCapabilities(); len(caps) > 0 {
+		if err := validateCapabilities(caps); err != nil {
+			return &csi.GetCapacityResponse{}, nil // nothing of an unsupported kind fits
+		}
+	}
+	return &csi.GetCapacityResponse{AvailableCapacity: d.store.Capacity()}, nil
+}
+
+// ControllerExpandVolume raises a volume's quota; nothing on the node changes.
+func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
+	id := req.GetVolumeId()
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume id is required")
+	}
+	if req.GetCapacityRange() == nil {
+		return nil, status.Error(codes.InvalidArgument, "capacity range is required")
+	}
+	quota, err := quotaOf(req.GetCapacityRange())
+	if err != nil {
+		return nil, err
+	}
+	if err := d.inflight.lock(id); err != nil {
+		return nil, err
+	}
+	defer d.inflight.unlock(id)
+	v, err := d.group.Home(id).ExpandVolume(ctx, id, quota)
+	if err != nil {
+		return nil, errStatus(err, "expand volume %s", id)
+	}
+	return &csi.ControllerExpandVolumeResponse{CapacityBytes: v.Quota, NodeExpansionRequired: false}, nil
+}
+
+// CreateSnapshot pins the volume's current generation (idempotent on name).
+func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
+	if req.GetName() == "" {
+		return nil, status.Error(codes.InvalidArgument, "snapshot name is required")
+	}
+	if len(req.GetName()) > maxNameLen {
+		return nil, status.Errorf(codes.InvalidArgument, "snapshot name is longer than %d bytes", maxNameLen)
+	}
+	src := req.GetSourceVolumeId()
+	if src == "" {
+		return nil, status.Error(codes.InvalidArgument, "source volume id is required")
+	}
+	for k := range req.GetParameters() {
+		if !strings.HasPrefix(k, k8sPrefix) {
+			return nil, status.Errorf(codes.InvalidArgument, "unknown VolumeSnapshotClass parameter %q", k)
+		}
+	}
+	id := cachegroup.SnapshotID(req.GetName())
+	if err := d.inflight.lock(id); err != nil {
+		return nil, err
+	}
+	defer d.inflight.unlock(id)
+	if _, err := d.group.Home(src).Volume(ctx, src); err != nil {
+		return nil, errStatus(err, "snapshot source volume %s", src)
+	}
+	s, err := d.group.Home(src).CreateSnapshot(ctx, req.GetName(), src)
+	if err != nil {
+		return nil, errStatus(err, "create snapshot %q", req.GetName())
+	}
+	return &csi.CreateSnapshotResponse{Snapshot: csiSnapshot(s)}, nil
+}
+
+func csiSnapshot(s cachegroup.Snapshot) *csi.Snapshot {
+	return &csi.Snapshot{SnapshotId: s.ID, SourceVolumeId: s.VolumeID, SizeBytes: s.Size,
+		CreationTime: timestamppb.New(s.Created), ReadyToUse: true}
+}
+
+// DeleteSnapshot unpins a snapshot; a missing snapshot is not an error.
+func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
+	id := req.GetSnapshotId()
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "snapshot id is required")
+	}
+	if err := d.inflight.lock(id); err != nil {
+		return nil, err
+	}
+	defer d.inflight.unlock(id)
+	ss, err := d.group.Snapshots(ctx)
+	if err != nil {
+		return nil, errStatus(err, "delete snapshot %s", id)
+	}
+	for _, s := range ss {
+		if s.ID == id {
+			if err := d.group.Home(s.VolumeID).DeleteSnapshot(ctx, id); err != nil {
+				return nil, errStatus(err, "delete snapshot %s", id)
+			}
+		}
+	}
+	return &csi.DeleteSnapshotResponse{}, nil
+}
+
+// ListSnapshots lists snapshots, by ID or source volume if asked, paginated.
+func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
+	ss, err := d.group.Snapshots(ctx)
+	if err != nil {
+		return nil, errStatus(err, "list snapshots")
+	}
+	var match []cachegroup.Snapshot
+	for _, s := range ss {
+		if (req.GetSnapshotId() == "" || s.ID == req.GetSnapshotId()) &&
+			(req.GetSourceVolumeId() == "" || s.VolumeID == req.GetSourceVolumeId()) {
+			match = append(match, s)
+		}
+	}
+	match, next, err := page(match, func(s cachegroup.Snapshot) string { return s.ID }, req.GetStartingToken(), req.GetMaxEntries(), snapshotIDPattern)
+	if err != nil {
+		return nil, err
+	}
+	resp := &csi.ListSnapshotsResponse{NextToken: next}
+	for _, s := range match {
+		resp.Entries = append(resp.Entries, &csi.ListSnapshotsResponse_Entry{Snapshot: csiSnapshot(s)})
+	}
+	return resp, nil
+}
+
+// volumeName is the scoped name of an inline volume.
+func inlineVolumeName(namespace, name string) string {
+	return fmt.Sprintf("inline/%s/%s", namespace, name)
+}

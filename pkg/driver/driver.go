@@ -1,0 +1,251 @@
+// Package driver implements the cachegroup CSI driver: the Identity,
+// Controller and Node services over a cache group, and the parsing of mount
+// options.
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+
+	"github.com/cachegroup/cachegroup/pkg/cachegroup"
+)
+
+// DefaultName is the driver's CSI name.
+const DefaultName = "cachegroup.csi.dev"
+
+// Version is the driver's version, set at build time.
+var Version = "dev"
+
+// Mode says which CSI services a driver process serves.
+type Mode string
+
+// The modes of the driver binary.
+const (
+	ModeNode       Mode = "node"
+	ModeController Mode = "controller"
+	ModeAll        Mode = "all"
+)
+
+// Config configures a driver.
+type Config struct {
+	Name      string // CSI driver name; DefaultName if empty
+	NodeID    string // this node's name: the member's identity
+	StoreDir  string // where the member keeps everything
+	Group     string // this member's group
+	Mode      Mode
+	CacheSize int64 // bytes of blobs kept at most; 0: no limit but the floor
+	FreeFloor int64 // free bytes always left on the store's disk
+	// Members is the static member list, "name=host:port" each; empty means
+	// a group of one, this member.
+	Members []string
+	// DefaultQuota is the quota of an inline volume that names no size.
+	DefaultQuota int64
+}
+
+// Driver is a running CSI driver.
+type Driver struct {
+	csi.UnimplementedIdentityServer
+	csi.UnimplementedControllerServer
+	csi.UnimplementedNodeServer
+
+	cfg   Config
+	store *cachegroup.Store
+	local *cachegroup.Local
+	group *cachegroup.Group
+	node  *cachegroup.Node
+
+	inflight inflight
+	srv      *grpc.Server
+	cancel   context.CancelFunc
+	done     sync.WaitGroup
+}
+
+// New opens the member's store and group and returns a driver ready to Serve.
+func New(cfg Config) (*Driver, error) {
+	if cfg.Name == "" {
+		cfg.Name = DefaultName
+	}
+	if cfg.Mode == "" {
+		cfg.Mode = ModeAll
+	}
+	if cfg.Group == "" {
+		cfg.Group = "default"
+	}
+	if cfg.DefaultQuota == 0 {
+		cfg.DefaultQuota = 10 << 30
+	}
+	switch cfg.Mode {
+	case ModeNode, ModeController, ModeAll:
+	default:
+		return nil, fmt.Errorf("mode %q: want node, controller or all", cfg.Mode)
+	}
+	if cfg.NodeID == "" {
+		return nil, errors.New("node id is empty")
+	}
+	if err := validGroupName(cfg.Group); err != nil {
+		return nil, fmt.Errorf("group %q: %w", cfg.Group, err)
+	}
+	if cfg.StoreDir == "" {
+		return nil, errors.New("store directory is empty")
+	}
+	if len(cfg.Members) > 0 {
+		// Remote members arrive with the peer protocol; until then a group
+		// is this member alone, and saying otherwise would lose data.
+		for _, m := range cfg.Members {
+			if name, _, _ := strings.Cut(m, "="); name != cfg.NodeID {
+				return nil, fmt.Errorf("member %q: only this member (%s) can be listed: multi-member groups are not available in this build", m, cfg.NodeID)
+			}
+		}
+	}
+	store, err := cachegroup.OpenStore(cfg.StoreDir, cachegroup.Limits{CacheSize: cfg.CacheSize, FreeFloor: cfg.FreeFloor})
+	if err != nil {
+		return nil, err
+	}
+	local, err := cachegroup.OpenLocal(cfg.NodeID, store, filepath.Join(cfg.StoreDir, "meta"))
+	if err != nil {
+		return nil, err
+	}
+	d := &Driver{cfg: cfg, store: store, local: local,
+		group: cachegroup.NewGroup(cfg.Group, local, nil, 1)}
+	if cfg.Mode != ModeController {
+		if d.node, err = cachegroup.OpenNode(filepath.Join(cfg.StoreDir, "node"), d.group); err != nil {
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+// Serve serves the driver's CSI services on l until Stop.
+func (d *Driver) Serve(l net.Listener) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	d.cancel = cancel
+	if d.node != nil {
+		d.done.Add(1)
+		go func() {
+			defer d.done.Done()
+			d.node.Run(ctx)
+		}()
+	}
+	d.srv = grpc.NewServer(grpc.UnaryInterceptor(logCalls))
+	csi.RegisterIdentityServer(d.srv, d)
+	if d.cfg.Mode != ModeNode {
+		csi.RegisterControllerServer(d.srv, d)
+	}
+	if d.cfg.Mode != ModeController {
+		csi.RegisterNodeServer(d.srv, d)
+	}
+	klog.InfoS("Serving", "driver", d.cfg.Name, "version", Version, "mode", d.cfg.Mode, "node", d.cfg.NodeID,
+		"group", d.cfg.Group, "store", d.cfg.StoreDir, "address", l.Addr())
+	return d.srv.Serve(l)
+}
+
+// Stop stops serving and the background committer. Mounted pods are not
+// touched: their reads never go through this process.
+func (d *Driver) Stop() {
+	if d.srv != nil {
+		d.srv.GracefulStop()
+	}
+	if d.cancel != nil {
+		d.cancel()
+	}
+	d.done.Wait()
+}
+
+// WaitIdle waits until every pod write submitted so far is committed.
+func (d *Driver) WaitIdle(ctx context.Context) error {
+	if d.node == nil {
+		return nil
+	}
+	return d.node.WaitIdle(ctx)
+}
+
+// Node returns the driver's node tier, or nil in controller mode.
+func (d *Driver) Node() *cachegroup.Node { return d.node }
+
+// Listen opens the endpoint of a CSI address such as unix:///csi/csi.sock,
+// removing a stale socket file first.
+func Listen(endpoint string) (net.Listener, error) {
+	scheme, addr, ok := strings.Cut(endpoint, "://")
+	if !ok {
+		scheme, addr = "unix", endpoint
+	}
+	switch scheme {
+	case "unix":
+		if err := os.Remove(addr); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("remove stale socket %s: %w", addr, err)
+		}
+		if err := os.MkdirAll(filepath.Dir(addr), 0o755); err != nil {
+			return nil, err
+		}
+	case "tcp":
+	default:
+		return nil, fmt.Errorf("endpoint %q: want unix:// or tcp://", endpoint)
+	}
+	return net.Listen(scheme, addr)
+}
+
+// inflight is the set of volumes with a call in progress; a second call on
+// the same volume gets Aborted so the CO retries it later.
+type inflight struct {
+	mu  sync.Mutex
+	ids map[string]bool
+}
+
+func (f *inflight) lock(id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ids[id] {
+		return status.Errorf(codes.Aborted, "an operation on %s is already in progress", id)
+	}
+	if f.ids == nil {
+		f.ids = map[string]bool{}
+	}
+	f.ids[id] = true
+	return nil
+}
+
+func (f *inflight) unlock(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.ids, id)
+}
+
+// errStatus turns a cache group error into a gRPC status.
+func errStatus(err error, format string, args ...any) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	code := codes.Internal
+	switch {
+	case errors.Is(err, cachegroup.ErrNotFound):
+		code = codes.NotFound
+	case errors.Is(err, cachegroup.ErrExists):
+		code = codes.AlreadyExists
+	case errors.Is(err, cachegroup.ErrTooLarge), errors.Is(err, cachegroup.ErrNoSpace):
+		code = codes.ResourceExhausted
+	case errors.Is(err, context.DeadlineExceeded):
+		code = codes.DeadlineExceeded
+	case errors.Is(err, context.Canceled):
+		code = codes.Canceled
+	}
+	return status.Errorf(code, "%s: %v", fmt.Sprintf(format, args...), err)
+}
+
+// callTimeout bounds the group operations of a call that carries no deadline.
+const callTimeout = 2 * time.Minute

@@ -1,0 +1,302 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+
+	"github.com/cachegroup/cachegroup/pkg/cachegroup"
+	"github.com/cachegroup/cachegroup/pkg/mounter"
+)
+
+// NodeGetCapabilities advertises staging and volume stats.
+func (d *Driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
+	var caps []*csi.NodeServiceCapability
+	for _, t := range []csi.NodeServiceCapability_RPC_Type{
+		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+	} {
+		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{
+			Rpc: &csi.NodeServiceCapability_RPC{Type: t}}})
+	}
+	return &csi.NodeGetCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+// NodeGetInfo returns the node's identity; volumes are not topology bound.
+func (d *Driver) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	return &csi.NodeGetInfoResponse{NodeId: d.cfg.NodeID}, nil
+}
+
+// checkGroup refuses a mount that names a group this node does not serve.
+func (d *Driver) checkGroup(o Options) error {
+	if o.Group != "" && o.Group != d.cfg.Group {
+		return status.Errorf(codes.InvalidArgument, "option cache-group=%s: this node serves cache group %q", o.Group, d.cfg.Group)
+	}
+	return nil
+}
+
+// NodeStageVolume materialises the volume's current snapshot on this node, so
+// that publishing it is only a mount. A hydration that outlives the call goes
+// on; the retried call picks it up.
+func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	id := req.GetVolumeId()
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume id is required")
+	}
+	if req.GetStagingTargetPath() == "" {
+		return nil, status.Error(codes.InvalidArgument, "staging target path is required")
+	}
+	if err := validateCapability(req.GetVolumeCapability()); err != nil {
+		return nil, err
+	}
+	opts, err := ParseOptions(req.GetVolumeCapability().GetMount().GetMountFlags(), req.GetVolumeContext())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := d.checkGroup(opts); err != nil {
+		return nil, err
+	}
+	if err := d.inflight.lock(id); err != nil {
+		return nil, err
+	}
+	defer d.inflight.unlock(id)
+	v, err := d.group.Home(id).Volume(ctx, id)
+	if err != nil {
+		return nil, errStatus(err, "stage volume %s", id)
+	}
+	if _, err := d.node.Snapshot(ctx, v.Root); err != nil {
+		return nil, errStatus(err, "stage volume %s: snapshot %s", id, v.Root)
+	}
+	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// NodeUnstageVolume lets go of the volume on this node; snapshots no pod
+// mounts are pruned.
+func (d *Driver) NodeUnstageVolume(_ context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+	id := req.GetVolumeId()
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume id is required")
+	}
+	if req.GetStagingTargetPath() == "" {
+		return nil, status.Error(codes.InvalidArgument, "staging target path is required")
+	}
+	if err := d.inflight.lock(id); err != nil {
+		return nil, err
+	}
+	defer d.inflight.unlock(id)
+	if err := d.node.Prune(); err != nil {
+		klog.ErrorS(err, "Prune snapshots", "volume", id)
+	}
+	return &csi.NodeUnstageVolumeResponse{}, nil
+}
+
+// NodePublishVolume mounts the volume's newest snapshot at the target: an
+// overlay with a private upper layer, or a read-only bind of the snapshot for
+// a read-only publish. The head is looked up again, so a pod started later
+// sees every commit made before it started.
+func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	id, target := req.GetVolumeId(), req.GetTargetPath()
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume id is required")
+	}
+	if target == "" {
+		return nil, status.Error(codes.InvalidArgument, "target path is required")
+	}
+	if err := validateCapability(req.GetVolumeCapability()); err != nil {
+		return nil, err
+	}
+	attrs := req.GetVolumeContext()
+	opts, err := ParseOptions(req.GetVolumeCapability().GetMount().GetMountFlags(), attrs)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := d.checkGroup(opts); err != nil {
+		return nil, err
+	}
+	ephemeral := attrs[attrEphemeral] == "true"
+	if !ephemeral && req.GetStagingTargetPath() == "" {
+		return nil, status.Error(codes.InvalidArgument, "staging target path is required")
+	}
+	mode := req.GetVolumeCapability().GetAccessMode().GetMode()
+	readOnly := req.GetReadonly() || opts.ReadOnly ||
+		mode == csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY ||
+		mode == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
+
+	if err := d.inflight.lock(id); err != nil {
+		return nil, err
+	}
+	defer d.inflight.unlock(id)
+
+	volID := id
+	if ephemeral {
+		if volID, err = d.ensureInline(ctx, attrs); err != nil {
+			return nil, err
+		}
+	}
+	// Idempotency: the same volume already mounted here is success.
+	if l, ok, err := d.node.Layer(target); err != nil {
+		return nil, status.Errorf(codes.Internal, "read layer of %s: %v", target, err)
+	} else if ok {
+		if mounted, _ := mounter.IsMountPoint(target); mounted {
+			if l.VolumeID != volID || l.ReadOnly != readOnly {
+				return nil, status.Errorf(codes.AlreadyExists, "target %s already has volume %s mounted with other settings", target, l.VolumeID)
+			}
+			return &csi.NodePublishVolumeResponse{}, nil
+		}
+	}
+	v, err := d.group.Home(volID).Volume(ctx, volID)
+	if err != nil {
+		return nil, errStatus(err, "publish volume %s", volID)
+	}
+	snap, err := d.node.Snapshot(ctx, v.Root)
+	if err != nil {
+		return nil, errStatus(err, "publish volume %s: snapshot %s", volID, v.Root)
+	}
+	owner := opts.Owner
+	if owner == nil {
+		owner = v.Owner
+	}
+	layer := cachegroup.Layer{VolumeID: volID, Target: target, Base: v.Root, ReadOnly: readOnly,
+		Commit: opts.Commit && !readOnly, Owner: owner, Sharing: !opts.NoSharing}
+	upper, work, err := d.node.NewLayer(layer)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "publish volume %s: %v", volID, err)
+	}
+	if err := os.MkdirAll(target, 0o750); err != nil {
+		d.node.Drop(target)
+		return nil, status.Errorf(codes.Internal, "create target %s: %v", target, err)
+	}
+	if readOnly {
+		err = mounter.BindReadOnly(target, snap)
+	} else {
+		err = mounter.Overlay(target, snap, upper, work)
+	}
+	if err != nil {
+		d.node.Drop(target)
+		return nil, status.Errorf(codes.Internal, "mount volume %s at %s: %v", volID, target, err)
+	}
+	klog.V(2).InfoS("Published", "volume", volID, "target", target, "snapshot", v.Root, "generation", v.Generation, "readOnly", readOnly)
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// ensureInline creates, on first use, the inline volume the attributes name,
+// scoped by the pod's namespace so a pod cannot name another namespace's cache.
+func (d *Driver) ensureInline(ctx context.Context, attrs map[string]string) (string, error) {
+	name, ns := attrs[attrVolume], attrs[attrNamespace]
+	if name == "" {
+		return "", status.Errorf(codes.InvalidArgument, "inline volume: attribute %q (the cache's name) is required", attrVolume)
+	}
+	if err := cachegroup.ValidName(name); err != nil {
+		return "", status.Errorf(codes.InvalidArgument, "inline volume: attribute %s: %v", attrVolume, err)
+	}
+	if ns == "" {
+		return "", status.Errorf(codes.InvalidArgument, "inline volume: attribute %q is missing: set podInfoOnMount in the CSIDriver", attrNamespace)
+	}
+	quota := d.cfg.DefaultQuota
+	if s := attrs[attrSize]; s != "" {
+		q, err := ParseSize(s)
+		if err != nil {
+			return "", status.Errorf(codes.InvalidArgument, "inline volume: attribute size: %v", err)
+		}
+		quota = q
+	}
+	full := inlineVolumeName(ns, name)
+	id := cachegroup.VolumeID(full)
+	if v, err := d.group.Home(id).Volume(ctx, id); err == nil {
+		return v.ID, nil // exists: its quota is whatever it was created with
+	}
+	v, err := d.group.Home(id).CreateVolume(ctx, cachegroup.VolumeSpec{Name: full, Quota: quota})
+	if err != nil {
+		return "", errStatus(err, "inline volume %s", full)
+	}
+	return v.ID, nil
+}
+
+// NodeUnpublishVolume unmounts the target and moves the pod's writes into the
+// durable outbox; the committer publishes them to the group afterwards.
+func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	id, target := req.GetVolumeId(), req.GetTargetPath()
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume id is required")
+	}
+	if target == "" {
+		return nil, status.Error(codes.InvalidArgument, "target path is required")
+	}
+	if err := d.inflight.lock(id); err != nil {
+		return nil, err
+	}
+	defer d.inflight.unlock(id)
+	if err := mounter.Unmount(target); err != nil {
+		return nil, status.Errorf(codes.Internal, "unmount %s: %v", target, err)
+	}
+	if err := d.node.Submit(target); err != nil {
+		return nil, status.Errorf(codes.Internal, "keep the writes of %s: %v", target, err)
+	}
+	if err := os.Remove(target); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, status.Errorf(codes.Internal, "remove target %s: %v", target, err)
+	}
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// NodeGetVolumeStats reports the volume's bytes and entries against its quota.
+func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
+	id, path := req.GetVolumeId(), req.GetVolumePath()
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume id is required")
+	}
+	if path == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume path is required")
+	}
+	if _, err := os.Stat(path); err != nil {
+		return nil, status.Errorf(codes.NotFound, "volume path %s: %v", path, err)
+	}
+	volID := id
+	if l, ok, _ := d.node.Layer(path); ok {
+		volID = l.VolumeID // an inline volume's handle differs from its cache's id
+	}
+	v, err := d.group.Home(volID).Volume(ctx, volID)
+	if err != nil {
+		return nil, errStatus(err, "volume %s", id)
+	}
+	used, upperFiles := v.Size, int64(0)
+	if l, ok, _ := d.node.Layer(path); ok && !l.ReadOnly {
+		b, n := duDir(filepath.Join(d.node.LayerDir(path), "upper"))
+		used += b
+		upperFiles = n
+	}
+	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
+		{Unit: csi.VolumeUsage_BYTES, Total: v.Quota, Used: used, Available: max(v.Quota-used, 0)},
+		{Unit: csi.VolumeUsage_INODES, Used: v.Count + upperFiles},
+	}}, nil
+}
+
+// duDir returns the bytes and entries below dir.
+func duDir(dir string) (int64, int64) {
+	var b, n int64
+	filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+		if err != nil || p == dir {
+			return nil
+		}
+		n++
+		if e.Type().IsRegular() {
+			if fi, err := e.Info(); err == nil {
+				b += fi.Size()
+			}
+		}
+		return nil
+	})
+	return b, n
+}
+
+// String describes the options for logs.
+func (o Options) String() string {
+	return fmt.Sprintf("group=%q no-sharing=%v commit=%v owner=%v readonly=%v", o.Group, o.NoSharing, o.Commit, o.Owner, o.ReadOnly)
+}

@@ -1,0 +1,128 @@
+package mounter
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// requiredOverlayOptions keep the upper layer readable by the committer as
+// plain files, whiteouts and opaque directories. They are given explicitly
+// because the kernel's defaults depend on its build configuration.
+//
+//   - redirect_dir=off: renaming a directory that comes from the lower layer
+//     fails with EXDEV and tools fall back to copying, so the upper layer
+//     never holds redirect xattrs that would have to be interpreted.
+//   - metacopy=off: a copied-up file always holds its full data in the upper
+//     layer, never a metadata-only stub that points into the lower layer.
+//   - index=off: no inode index (and no hard-link bookkeeping) in the work dir;
+//     it is only needed for NFS export and hard-link preservation of copy-ups.
+var requiredOverlayOptions = []string{"redirect_dir=off", "metacopy=off", "index=off"}
+
+// optionalOverlayOptions only affect speed and inode numbering; a kernel that
+// refuses them still gives a correct overlay, so Overlay retries without them.
+//
+//   - xino=off: no inode-number bit mixing; lower and upper share the store's
+//     filesystem, so real inode numbers are already unique.
+//   - volatile: fsync and syncfs inside the overlay return at once; the pod's
+//     writes are made durable by one SyncFS of the upper layer's filesystem
+//     after unmount, instead of every fsync a build tool issues.
+var optionalOverlayOptions = []string{"xino=off", "volatile"}
+
+// optionalRefused is set once the kernel has refused optionalOverlayOptions
+// (volatile needs Linux 5.10, xino 4.17), so later mounts do not try again.
+var optionalRefused atomic.Bool
+
+// Overlay mounts an overlay at target with lower as the read-only layer and
+// upper/work as the private writable layer, nosuid,nodev.
+//
+// All paths must be absolute and must not contain ',', ':' or '\', which the
+// overlay option syntax treats specially; lower, upper and work must exist,
+// upper and work on the same filesystem.
+//
+// The options are redirect_dir=off, metacopy=off and index=off, so the upper
+// layer holds only plain files with their full data, whiteouts and opaque
+// directories (renaming a directory that comes from lower fails with EXDEV,
+// and tools copy it instead), plus xino=off and volatile (fsync inside the
+// overlay returns at once), these two dropped if the kernel refuses them.
+// The upper layer also carries trusted.overlay.* bookkeeping xattrs (origin,
+// impure, uuid) that mean nothing outside the overlay. Because the mount is
+// volatile, the caller must, after Unmount, call SyncFS on upper before it
+// treats the upper layer as durable, and use a fresh work directory for each
+// mount: the kernel leaves a marker (work/work/incompat/volatile) in a work
+// directory used by a volatile mount and refuses to mount with it again. A
+// work directory still holding that marker after a crash means the upper
+// layer next to it was never synced and may be incomplete.
+func Overlay(target, lower, upper, work string) error {
+	for _, p := range [...]struct{ name, path string }{
+		{"lowerdir", lower}, {"upperdir", upper}, {"workdir", work},
+	} {
+		if err := checkLayerPath(p.path); err != nil {
+			return fmt.Errorf("mount overlay at %s: %s: %w", target, p.name, err)
+		}
+	}
+	opts := append([]string{
+		"lowerdir=" + lower, "upperdir=" + upper, "workdir=" + work,
+	}, requiredOverlayOptions...)
+	if optionalRefused.Load() {
+		return mountOverlay(target, opts)
+	}
+	err := mountOverlay(target, append(opts, optionalOverlayOptions...))
+	if errors.Is(err, unix.ENOENT) {
+		// mount(2) does not say which path is missing; name it.
+		for _, p := range [...]string{target, lower, upper, work} {
+			if _, serr := os.Stat(p); serr != nil {
+				return fmt.Errorf("mount overlay at %s: %w", target, serr)
+			}
+		}
+	}
+	if !errors.Is(err, unix.EINVAL) {
+		return err
+	}
+	if _, serr := os.Lstat(filepath.Join(work, "work", "incompat", "volatile")); serr == nil {
+		return fmt.Errorf("mount overlay at %s: workdir %s was used by an earlier volatile mount; use a fresh one: %w",
+			target, work, unix.EINVAL)
+	}
+	// The kernel may predate volatile/xino: retry with the required options only.
+	if rerr := mountOverlay(target, opts); rerr != nil {
+		return err
+	}
+	optionalRefused.Store(true)
+	return nil
+}
+
+// mountOverlay performs the mount(2) call with the given options.
+func mountOverlay(target string, opts []string) error {
+	data := strings.Join(opts, ",")
+	// mount(2) copies at most one page of option data, NUL included.
+	if limit := os.Getpagesize() - 1; len(data) > limit {
+		return fmt.Errorf("mount overlay at %s: options are %d bytes, over the kernel's limit of %d; use shorter layer paths",
+			target, len(data), limit)
+	}
+	err := ignoringEINTR(func() error {
+		return unix.Mount("overlay", target, "overlay", unix.MS_NOSUID|unix.MS_NODEV, data)
+	})
+	if err != nil {
+		if errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("mount overlay at %s (%s; the kernel log says why): %w", target, data, err)
+		}
+		return fmt.Errorf("mount overlay at %s: %w", target, err)
+	}
+	return nil
+}
+
+// checkLayerPath rejects paths the overlay option string cannot carry as is.
+func checkLayerPath(p string) error {
+	if !filepath.IsAbs(p) {
+		return fmt.Errorf("path %q is not absolute", p)
+	}
+	if i := strings.IndexAny(p, ",:\\\x00"); i >= 0 {
+		return fmt.Errorf("path %q contains %q, which overlay options cannot carry", p, p[i])
+	}
+	return nil
+}
