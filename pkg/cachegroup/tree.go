@@ -222,6 +222,10 @@ func DecodeTree(data []byte) (*Tree, error) {
 	if err := t.Validate(); err != nil {
 		return nil, fmt.Errorf("decode tree: %w", err)
 	}
+	// One encoding per tree: an overlong number would give one tree two names.
+	if !bytes.Equal(t.Encode(), data) {
+		return nil, errors.New("decode tree: not in canonical encoding")
+	}
 	return t, nil
 }
 
