@@ -1,6 +1,7 @@
 package cachegroup
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -84,6 +85,8 @@ func (c *Commit) Bytes() int64 {
 // first walked into and written back, bottom-up, when the edit is done.
 type mtree struct {
 	store   *Store
+	load    func(Digest) error // makes a tree object present in store
+	trees   *[]Digest          // tree objects written by this edit
 	entries []Entry
 	subs    map[string]*mtree // loaded subdirectories by name
 	dirty   bool
@@ -97,12 +100,20 @@ func loadTree(s *Store, d Digest) (*Tree, error) {
 	return DecodeTree(b)
 }
 
-func openMtree(s *Store, d Digest) (*mtree, error) {
-	t, err := loadTree(s, d)
+func (m *mtree) open(d Digest) (*mtree, error) {
+	if err := m.load(d); err != nil {
+		return nil, fmt.Errorf("tree %s: %w", d, err)
+	}
+	t, err := loadTree(m.store, d)
 	if err != nil {
 		return nil, err
 	}
-	return &mtree{store: s, entries: t.Entries}, nil
+	return &mtree{store: m.store, load: m.load, trees: m.trees, entries: t.Entries}, nil
+}
+
+// empty returns a new empty directory of the same edit.
+func (m *mtree) empty() *mtree {
+	return &mtree{store: m.store, load: m.load, trees: m.trees, dirty: true}
 }
 
 func (m *mtree) find(name string) int {
@@ -118,7 +129,7 @@ func (m *mtree) sub(name string) (*mtree, error) {
 	if i < 0 || m.entries[i].Type != TypeDir {
 		return nil, fmt.Errorf("%q is not a directory", name)
 	}
-	s, err := openMtree(m.store, m.entries[i].Digest)
+	s, err := m.open(m.entries[i].Digest)
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +176,7 @@ func (m *mtree) parent(parts []string, meta Entry) (*mtree, error) {
 		if i < 0 || cur.entries[i].Type != TypeDir {
 			// A missing parent (or a file where a directory now is) becomes a directory.
 			d := Entry{Name: name, Type: TypeDir, Mode: 0o755, UID: meta.UID, GID: meta.GID, Mtime: meta.Mtime}
-			child := &mtree{store: m.store, dirty: true}
+			child := m.empty()
 			cur.put(d, child)
 			cur = child
 			continue
@@ -212,7 +223,7 @@ func (m *mtree) apply(op Op) error {
 	case e.Type != TypeDir:
 		dir.put(e, nil)
 	case op.Kind == OpReplace:
-		dir.put(e, &mtree{store: m.store, dirty: true})
+		dir.put(e, m.empty())
 	default:
 		if i := dir.find(name); i >= 0 && dir.entries[i].Type == TypeDir {
 			child, err := dir.sub(name)
@@ -222,7 +233,7 @@ func (m *mtree) apply(op Op) error {
 			child.dirty = true
 			dir.put(e, child)
 		} else {
-			dir.put(e, &mtree{store: m.store, dirty: true})
+			dir.put(e, m.empty())
 		}
 	}
 	return nil
@@ -261,6 +272,7 @@ func (m *mtree) write() (Digest, int64, int64, error) {
 	t := &Tree{Entries: m.entries}
 	size, count := t.Totals()
 	d, err := m.store.PutBytes(t.Encode())
+	*m.trees = append(*m.trees, d)
 	m.dirty = false
 	return d, size, count, err
 }
@@ -291,38 +303,45 @@ func (m *mtree) files(prefix string, fn func(path string, e Entry)) error {
 // EmptyTree returns the encoding of a directory with nothing in it.
 func EmptyTree() []byte { return (&Tree{}).Encode() }
 
+// applied is the outcome of applyCommit.
+type applied struct {
+	root        Digest
+	size, count int64
+	evicted     int
+	trees       []Digest // tree objects the new root added
+}
+
 // applyCommit applies c on top of the tree at root and enforces quota: if the
 // result is larger, the least recently written files the commit did not touch
-// are evicted first. It returns the new root, its totals and how many files
-// were evicted.
-func applyCommit(s *Store, root Digest, c *Commit, quota int64) (Digest, int64, int64, int, error) {
+// are evicted first. load makes a tree object present in s before it is read.
+func applyCommit(s *Store, load func(Digest) error, root Digest, c *Commit, quota int64) (applied, error) {
+	var res applied
 	if err := c.Validate(); err != nil {
-		return Digest{}, 0, 0, 0, err
+		return res, err
 	}
 	if quota > 0 && c.Bytes() > quota {
-		return Digest{}, 0, 0, 0, fmt.Errorf("%w: %d bytes written, quota %d", ErrTooLarge, c.Bytes(), quota)
+		return res, fmt.Errorf("%w: %d bytes written, quota %d", ErrTooLarge, c.Bytes(), quota)
 	}
-	m, err := openMtree(s, root)
+	m, err := (&mtree{store: s, load: load, trees: &res.trees}).open(root)
 	if err != nil {
-		return Digest{}, 0, 0, 0, err
+		return res, err
 	}
 	touched := make(map[string]bool, len(c.Ops))
 	for _, op := range c.Ops {
 		if err := m.apply(op); err != nil {
-			return Digest{}, 0, 0, 0, fmt.Errorf("apply %q: %w", op.Path, err)
+			return res, fmt.Errorf("apply %q: %w", op.Path, err)
 		}
 		touched[op.Path] = true
 	}
-	d, size, count, err := m.write()
-	if err != nil || quota <= 0 || size <= quota {
-		return d, size, count, 0, err
+	res.root, res.size, res.count, err = m.write()
+	if err != nil || quota <= 0 || res.size <= quota {
+		return res, err
 	}
-	evicted, err := evict(m, size-quota, touched)
-	if err != nil {
-		return Digest{}, 0, 0, 0, err
+	if res.evicted, err = evict(m, res.size-quota, touched); err != nil {
+		return res, err
 	}
-	d, size, count, err = m.write()
-	return d, size, count, evicted, err
+	res.root, res.size, res.count, err = m.write()
+	return res, err
 }
 
 // evict deletes files not in keep, oldest mtime first, until need bytes are
@@ -343,7 +362,7 @@ func evict(m *mtree, need int64, keep map[string]bool) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	slices.SortFunc(vs, func(a, b victim) int { return int(min(max(a.mtime-b.mtime, -1), 1)) })
+	slices.SortFunc(vs, func(a, b victim) int { return cmp.Compare(a.mtime, b.mtime) })
 	n := 0
 	for _, v := range vs {
 		if need <= 0 {

@@ -86,7 +86,7 @@ func TestCommitUpsertDeleteReplace(t *testing.T) {
 	if got, want := listing(t, s, r.Volume.Root), "a/ a/x=one b/ b/y=two l->/etc/passwd"; got != want {
 		t.Fatalf("after c1: %q, want %q", got, want)
 	}
-	if r.Volume.Size != 6 || r.Volume.Count != 5 || r.Volume.Generation != 1 {
+	if r.Volume.Size != 6 || r.Volume.Count != 5 || r.Volume.Generation != 2 {
 		t.Fatalf("totals: size %d count %d gen %d", r.Volume.Size, r.Volume.Count, r.Volume.Generation)
 	}
 	// A second writer from the same base: deletes a, replaces b, adds c/z
@@ -163,25 +163,26 @@ func TestCommitRejectsBadPaths(t *testing.T) {
 func TestSnapshotsAndClone(t *testing.T) {
 	ctx := context.Background()
 	l := newLocal(t)
+	g := NewGroup("g", l, 1, nil)
 	s := l.Store()
 	v, _ := l.CreateVolume(ctx, VolumeSpec{Name: "src", Quota: 100})
 	l.Commit(ctx, v.ID, &Commit{Ops: []Op{file(t, s, "f", "v1", 1)}})
-	snap, err := l.CreateSnapshot(ctx, "s1", v.ID)
+	snap, err := g.CreateSnapshot(ctx, "s1", v.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if again, err := l.CreateSnapshot(ctx, "s1", v.ID); err != nil || again.ID != snap.ID {
+	if again, err := g.CreateSnapshot(ctx, "s1", v.ID); err != nil || again.ID != snap.ID {
 		t.Fatalf("idempotent snapshot: %v %v", again, err)
 	}
 	l.Commit(ctx, v.ID, &Commit{Ops: []Op{file(t, s, "f", "v2", 2)}})
-	clone, err := l.CreateVolume(ctx, VolumeSpec{Name: "clone", Quota: 100, Source: snap.ID})
+	clone, err := g.CreateVolume(ctx, VolumeSpec{Name: "clone", Quota: 100}, snap.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := listing(t, s, clone.Root); got != "f=v1" {
 		t.Fatalf("clone holds %q, want the snapshot's f=v1", got)
 	}
-	if _, err := l.CreateVolume(ctx, VolumeSpec{Name: "clone", Quota: 200, Source: snap.ID}); !errors.Is(err, ErrExists) {
+	if _, err := g.CreateVolume(ctx, VolumeSpec{Name: "clone", Quota: 200}, snap.ID); !errors.Is(err, ErrExists) {
 		t.Fatalf("same name, other quota: %v", err)
 	}
 }

@@ -10,7 +10,15 @@ import (
 	"math"
 	"slices"
 	"sort"
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
 )
+
+// ErrUnavailable is returned when none of the members that could serve a
+// request is live.
+var ErrUnavailable = errors.New("no live member can serve this")
 
 // Member is a peer with its placement weight (its capacity share).
 type Member struct {
@@ -20,21 +28,31 @@ type Member struct {
 
 // Group is a named set of members. It picks, by weighted rendezvous hashing,
 // the R homes of each volume and the R owners of each blob, and routes every
-// operation to them. A group of one member routes everything to that member.
+// operation to them, skipping members that are down. A group of one member
+// routes everything to that member.
 type Group struct {
 	name     string
 	local    *Local
-	members  []Member
 	replicas int
+	metrics  *Metrics
+
+	mu      sync.RWMutex
+	members []Member
+	down    map[string]bool // members whose last contact failed
+	changed chan struct{}   // closed and replaced when membership changes
 }
 
-// NewGroup returns the group called name whose members are members; local is
-// this process's own member (it may also be in members) and replicas is R.
-func NewGroup(name string, local *Local, members []Member, replicas int) *Group {
-	if len(members) == 0 {
-		members = []Member{{Peer: local, Weight: 1}}
+// NewGroup returns the group called name holding just local, this process's
+// own member, with replicas (R) copies of everything; SetMembers adds others.
+func NewGroup(name string, local *Local, replicas int, m *Metrics) *Group {
+	if m == nil {
+		m = NewMetrics(local.Store())
 	}
-	return &Group{name: name, local: local, members: members, replicas: max(replicas, 1)}
+	g := &Group{name: name, local: local, replicas: max(replicas, 1), metrics: m,
+		members: []Member{{Peer: local, Weight: 1}}, down: map[string]bool{}, changed: make(chan struct{})}
+	local.replicate = g.replicate
+	local.fetch = g.Fetch
+	return g
 }
 
 // Name returns the group's name.
@@ -43,26 +61,122 @@ func (g *Group) Name() string { return g.name }
 // Local returns this process's member.
 func (g *Group) Local() *Local { return g.local }
 
-// Members returns the group's members.
-func (g *Group) Members() []Member { return slices.Clone(g.members) }
+// Metrics returns the member's metrics.
+func (g *Group) Metrics() *Metrics { return g.metrics }
 
-// rank returns the members in rendezvous order for key: each member scores
+// Replicas returns R.
+func (g *Group) Replicas() int { return g.replicas }
+
+// Members returns the group's members.
+func (g *Group) Members() []Member {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return slices.Clone(g.members)
+}
+
+// SetMembers replaces the member list; this process's member is always in it.
+func (g *Group) SetMembers(ms []Member) {
+	has := false
+	for _, m := range ms {
+		has = has || m.Name() == g.local.Name()
+	}
+	if !has {
+		ms = append(ms, Member{Peer: g.local, Weight: 1})
+	}
+	for i := range ms {
+		if ms[i].Name() == g.local.Name() {
+			ms[i].Peer = g.local
+		}
+	}
+	sort.Slice(ms, func(i, j int) bool { return ms[i].Name() < ms[j].Name() })
+	g.mu.Lock()
+	same := len(ms) == len(g.members)
+	for i := 0; same && i < len(ms); i++ {
+		same = ms[i].Name() == g.members[i].Name() && ms[i].Weight == g.members[i].Weight
+	}
+	g.members = ms
+	g.local.checkBlobs = len(ms) == 1
+	if !same {
+		close(g.changed)
+		g.changed = make(chan struct{})
+	}
+	g.mu.Unlock()
+	g.metrics.MembersSeen.Set(float64(len(ms)))
+	if !same {
+		names := make([]string, len(ms))
+		for i, m := range ms {
+			names[i] = m.Name()
+		}
+		klog.InfoS("Members changed", "group", g.name, "members", names)
+	}
+}
+
+// Changed returns a channel closed at the next membership change.
+func (g *Group) Changed() <-chan struct{} {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return g.changed
+}
+
+// SetLive records whether a member answered.
+func (g *Group) SetLive(name string, live bool) {
+	g.mu.Lock()
+	was := !g.down[name]
+	if live {
+		delete(g.down, name)
+	} else if name != g.local.Name() {
+		g.down[name] = true
+	}
+	n := 0
+	for _, m := range g.members {
+		if !g.down[m.Name()] {
+			n++
+		}
+	}
+	if was != live && name != g.local.Name() {
+		close(g.changed)
+		g.changed = make(chan struct{})
+	}
+	g.mu.Unlock()
+	g.metrics.MembersLive.Set(float64(n))
+	if was != live {
+		klog.InfoS("Member liveness changed", "member", name, "live", live)
+	}
+}
+
+// Live reports whether member name is thought to be up.
+func (g *Group) Live(name string) bool {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return !g.down[name]
+}
+
+// failed marks p down if err says it could not be reached.
+func (g *Group) failed(p Peer, err error) {
+	var re *errRemote
+	if err != nil && !errors.As(err, &re) && !errors.Is(err, context.Canceled) {
+		g.SetLive(p.Name(), false)
+	}
+}
+
+// rank returns every member in rendezvous order for key: each scores
 // -weight/ln(u), u a uniform hash of (key, member name); highest first. A
 // member joining or leaving moves only the keys it wins or held.
 func (g *Group) rank(key string) []Peer {
+	g.mu.RLock()
+	ms := g.members
+	g.mu.RUnlock()
+	return rank(key, ms)
+}
+
+func rank(key string, ms []Member) []Peer {
 	type scored struct {
 		p Peer
 		s float64
 	}
-	ss := make([]scored, len(g.members))
-	for i, m := range g.members {
-		h := sha256.Sum256([]byte(key + "\x00" + m.Name()))
-		u := (float64(binary.BigEndian.Uint64(h[:8])>>11) + 0.5) / (1 << 53)
-		w := m.Weight
-		if w <= 0 {
-			w = 1
-		}
-		ss[i] = scored{m.Peer, -w / math.Log(u)}
+	ss := make([]scored, len(ms))
+	for i, m := range ms {
+		ss[i] = scored{m.Peer, Score(key, m.Name(), m.Weight)}
 	}
 	sort.Slice(ss, func(i, j int) bool { return ss[i].s > ss[j].s })
 	out := make([]Peer, len(ss))
@@ -72,47 +186,270 @@ func (g *Group) rank(key string) []Peer {
 	return out
 }
 
-// Homes returns the R members that keep volume id's head, primary first.
+// Score is the weighted rendezvous score of member for key.
+func Score(key, member string, weight float64) float64 {
+	h := sha256.Sum256([]byte(key + "\x00" + member))
+	u := (float64(binary.BigEndian.Uint64(h[:8])>>11) + 0.5) / (1 << 53)
+	if weight <= 0 {
+		weight = 1
+	}
+	return -weight / math.Log(u)
+}
+
+func (g *Group) liveOnly(ps []Peer) []Peer {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	out := ps[:0:0]
+	for _, p := range ps {
+		if !g.down[p.Name()] {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Homes returns the R members that keep volume (or snapshot) id's head,
+// primary first.
 func (g *Group) Homes(id string) []Peer {
 	r := g.rank("volume/" + id)
 	return r[:min(g.replicas, len(r))]
 }
 
-// Home returns the primary home of volume or snapshot id.
-func (g *Group) Home(id string) Home { return g.Homes(id)[0] }
+// Owners returns the R members that own blob d.
+func (g *Group) Owners(d Digest) []Peer {
+	r := g.rank("blob/" + d.String())
+	return r[:min(g.replicas, len(r))]
+}
 
-// Owners returns the members that hold blob d in rendezvous order: the R
-// owners first, then the rest as fallbacks.
-func (g *Group) Owners(d Digest) []Peer { return g.rank("blob/" + d.String()) }
+// IsOwner reports whether this member is one of blob d's owners.
+func (g *Group) IsOwner(d Digest) bool {
+	return slices.ContainsFunc(g.Owners(d), func(p Peer) bool { return p == Peer(g.local) })
+}
 
-// Volumes lists the volumes of every member, each once.
+// targets returns the R live members that should hold blob d now: its owners,
+// or the next members in rendezvous order standing in for owners that are
+// down (re-replication moves the copy back when they return).
+func (g *Group) targets(d Digest) []Peer {
+	r := g.liveOnly(g.rank("blob/" + d.String()))
+	return r[:min(g.replicas, len(r))]
+}
+
+// onPrimary runs fn on the first live home of id, falling over to the next
+// home if a home cannot be reached.
+func (g *Group) onPrimary(ctx context.Context, id string, fn func(Home) error) error {
+	var errs []error
+	for _, h := range g.liveOnly(g.Homes(id)) {
+		err := fn(h)
+		if err == nil {
+			return nil
+		}
+		var re *errRemote
+		if errors.As(err, &re) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrExists) || errors.Is(err, ErrTooLarge) || ctx.Err() != nil {
+			return err
+		}
+		if _, local := h.(*Local); local {
+			return err
+		}
+		g.failed(h.(Peer), err)
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		return fmt.Errorf("%s: %w", id, ErrUnavailable)
+	}
+	return fmt.Errorf("%s: %w: %w", id, ErrUnavailable, errors.Join(errs...))
+}
+
+// Volume returns volume id's newest head among its live homes.
+func (g *Group) Volume(ctx context.Context, id string) (Volume, error) {
+	var (
+		best  *Volume
+		errs  []error
+		found bool
+	)
+	for _, h := range g.liveOnly(g.Homes(id)) {
+		v, err := h.Volume(ctx, id)
+		switch {
+		case err == nil:
+			found = true
+			if best == nil || newer(v, *best) {
+				best = &v
+			}
+		case errors.Is(err, ErrNotFound):
+		default:
+			g.failed(h, err)
+			errs = append(errs, err)
+		}
+	}
+	if found {
+		return *best, nil
+	}
+	if len(errs) > 0 {
+		return Volume{}, fmt.Errorf("volume %s: %w: %w", id, ErrUnavailable, errors.Join(errs...))
+	}
+	return Volume{}, fmt.Errorf("volume %s: %w", id, ErrNotFound)
+}
+
+// CreateVolume creates a volume at its primary home; from a snapshot, the
+// snapshot is looked up first, wherever it lives.
+func (g *Group) CreateVolume(ctx context.Context, spec VolumeSpec, source string) (Volume, error) {
+	if source != "" {
+		s, err := g.Snapshot(ctx, source)
+		if err != nil {
+			return Volume{}, err
+		}
+		spec.From = &s
+	}
+	var v Volume
+	err := g.onPrimary(ctx, VolumeID(spec.Name), func(h Home) (err error) {
+		v, err = h.CreateVolume(ctx, spec)
+		return err
+	})
+	return v, err
+}
+
+// DeleteVolume deletes a volume at its primary home.
+func (g *Group) DeleteVolume(ctx context.Context, id string) error {
+	return g.onPrimary(ctx, id, func(h Home) error { return h.DeleteVolume(ctx, id) })
+}
+
+// ExpandVolume raises a volume's quota at its primary home.
+func (g *Group) ExpandVolume(ctx context.Context, id string, quota int64) (Volume, error) {
+	var v Volume
+	err := g.onPrimary(ctx, id, func(h Home) (err error) {
+		v, err = h.ExpandVolume(ctx, id, quota)
+		return err
+	})
+	return v, err
+}
+
+// Commit applies c at volume id's primary home. Every blob it names must be
+// at its owners already (see Push).
+func (g *Group) Commit(ctx context.Context, id string, c *Commit) (CommitResult, error) {
+	var res CommitResult
+	err := g.onPrimary(ctx, id, func(h Home) (err error) {
+		res, err = h.Commit(ctx, id, c)
+		return err
+	})
+	return res, err
+}
+
+// replicate pushes a changed head's new tree objects to their owners and the
+// head to the volume's other live homes; a home that cannot be reached
+// catches up by anti-entropy when it is back.
+func (g *Group) replicate(ctx context.Context, v Volume, trees []Digest) error {
+	if err := g.PushAll(ctx, trees); err != nil {
+		return err
+	}
+	for _, h := range g.liveOnly(g.Homes(v.ID)) {
+		if h == Peer(g.local) {
+			continue
+		}
+		if err := h.PutHead(ctx, v); err != nil {
+			g.failed(h, err)
+			klog.ErrorS(err, "Replicate head", "volume", v.ID, "home", h.Name())
+		}
+	}
+	return nil
+}
+
+// Volumes lists the group's live volumes, the newest head of each.
 func (g *Group) Volumes(ctx context.Context) ([]Volume, error) {
-	seen := map[string]bool{}
-	var all []Volume
-	for _, m := range g.members {
+	byID := map[string]Volume{}
+	for _, m := range g.liveOnly(g.rank("")) {
 		vs, err := m.Volumes(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("list volumes of %s: %w", m.Name(), err)
+			g.failed(m, err)
+			continue
 		}
 		for _, v := range vs {
-			if !seen[v.ID] {
-				seen[v.ID] = true
-				all = append(all, v)
+			if cur, ok := byID[v.ID]; !ok || newer(v, cur) {
+				byID[v.ID] = v
 			}
+		}
+	}
+	var all []Volume
+	for _, v := range byID {
+		if !v.Deleted {
+			all = append(all, v)
 		}
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i].ID < all[j].ID })
 	return all, nil
 }
 
-// Snapshots lists the snapshots of every member, each once.
+// Snapshot returns snapshot id from its homes.
+func (g *Group) Snapshot(ctx context.Context, id string) (Snapshot, error) {
+	var errs []error
+	for _, h := range g.liveOnly(g.Homes(id)) {
+		s, err := h.Snapshot(ctx, id)
+		if err == nil {
+			return s, nil
+		}
+		if !errors.Is(err, ErrNotFound) {
+			g.failed(h, err)
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return Snapshot{}, fmt.Errorf("snapshot %s: %w: %w", id, ErrUnavailable, errors.Join(errs...))
+	}
+	return Snapshot{}, fmt.Errorf("snapshot %s: %w", id, ErrNotFound)
+}
+
+// CreateSnapshot pins volume volumeID's current generation as snapshot name,
+// kept at the snapshot's homes; idempotent on name.
+func (g *Group) CreateSnapshot(ctx context.Context, name, volumeID string) (Snapshot, error) {
+	id := SnapshotID(name)
+	if s, err := g.Snapshot(ctx, id); err == nil {
+		if s.VolumeID != volumeID {
+			return Snapshot{}, fmt.Errorf("snapshot %q: %w (of volume %s)", name, ErrExists, s.VolumeID)
+		}
+		return s, nil
+	} else if !errors.Is(err, ErrNotFound) {
+		return Snapshot{}, err
+	}
+	v, err := g.Volume(ctx, volumeID)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	s := Snapshot{ID: id, Name: name, VolumeID: volumeID, Root: v.Root, Size: v.Size, Count: v.Count, Created: time.Now().UTC()}
+	stored := 0
+	for _, h := range g.liveOnly(g.Homes(id)) {
+		if err := h.PutSnapshot(ctx, s); err != nil {
+			if errors.Is(err, ErrExists) {
+				return Snapshot{}, err
+			}
+			g.failed(h, err)
+			continue
+		}
+		stored++
+	}
+	if stored == 0 {
+		return Snapshot{}, fmt.Errorf("snapshot %q: %w", name, ErrUnavailable)
+	}
+	return s, nil
+}
+
+// DeleteSnapshot removes snapshot id from its homes.
+func (g *Group) DeleteSnapshot(ctx context.Context, id string) error {
+	for _, h := range g.liveOnly(g.Homes(id)) {
+		if err := h.DeleteSnapshot(ctx, id); err != nil {
+			g.failed(h, err)
+			return err
+		}
+	}
+	return nil
+}
+
+// Snapshots lists the snapshots of every live member, each once.
 func (g *Group) Snapshots(ctx context.Context) ([]Snapshot, error) {
 	seen := map[string]bool{}
 	var all []Snapshot
-	for _, m := range g.members {
+	for _, m := range g.liveOnly(g.rank("")) {
 		ss, err := m.Snapshots(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("list snapshots of %s: %w", m.Name(), err)
+			g.failed(m, err)
+			continue
 		}
 		for _, s := range ss {
 			if !seen[s.ID] {
@@ -125,21 +462,44 @@ func (g *Group) Snapshots(ctx context.Context) ([]Snapshot, error) {
 	return all, nil
 }
 
-// Fetch stores blob d in the local store from the first member that has it,
-// verifying what arrives; a copy that fails verification is discarded and the
-// next source tried.
+// Sources returns where to fetch blob d from, best first: its live owners,
+// then every other live member (one may hold a copy), excluding this one.
+func (g *Group) Sources(d Digest) []Peer {
+	var out []Peer
+	for _, p := range g.liveOnly(g.rank("blob/" + d.String())) {
+		if p != Peer(g.local) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Fetch makes sure blob d is in the local store, fetched from its sources.
 func (g *Group) Fetch(ctx context.Context, d Digest) error {
+	_, err := g.FetchFrom(ctx, d, g.Sources(d))
+	return err
+}
+
+// FetchFrom stores blob d in the local store from the first of sources that
+// has it, verifying what arrives: a copy that fails verification is discarded
+// and the next source tried. It returns the member that served it.
+func (g *Group) FetchFrom(ctx context.Context, d Digest, sources []Peer) (Peer, error) {
 	st := g.local.Store()
 	if st.Has(d) {
-		return nil
+		return g.local, nil
 	}
 	var errs []error
-	for _, p := range g.Owners(d) {
-		if p == Peer(g.local) {
-			continue
-		}
+	for _, p := range sources {
 		err := func() error {
-			r, err := p.Fetch(ctx, d)
+			var (
+				r   io.ReadCloser
+				err error
+			)
+			if rp, ok := p.(*Remote); ok && !slices.Contains(g.Owners(d), p) {
+				r, err = rp.FetchThrough(ctx, d) // a sharing peer may pull it through
+			} else {
+				r, err = p.Fetch(ctx, d)
+			}
 			if err != nil {
 				return err
 			}
@@ -148,21 +508,61 @@ func (g *Group) Fetch(ctx context.Context, d Digest) error {
 			return err
 		}()
 		if err == nil {
-			return nil
+			return p, nil
 		}
-		errs = append(errs, fmt.Errorf("%s: %w", p.Name(), err))
+		if errors.Is(err, ErrCorrupt) {
+			g.metrics.Corrupt.Inc()
+			klog.ErrorS(err, "Discarded a blob that failed verification", "blob", d, "from", p.Name())
+		} else {
+			g.failed(p, err)
+		}
+		errs = append(errs, err)
 	}
 	if len(errs) == 0 {
-		return fmt.Errorf("blob %s: %w", d, ErrNotFound)
+		return nil, fmt.Errorf("blob %s: %w", d, ErrNotFound)
 	}
-	return fmt.Errorf("fetch blob %s: %w", d, errors.Join(errs...))
+	return nil, fmt.Errorf("fetch blob %s: %w", d, errors.Join(errs...))
 }
 
-// Push sends blob d from the local store to those of its R owners that are
-// not this member.
+// pushWorkers bounds the blobs pushed at once.
+const pushWorkers = 8
+
+// PushAll sends blobs from the local store to the members that should hold
+// them (see targets), in parallel.
+func (g *Group) PushAll(ctx context.Context, ds []Digest) error {
+	work := make(chan Digest)
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	for range min(pushWorkers, len(ds)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for d := range work {
+				if err := g.Push(ctx, d); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for _, d := range ds {
+		work <- d
+	}
+	close(work)
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Push sends blob d from the local store to those of its targets that are
+// not this member. It fails if no copy other than the local one could be
+// made while other members are live.
 func (g *Group) Push(ctx context.Context, d Digest) error {
-	owners := g.Owners(d)
-	for _, p := range owners[:min(g.replicas, len(owners))] {
+	var errs []error
+	for _, p := range g.targets(d) {
 		if p == Peer(g.local) {
 			continue
 		}
@@ -172,11 +572,12 @@ func (g *Group) Push(ctx context.Context, d Digest) error {
 				return err
 			}
 			defer f.Close()
-			return p.Push(ctx, d, io.Reader(f))
+			return p.Push(ctx, d, f)
 		}()
 		if err != nil {
-			return fmt.Errorf("push blob %s to %s: %w", d, p.Name(), err)
+			g.failed(p, err)
+			errs = append(errs, fmt.Errorf("push blob %s to %s: %w", d, p.Name(), err))
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }

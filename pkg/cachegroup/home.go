@@ -37,7 +37,8 @@ type Volume struct {
 	Size       int64     `json:"size"`
 	Count      int64     `json:"count"`
 	Generation uint64    `json:"generation"`
-	Source     string    `json:"source,omitempty"` // snapshot it was cloned from
+	Source     string    `json:"source,omitempty"`  // snapshot it was cloned from
+	Deleted    bool      `json:"deleted,omitempty"` // a tombstone
 	Created    time.Time `json:"created"`
 	Updated    time.Time `json:"updated"`
 }
@@ -55,10 +56,11 @@ type Snapshot struct {
 
 // VolumeSpec is what a new volume is created from.
 type VolumeSpec struct {
-	Name   string
-	Quota  int64
-	Owner  *Owner
-	Source string // snapshot ID to clone, or ""
+	Name  string
+	Quota int64
+	Owner *Owner
+	// From is the snapshot to clone, or nil.
+	From *Snapshot
 }
 
 // CommitResult tells what a commit did.
@@ -79,17 +81,22 @@ func shortHash(s string) string {
 	return hex.EncodeToString(h[:12])
 }
 
-// Home is what a volume's home serves: heads, commits and snapshots.
+// Home is what a volume's home serves: heads, commits and snapshots. Heads
+// and snapshots carry generations, so replicas converge on the newest.
 type Home interface {
 	Volume(ctx context.Context, id string) (Volume, error)
+	// Volumes lists every head the member keeps, deleted ones (tombstones)
+	// included, so that a deletion replicates like any other change.
 	Volumes(ctx context.Context) ([]Volume, error)
 	CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, error)
 	DeleteVolume(ctx context.Context, id string) error
 	ExpandVolume(ctx context.Context, id string, quota int64) (Volume, error)
 	Commit(ctx context.Context, id string, c *Commit) (CommitResult, error)
+	// PutHead keeps a head replicated from another home if it is newer.
+	PutHead(ctx context.Context, v Volume) error
 	Snapshot(ctx context.Context, id string) (Snapshot, error)
 	Snapshots(ctx context.Context) ([]Snapshot, error)
-	CreateSnapshot(ctx context.Context, name, volumeID string) (Snapshot, error)
+	PutSnapshot(ctx context.Context, s Snapshot) error
 	DeleteSnapshot(ctx context.Context, id string) error
 }
 
@@ -120,6 +127,18 @@ type Local struct {
 	volumes   map[string]*Volume
 	snapshots map[string]*Snapshot
 	commitMu  map[string]*sync.Mutex // serialises commits per volume
+
+	// replicate, if set, makes a new head durable elsewhere before a
+	// change is acknowledged: it pushes the new tree objects to their
+	// owners and the head to the volume's other homes.
+	replicate func(ctx context.Context, v Volume, trees []Digest) error
+	// fetch, if set, brings a missing blob (a tree) from the group.
+	fetch func(ctx context.Context, d Digest) error
+	// checkBlobs refuses commits naming blobs absent here; only a group of
+	// one can check locally, larger groups trust the committer's pushes.
+	checkBlobs bool
+
+	holders *holders // sharing nodes of the snapshots of volumes homed here
 }
 
 var _ Peer = (*Local)(nil)
@@ -127,7 +146,8 @@ var _ Peer = (*Local)(nil)
 // OpenLocal opens the member called name over store, keeping metadata in dir.
 func OpenLocal(name string, store *Store, dir string) (*Local, error) {
 	l := &Local{name: name, store: store, dir: dir,
-		volumes: map[string]*Volume{}, snapshots: map[string]*Snapshot{}, commitMu: map[string]*sync.Mutex{}}
+		volumes: map[string]*Volume{}, snapshots: map[string]*Snapshot{}, commitMu: map[string]*sync.Mutex{},
+		checkBlobs: true, holders: newHolders()}
 	for _, sub := range []string{"volumes", "snapshots"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("open member: %w", err)
@@ -192,14 +212,16 @@ func (l *Local) Volume(_ context.Context, id string) (Volume, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	v, ok := l.volumes[id]
-	if !ok {
+	if !ok || v.Deleted {
 		return Volume{}, fmt.Errorf("volume %s: %w", id, ErrNotFound)
 	}
 	return *v, nil
 }
 
-// Volumes lists the volumes this member is home of, by ID.
-func (l *Local) Volumes(_ context.Context) ([]Volume, error) {
+// Volumes lists the heads this member keeps, tombstones included, by ID.
+func (l *Local) Volumes(_ context.Context) ([]Volume, error) { return l.allVolumes() }
+
+func (l *Local) allVolumes() ([]Volume, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	vs := make([]Volume, 0, len(l.volumes))
@@ -214,71 +236,136 @@ func (l *Local) Volumes(_ context.Context) ([]Volume, error) {
 // the same settings.
 func (l *Local) CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, error) {
 	id := VolumeID(spec.Name)
+	source := ""
+	if spec.From != nil {
+		source = spec.From.ID
+	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
+	var gen uint64
 	if v, ok := l.volumes[id]; ok {
-		if v.Quota != spec.Quota || v.Source != spec.Source {
-			return Volume{}, fmt.Errorf("volume %q: %w (quota %d, source %q)", spec.Name, ErrExists, v.Quota, v.Source)
+		if !v.Deleted {
+			l.mu.Unlock()
+			if v.Quota != spec.Quota || v.Source != source {
+				return Volume{}, fmt.Errorf("volume %q: %w (quota %d, source %q)", spec.Name, ErrExists, v.Quota, v.Source)
+			}
+			return *v, nil
 		}
-		return *v, nil
+		gen = v.Generation // a re-created volume outranks its tombstone
 	}
 	now := time.Now().UTC()
 	v := &Volume{ID: id, Name: spec.Name, Quota: spec.Quota, Owner: spec.Owner, Root: Sum(EmptyTree()),
-		Source: spec.Source, Created: now, Updated: now}
-	if spec.Source != "" {
-		s, ok := l.snapshots[spec.Source]
-		if !ok {
-			return Volume{}, fmt.Errorf("snapshot %s: %w", spec.Source, ErrNotFound)
-		}
+		Source: source, Generation: gen + 1, Created: now, Updated: now}
+	if s := spec.From; s != nil {
 		if spec.Quota > 0 && s.Size > spec.Quota {
+			l.mu.Unlock()
 			return Volume{}, fmt.Errorf("%w: snapshot %s holds %d bytes, quota %d", ErrTooLarge, s.ID, s.Size, spec.Quota)
 		}
 		v.Root, v.Size, v.Count = s.Root, s.Size, s.Count
 	}
-	if err := writeJSON(filepath.Join(l.dir, "volumes", id+".json"), v); err != nil {
+	err := l.setVolume(v)
+	l.mu.Unlock()
+	if err != nil {
 		return Volume{}, err
 	}
-	l.volumes[id] = v
-	return *v, nil
+	return *v, l.replicated(ctx, *v, nil)
 }
 
-// DeleteVolume drops volume id's head; a missing volume is not an error. Its
-// blobs are left for garbage collection.
-func (l *Local) DeleteVolume(_ context.Context, id string) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if err := os.Remove(filepath.Join(l.dir, "volumes", id+".json")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+// setVolume records v durably; l.mu is held.
+func (l *Local) setVolume(v *Volume) error {
+	if err := writeJSON(filepath.Join(l.dir, "volumes", v.ID+".json"), v); err != nil {
 		return err
 	}
-	delete(l.volumes, id)
+	l.volumes[v.ID] = v
 	return nil
 }
 
-// ExpandVolume raises volume id's quota; a smaller quota is kept as it is.
-func (l *Local) ExpandVolume(_ context.Context, id string, quota int64) (Volume, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	v, ok := l.volumes[id]
-	if !ok {
-		return Volume{}, fmt.Errorf("volume %s: %w", id, ErrNotFound)
+func (l *Local) replicated(ctx context.Context, v Volume, trees []Digest) error {
+	if l.replicate == nil {
+		return nil
 	}
-	if quota <= v.Quota {
-		return *v, nil
+	if err := l.replicate(ctx, v, trees); err != nil {
+		return fmt.Errorf("replicate volume %s: %w", v.ID, err)
 	}
-	nv := *v
-	nv.Quota = quota
-	nv.Updated = time.Now().UTC()
-	if err := writeJSON(filepath.Join(l.dir, "volumes", id+".json"), &nv); err != nil {
-		return Volume{}, err
-	}
-	l.volumes[id] = &nv
-	return nv, nil
+	return nil
 }
 
-// Commit applies c to volume id's head, one commit at a time per volume.
-// Every blob the commit names must already be in the store. The new head is
-// durable when Commit returns.
-func (l *Local) Commit(_ context.Context, id string, c *Commit) (CommitResult, error) {
+// change applies fn to volume id's head under the lock, bumps its generation
+// and records and replicates the result.
+func (l *Local) change(ctx context.Context, id string, trees []Digest, fn func(v *Volume) bool) (Volume, error) {
+	l.mu.Lock()
+	cur, ok := l.volumes[id]
+	if !ok || cur.Deleted {
+		l.mu.Unlock()
+		return Volume{}, fmt.Errorf("volume %s: %w", id, ErrNotFound)
+	}
+	nv := *cur
+	if !fn(&nv) {
+		l.mu.Unlock()
+		return nv, nil
+	}
+	nv.Generation++
+	nv.Updated = time.Now().UTC()
+	err := l.setVolume(&nv)
+	l.mu.Unlock()
+	if err != nil {
+		return Volume{}, err
+	}
+	return nv, l.replicated(ctx, nv, trees)
+}
+
+// DeleteVolume turns volume id's head into a tombstone; a missing volume is
+// not an error. Its blobs are left for garbage collection.
+func (l *Local) DeleteVolume(ctx context.Context, id string) error {
+	_, err := l.change(ctx, id, nil, func(v *Volume) bool {
+		v.Deleted = true
+		return true
+	})
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// ExpandVolume raises volume id's quota; a smaller quota is kept as it is.
+func (l *Local) ExpandVolume(ctx context.Context, id string, quota int64) (Volume, error) {
+	return l.change(ctx, id, nil, func(v *Volume) bool {
+		if quota <= v.Quota {
+			return false
+		}
+		v.Quota = quota
+		return true
+	})
+}
+
+// PutHead keeps v if it is newer than the head this member has.
+func (l *Local) PutHead(_ context.Context, v Volume) error {
+	if !strings.HasPrefix(v.ID, "vol-") || strings.ContainsAny(v.ID, "/\\.") {
+		return fmt.Errorf("head: bad volume id %q", v.ID)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if cur, ok := l.volumes[v.ID]; ok && !newer(v, *cur) {
+		return nil
+	}
+	return l.setVolume(&v)
+}
+
+// newer orders heads: by generation, then by root so that two homes that
+// both advanced during a partition agree on one of them.
+func newer(a, b Volume) bool {
+	switch {
+	case a.Generation != b.Generation:
+		return a.Generation > b.Generation
+	case a.Deleted != b.Deleted:
+		return a.Deleted
+	}
+	return a.Root.String() > b.Root.String()
+}
+
+// Commit applies c to volume id's head, one commit at a time per volume. The
+// new head is durable here and replicated to the other homes when Commit
+// returns.
+func (l *Local) Commit(ctx context.Context, id string, c *Commit) (CommitResult, error) {
 	l.mu.Lock()
 	mu, ok := l.commitMu[id]
 	if !ok {
@@ -289,37 +376,38 @@ func (l *Local) Commit(_ context.Context, id string, c *Commit) (CommitResult, e
 	mu.Lock()
 	defer mu.Unlock()
 
-	v, err := l.Volume(context.Background(), id)
+	v, err := l.Volume(ctx, id)
 	if err != nil {
 		return CommitResult{}, err
 	}
-	for _, op := range c.Ops {
-		if op.Kind == OpUpsert && op.Entry.Type == TypeFile && !l.store.Has(op.Entry.Digest) {
-			return CommitResult{}, fmt.Errorf("commit %q: blob %s: %w", op.Path, op.Entry.Digest, ErrNotFound)
+	if l.checkBlobs {
+		for _, op := range c.Ops {
+			if op.Kind == OpUpsert && op.Entry.Type == TypeFile && !l.store.Has(op.Entry.Digest) {
+				return CommitResult{}, fmt.Errorf("commit %q: blob %s: %w", op.Path, op.Entry.Digest, ErrNotFound)
+			}
 		}
 	}
-	root, size, count, evicted, err := applyCommit(l.store, v.Root, c, v.Quota)
+	load := func(d Digest) error {
+		if l.fetch != nil && !l.store.Has(d) {
+			return l.fetch(ctx, d)
+		}
+		return nil
+	}
+	res, err := applyCommit(l.store, load, v.Root, c, v.Quota)
 	if err != nil {
 		return CommitResult{}, fmt.Errorf("volume %s: %w", id, err)
 	}
 	if err := l.store.Sync(); err != nil {
 		return CommitResult{}, err
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	cur, ok := l.volumes[id]
-	if !ok {
-		return CommitResult{}, fmt.Errorf("volume %s: %w (deleted during commit)", id, ErrNotFound)
-	}
-	nv := *cur // keep settings changed meanwhile (quota)
-	nv.Root, nv.Size, nv.Count = root, size, count
-	nv.Generation++
-	nv.Updated = time.Now().UTC()
-	if err := writeJSON(filepath.Join(l.dir, "volumes", id+".json"), &nv); err != nil {
+	nv, err := l.change(ctx, id, res.trees, func(nv *Volume) bool {
+		nv.Root, nv.Size, nv.Count = res.root, res.size, res.count
+		return true
+	})
+	if err != nil {
 		return CommitResult{}, err
 	}
-	l.volumes[id] = &nv
-	return CommitResult{Volume: nv, Evicted: evicted}, nil
+	return CommitResult{Volume: nv, Evicted: res.evicted}, nil
 }
 
 // Snapshot returns snapshot id.
@@ -345,28 +433,25 @@ func (l *Local) Snapshots(_ context.Context) ([]Snapshot, error) {
 	return ss, nil
 }
 
-// CreateSnapshot pins volume volumeID's current generation under name, or
-// returns the snapshot of that name if it is of the same volume.
-func (l *Local) CreateSnapshot(_ context.Context, name, volumeID string) (Snapshot, error) {
-	id := SnapshotID(name)
+// PutSnapshot keeps snapshot s; a snapshot of that name made of another
+// volume is ErrExists.
+func (l *Local) PutSnapshot(_ context.Context, s Snapshot) error {
+	if s.ID != SnapshotID(s.Name) {
+		return fmt.Errorf("snapshot %q: id %q does not match its name", s.Name, s.ID)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if s, ok := l.snapshots[id]; ok {
-		if s.VolumeID != volumeID {
-			return Snapshot{}, fmt.Errorf("snapshot %q: %w (of volume %s)", name, ErrExists, s.VolumeID)
+	if cur, ok := l.snapshots[s.ID]; ok {
+		if cur.VolumeID != s.VolumeID {
+			return fmt.Errorf("snapshot %q: %w (of volume %s)", s.Name, ErrExists, cur.VolumeID)
 		}
-		return *s, nil
+		return nil
 	}
-	v, ok := l.volumes[volumeID]
-	if !ok {
-		return Snapshot{}, fmt.Errorf("volume %s: %w", volumeID, ErrNotFound)
+	if err := writeJSON(filepath.Join(l.dir, "snapshots", s.ID+".json"), &s); err != nil {
+		return err
 	}
-	s := &Snapshot{ID: id, Name: name, VolumeID: volumeID, Root: v.Root, Size: v.Size, Count: v.Count, Created: time.Now().UTC()}
-	if err := writeJSON(filepath.Join(l.dir, "snapshots", id+".json"), s); err != nil {
-		return Snapshot{}, err
-	}
-	l.snapshots[id] = s
-	return *s, nil
+	l.snapshots[s.ID] = &s
+	return nil
 }
 
 // DeleteSnapshot unpins snapshot id; a missing snapshot is not an error.

@@ -8,7 +8,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -21,7 +23,18 @@ const hydrateWorkers = 8
 // the same one.
 type flight struct {
 	done chan struct{}
+	from Peer
 	err  error
+}
+
+// Want says for what a snapshot is materialised.
+type Want struct {
+	// VolumeID is the volume the snapshot is of; its home keeps the list of
+	// nodes sharing the snapshot.
+	VolumeID string
+	// Sharing offers this node's copies to peers and fetches from theirs;
+	// without it (no-sharing) the copies are private to this node.
+	Sharing bool
 }
 
 // Snapshot materialises the tree at root on this node and returns its
@@ -29,7 +42,7 @@ type flight struct {
 // reproduced exactly. A snapshot already on the node is returned at once. The
 // hydration runs on its own: if ctx ends first the caller gets ctx's error,
 // the hydration goes on, and a later call picks it up where it is.
-func (n *Node) Snapshot(ctx context.Context, root Digest) (string, error) {
+func (n *Node) Snapshot(ctx context.Context, root Digest, want Want) (string, error) {
 	dir := n.snapPath(root)
 	if _, err := os.Lstat(dir); err == nil {
 		return dir, nil
@@ -39,8 +52,18 @@ func (n *Node) Snapshot(ctx context.Context, root Digest) (string, error) {
 	if !ok {
 		f = &flight{done: make(chan struct{})}
 		n.flights[root] = f
+		if want.Sharing {
+			n.sharing.Add(1)
+		}
 		go func() {
-			f.err = n.hydrate(root)
+			start := time.Now()
+			f.err = n.hydrate(root, want)
+			if want.Sharing {
+				n.sharing.Add(-1)
+			}
+			if f.err == nil {
+				n.group.metrics.HydrateSeconds.Observe(time.Since(start).Seconds())
+			}
 			n.mu.Lock()
 			delete(n.flights, root)
 			n.mu.Unlock()
@@ -61,8 +84,12 @@ func (n *Node) Snapshot(ctx context.Context, root Digest) (string, error) {
 
 // hydrate builds snapshot root in a work directory and renames it into place.
 // Every step is idempotent, so a work directory left by a crash is resumed.
-func (n *Node) hydrate(root Digest) error {
+func (n *Node) hydrate(root Digest, want Want) error {
 	ctx := context.Background()
+	src := sourcing{n: n, private: !want.Sharing}
+	if want.Sharing {
+		src.holders = n.announce(ctx, want.VolumeID, root)
+	}
 	work := filepath.Join(n.dir, "snaps", ".work-"+root.String())
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return fmt.Errorf("hydrate %s: %w", root, err)
@@ -88,7 +115,7 @@ func (n *Node) hydrate(root Digest) error {
 	var visit func(j job)
 	visit = func(j job) {
 		defer wg.Done()
-		t, err := n.tree(ctx, j.tree)
+		t, err := src.tree(ctx, j.tree)
 		if err != nil {
 			fail(err)
 			return
@@ -111,7 +138,11 @@ func (n *Node) hydrate(root Digest) error {
 					visit(job{e.Digest, p}) // queue full: do it here rather than block
 				}
 			case TypeFile:
-				if err := n.linkFile(ctx, e, p); err != nil {
+				if err := src.fetch(ctx, e.Digest, e.Size); err != nil {
+					fail(err)
+					return
+				}
+				if err := n.linkFile(e, p); err != nil {
 					fail(err)
 					return
 				}
@@ -157,19 +188,85 @@ type dirMeta struct {
 	e    Entry
 }
 
-// tree returns the directory object d, fetching it from the group if needed.
-func (n *Node) tree(ctx context.Context, d Digest) (*Tree, error) {
-	if err := n.fetch(ctx, d); err != nil {
+// sourcing is where one hydration fetches from.
+type sourcing struct {
+	n       *Node
+	holders []Peer // other nodes sharing the snapshot
+	private bool   // copies are for a no-sharing mount
+}
+
+// tree returns the directory object d, fetching it if needed.
+func (s sourcing) tree(ctx context.Context, d Digest) (*Tree, error) {
+	if err := s.fetch(ctx, d, 0); err != nil {
 		return nil, err
 	}
-	return loadTree(n.store, d)
+	return loadTree(s.n.store, d)
+}
+
+// fetch makes sure blob d (of size bytes, if known) is in the local store.
+func (s sourcing) fetch(ctx context.Context, d Digest, size int64) error {
+	g := s.n.group
+	if s.n.store.Has(d) {
+		g.metrics.FetchBlobs.WithLabelValues("local").Inc()
+		g.metrics.FetchBytes.WithLabelValues("local").Add(float64(size))
+		return nil
+	}
+	from, err := s.n.fetch(ctx, d, s.sources(d))
+	if err != nil {
+		return err
+	}
+	label := "peer"
+	if from == nil || slices.Contains(g.Owners(d), from) {
+		label = "owner"
+	}
+	g.metrics.FetchBlobs.WithLabelValues(label).Inc()
+	g.metrics.FetchBytes.WithLabelValues(label).Add(float64(size))
+	if s.private && !g.IsOwner(d) {
+		s.n.markPrivate(d)
+	}
+	return nil
+}
+
+// sources orders where blob d is fetched from. With sharing nodes, the
+// owners and the sharers are ranked together by rendezvous on the blob, so a
+// burst of nodes asks one member for each blob, which fetches it once from
+// the owners and serves the rest; the owners follow as fallbacks.
+func (s sourcing) sources(d Digest) []Peer {
+	g := s.n.group
+	base := g.Sources(d)
+	if len(s.holders) == 0 {
+		return base
+	}
+	key := "blob/" + d.String()
+	cand := append(slices.Clone(g.Owners(d)), s.holders...)
+	best, bestScore := Peer(nil), -1.0
+	seen := map[string]bool{}
+	for _, p := range cand {
+		if seen[p.Name()] || !g.Live(p.Name()) {
+			continue
+		}
+		seen[p.Name()] = true
+		if sc := Score(key, p.Name(), 1); sc > bestScore {
+			best, bestScore = p, sc
+		}
+	}
+	if best == nil || best == Peer(g.local) {
+		return base // this node is the one the others ask: straight to the owners
+	}
+	out := []Peer{best}
+	for _, p := range base {
+		if p != best {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // fetch makes sure blob d is in the local store; concurrent misses of one
-// blob on this node become one fetch.
-func (n *Node) fetch(ctx context.Context, d Digest) error {
+// blob on this node become one fetch. It returns the member that served it.
+func (n *Node) fetch(ctx context.Context, d Digest, sources []Peer) (Peer, error) {
 	if n.store.Has(d) {
-		return nil
+		return nil, nil
 	}
 	n.mu.Lock()
 	f, ok := n.fetches[d]
@@ -177,7 +274,7 @@ func (n *Node) fetch(ctx context.Context, d Digest) error {
 		f = &flight{done: make(chan struct{})}
 		n.fetches[d] = f
 		go func() {
-			f.err = n.group.Fetch(ctx, d)
+			f.from, f.err = n.group.FetchFrom(ctx, d, sources)
 			n.mu.Lock()
 			delete(n.fetches, d)
 			n.mu.Unlock()
@@ -186,19 +283,77 @@ func (n *Node) fetch(ctx context.Context, d Digest) error {
 	}
 	n.mu.Unlock()
 	<-f.done
-	return f.err
+	return f.from, f.err
+}
+
+// announce tells volume id's home that this node shares snapshot root and
+// returns the other nodes that do.
+func (n *Node) announce(ctx context.Context, id string, root Digest) []Peer {
+	g := n.group
+	if len(g.Members()) < 2 || id == "" {
+		return nil
+	}
+	var names []string
+	for _, h := range g.liveOnly(g.Homes(id)) {
+		var err error
+		switch h := h.(type) {
+		case *Local:
+			h.holders.add(root.String(), g.local.Name())
+			names = h.holders.list(root.String())
+		case *Remote:
+			if err = h.AddHolder(ctx, root, g.local.Name()); err == nil {
+				names, err = h.Holders(ctx, root)
+			}
+		}
+		if err == nil {
+			break
+		}
+		g.failed(h, err)
+	}
+	byName := map[string]Peer{}
+	for _, m := range g.Members() {
+		byName[m.Name()] = m.Peer
+	}
+	var out []Peer
+	for _, name := range names {
+		if p, ok := byName[name]; ok && name != g.local.Name() {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Offer reports whether this member may serve blob d to peers: every blob
+// but the private node copies of no-sharing mounts.
+func (n *Node) Offer(d Digest) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return !n.private[d]
+}
+
+// Through fetches blob d from its owners for a peer that shares a snapshot
+// with this node, if this node is hydrating a shared snapshot now.
+func (n *Node) Through(ctx context.Context, d Digest) bool {
+	if n.sharing.Load() == 0 {
+		return false
+	}
+	_, err := n.fetch(ctx, d, n.group.Sources(d))
+	return err == nil
+}
+
+func (n *Node) markPrivate(d Digest) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.private[d] = true
 }
 
 // linkFile makes path a hard link to the blob of file entry e, with e's
 // metadata. Hard links share one inode, so the blob's metadata must be e's:
 // a blob no tree uses yet is given it; otherwise a copy with e's metadata (a
 // variant, kept in the store for reuse) is linked instead.
-func (n *Node) linkFile(ctx context.Context, e Entry, path string) error {
+func (n *Node) linkFile(e Entry, path string) error {
 	if _, err := os.Lstat(path); err == nil {
 		return nil // made before a restart
-	}
-	if err := n.fetch(ctx, e.Digest); err != nil {
-		return err
 	}
 	src := n.store.Path(e.Digest)
 	mu := n.store.lock(e.Digest)

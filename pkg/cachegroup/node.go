@@ -61,6 +61,8 @@ type Node struct {
 	mu      sync.Mutex
 	flights map[Digest]*flight // hydrations in progress
 	fetches map[Digest]*flight // blob fetches in progress
+	private map[Digest]bool    // node copies of no-sharing mounts: never served
+	sharing atomic.Int64       // hydrations of shared snapshots in progress
 	layerMu sync.Mutex         // serialises layer creation and submission
 
 	wake      chan struct{}
@@ -75,7 +77,7 @@ type Node struct {
 // file is a rename.
 func OpenNode(dir string, g *Group) (*Node, error) {
 	n := &Node{dir: dir, store: g.Local().Store(), group: g,
-		flights: map[Digest]*flight{}, fetches: map[Digest]*flight{},
+		flights: map[Digest]*flight{}, fetches: map[Digest]*flight{}, private: map[Digest]bool{},
 		wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1), idle: make(chan struct{})}
 	for _, sub := range []string{"snaps", "pods", "outbox", "trash"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {

@@ -24,7 +24,7 @@ func newNode(t *testing.T) (*Node, *Local) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := OpenNode(filepath.Join(base, "node"), NewGroup("g", l, nil, 1))
+	n, err := OpenNode(filepath.Join(base, "node"), NewGroup("g", l, 1, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +149,7 @@ func TestSnapshotReproducesTreeWithSharedContent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	snap, err := n.Snapshot(ctx, r.Volume.Root)
+	snap, err := n.Snapshot(ctx, r.Volume.Root, Want{VolumeID: v.ID})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +175,7 @@ func TestSnapshotReproducesTreeWithSharedContent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	snap2, err := n.Snapshot(ctx, r2.Volume.Root)
+	snap2, err := n.Snapshot(ctx, r2.Volume.Root, Want{VolumeID: v.ID})
 	if err != nil {
 		t.Fatal(err)
 	}

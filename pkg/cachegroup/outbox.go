@@ -42,7 +42,7 @@ func (n *Node) commitEntry(ctx context.Context, entry string) error {
 			return fmt.Errorf("%w: %s: %v", errBadLayer, mpath, err)
 		}
 	} else {
-		v, err := n.group.Home(l.VolumeID).Volume(ctx, l.VolumeID)
+		v, err := n.group.Volume(ctx, l.VolumeID)
 		if errors.Is(err, ErrNotFound) {
 			return fmt.Errorf("%w: %s", errVolumeGone, l.VolumeID)
 		}
@@ -63,6 +63,7 @@ func (n *Node) commitEntry(ctx context.Context, entry string) error {
 		}
 		if m.Dropped > 0 {
 			n.Stats.Dropped.Add(int64(m.Dropped))
+			n.group.metrics.DroppedFiles.Add(float64(m.Dropped))
 			klog.InfoS("Dropped device files, FIFOs and sockets from a commit", "volume", l.VolumeID, "count", m.Dropped)
 		}
 	}
@@ -82,14 +83,19 @@ func (n *Node) commitEntry(ctx context.Context, entry string) error {
 	if err := n.store.Sync(); err != nil {
 		return err
 	}
+	var blobs []Digest
 	for _, op := range m.Commit.Ops {
 		if op.Kind == OpUpsert && op.Entry.Type == TypeFile {
-			if err := n.group.Push(ctx, op.Entry.Digest); err != nil {
-				return err
+			blobs = append(blobs, op.Entry.Digest)
+			if !l.Sharing && !n.group.IsOwner(op.Entry.Digest) {
+				n.markPrivate(op.Entry.Digest)
 			}
 		}
 	}
-	res, err := n.group.Home(l.VolumeID).Commit(ctx, l.VolumeID, &m.Commit)
+	if err := n.group.PushAll(ctx, blobs); err != nil {
+		return err
+	}
+	res, err := n.group.Commit(ctx, l.VolumeID, &m.Commit)
 	if errors.Is(err, ErrNotFound) && !n.allBlobsHere(&m.Commit) {
 		return err
 	} else if errors.Is(err, ErrNotFound) {
@@ -98,6 +104,8 @@ func (n *Node) commitEntry(ctx context.Context, entry string) error {
 	if err != nil {
 		return err
 	}
+	n.group.metrics.CommitSeconds.Observe(time.Since(start).Seconds())
+	n.group.metrics.Evicted.Add(float64(res.Evicted))
 	n.Stats.Commits.Add(1)
 	n.Stats.CommitFiles.Add(int64(len(m.Commit.Ops)))
 	n.Stats.Evicted.Add(int64(res.Evicted))

@@ -41,7 +41,7 @@ func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 // CreateVolume creates a volume (idempotent on name): quota = the requested
 // capacity; from a snapshot, an instant clone of its tree.
 func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
-	spec, err := d.validateCreateVolume(req)
+	spec, source, err := d.validateCreateVolume(req)
 	if err != nil {
 		return nil, err
 	}
@@ -51,7 +51,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	}
 	defer d.inflight.unlock(id)
 
-	v, err := d.group.Home(id).CreateVolume(ctx, spec)
+	v, err := d.group.CreateVolume(ctx, spec, source)
 	if err != nil {
 		return nil, errStatus(err, "create volume %q", spec.Name)
 	}
@@ -59,46 +59,45 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	return &csi.CreateVolumeResponse{Volume: vol}, nil
 }
 
-func (d *Driver) validateCreateVolume(req *csi.CreateVolumeRequest) (cachegroup.VolumeSpec, error) {
-	var spec cachegroup.VolumeSpec
+func (d *Driver) validateCreateVolume(req *csi.CreateVolumeRequest) (spec cachegroup.VolumeSpec, source string, err error) {
 	if req.GetName() == "" {
-		return spec, status.Error(codes.InvalidArgument, "volume name is required")
+		return spec, "", status.Error(codes.InvalidArgument, "volume name is required")
 	}
 	if len(req.GetName()) > maxNameLen {
-		return spec, status.Errorf(codes.InvalidArgument, "volume name is longer than %d bytes", maxNameLen)
+		return spec, "", status.Errorf(codes.InvalidArgument, "volume name is longer than %d bytes", maxNameLen)
 	}
 	if err := validateCapabilities(req.GetVolumeCapabilities()); err != nil {
-		return spec, err
+		return spec, "", err
 	}
 	spec.Name = req.GetName()
 	quota, err := quotaOf(req.GetCapacityRange())
 	if err != nil {
-		return spec, err
+		return spec, "", err
 	}
 	spec.Quota = quota
 	for k, v := range req.GetParameters() {
 		switch {
 		case k == "owner":
 			if spec.Owner, err = ParseOwner(v); err != nil {
-				return spec, status.Errorf(codes.InvalidArgument, "parameter owner=%s: %v", v, err)
+				return spec, "", status.Errorf(codes.InvalidArgument, "parameter owner=%s: %v", v, err)
 			}
 		case strings.HasPrefix(k, k8sPrefix):
 			// Added by the external provisioner (PVC name, namespace).
 		default:
-			return spec, status.Errorf(codes.InvalidArgument, "unknown StorageClass parameter %q (known: owner)", k)
+			return spec, "", status.Errorf(codes.InvalidArgument, "unknown StorageClass parameter %q (known: owner)", k)
 		}
 	}
 	if src := req.GetVolumeContentSource(); src != nil {
 		snap := src.GetSnapshot()
 		if snap == nil {
-			return spec, status.Error(codes.InvalidArgument, "volume content source: only snapshots can be cloned")
+			return spec, "", status.Error(codes.InvalidArgument, "volume content source: only snapshots can be cloned")
 		}
 		if snap.GetSnapshotId() == "" {
-			return spec, status.Error(codes.InvalidArgument, "volume content source: snapshot id is required")
+			return spec, "", status.Error(codes.InvalidArgument, "volume content source: snapshot id is required")
 		}
-		spec.Source = snap.GetSnapshotId()
+		source = snap.GetSnapshotId()
 	}
-	return spec, nil
+	return spec, source, nil
 }
 
 // quotaOf picks a volume's quota from a capacity range.
@@ -166,7 +165,7 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 		return nil, err
 	}
 	defer d.inflight.unlock(id)
-	if err := d.group.Home(id).DeleteVolume(ctx, id); err != nil {
+	if err := d.group.DeleteVolume(ctx, id); err != nil {
 		return nil, errStatus(err, "delete volume %s", id)
 	}
 	return &csi.DeleteVolumeResponse{}, nil
@@ -181,7 +180,7 @@ func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 	if len(req.GetVolumeCapabilities()) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "volume capabilities are required")
 	}
-	if _, err := d.group.Home(id).Volume(ctx, id); err != nil {
+	if _, err := d.group.Volume(ctx, id); err != nil {
 		return nil, errStatus(err, "volume %s", id)
 	}
 	if err := validateCapabilities(req.GetVolumeCapabilities()); err != nil {
@@ -266,7 +265,7 @@ func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.Controller
 		return nil, err
 	}
 	defer d.inflight.unlock(id)
-	v, err := d.group.Home(id).ExpandVolume(ctx, id, quota)
+	v, err := d.group.ExpandVolume(ctx, id, quota)
 	if err != nil {
 		return nil, errStatus(err, "expand volume %s", id)
 	}
@@ -295,10 +294,10 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 		return nil, err
 	}
 	defer d.inflight.unlock(id)
-	if _, err := d.group.Home(src).Volume(ctx, src); err != nil {
+	if _, err := d.group.Volume(ctx, src); err != nil {
 		return nil, errStatus(err, "snapshot source volume %s", src)
 	}
-	s, err := d.group.Home(src).CreateSnapshot(ctx, req.GetName(), src)
+	s, err := d.group.CreateSnapshot(ctx, req.GetName(), src)
 	if err != nil {
 		return nil, errStatus(err, "create snapshot %q", req.GetName())
 	}
@@ -320,16 +319,8 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 		return nil, err
 	}
 	defer d.inflight.unlock(id)
-	ss, err := d.group.Snapshots(ctx)
-	if err != nil {
+	if err := d.group.DeleteSnapshot(ctx, id); err != nil {
 		return nil, errStatus(err, "delete snapshot %s", id)
-	}
-	for _, s := range ss {
-		if s.ID == id {
-			if err := d.group.Home(s.VolumeID).DeleteSnapshot(ctx, id); err != nil {
-				return nil, errStatus(err, "delete snapshot %s", id)
-			}
-		}
 	}
 	return &csi.DeleteSnapshotResponse{}, nil
 }

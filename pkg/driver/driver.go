@@ -119,7 +119,7 @@ func New(cfg Config) (*Driver, error) {
 		return nil, err
 	}
 	d := &Driver{cfg: cfg, store: store, local: local,
-		group: cachegroup.NewGroup(cfg.Group, local, nil, 1)}
+		group: cachegroup.NewGroup(cfg.Group, local, 1, nil)}
 	if cfg.Mode != ModeController {
 		if d.node, err = cachegroup.OpenNode(filepath.Join(cfg.StoreDir, "node"), d.group); err != nil {
 			return nil, err

@@ -68,11 +68,11 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return nil, err
 	}
 	defer d.inflight.unlock(id)
-	v, err := d.group.Home(id).Volume(ctx, id)
+	v, err := d.group.Volume(ctx, id)
 	if err != nil {
 		return nil, errStatus(err, "stage volume %s", id)
 	}
-	if _, err := d.node.Snapshot(ctx, v.Root); err != nil {
+	if _, err := d.node.Snapshot(ctx, v.Root, cachegroup.Want{VolumeID: id, Sharing: !opts.NoSharing}); err != nil {
 		return nil, errStatus(err, "stage volume %s: snapshot %s", id, v.Root)
 	}
 	return &csi.NodeStageVolumeResponse{}, nil
@@ -152,11 +152,11 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 			return &csi.NodePublishVolumeResponse{}, nil
 		}
 	}
-	v, err := d.group.Home(volID).Volume(ctx, volID)
+	v, err := d.group.Volume(ctx, volID)
 	if err != nil {
 		return nil, errStatus(err, "publish volume %s", volID)
 	}
-	snap, err := d.node.Snapshot(ctx, v.Root)
+	snap, err := d.node.Snapshot(ctx, v.Root, cachegroup.Want{VolumeID: volID, Sharing: !opts.NoSharing})
 	if err != nil {
 		return nil, errStatus(err, "publish volume %s: snapshot %s", volID, v.Root)
 	}
@@ -210,10 +210,10 @@ func (d *Driver) ensureInline(ctx context.Context, attrs map[string]string) (str
 	}
 	full := inlineVolumeName(ns, name)
 	id := cachegroup.VolumeID(full)
-	if v, err := d.group.Home(id).Volume(ctx, id); err == nil {
+	if v, err := d.group.Volume(ctx, id); err == nil {
 		return v.ID, nil // exists: its quota is whatever it was created with
 	}
-	v, err := d.group.Home(id).CreateVolume(ctx, cachegroup.VolumeSpec{Name: full, Quota: quota})
+	v, err := d.group.CreateVolume(ctx, cachegroup.VolumeSpec{Name: full, Quota: quota}, "")
 	if err != nil {
 		return "", errStatus(err, "inline volume %s", full)
 	}
@@ -262,7 +262,7 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 	if l, ok, _ := d.node.Layer(path); ok {
 		volID = l.VolumeID // an inline volume's handle differs from its cache's id
 	}
-	v, err := d.group.Home(volID).Volume(ctx, volID)
+	v, err := d.group.Volume(ctx, volID)
 	if err != nil {
 		return nil, errStatus(err, "volume %s", id)
 	}

@@ -1,0 +1,551 @@
+package cachegroup
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
+)
+
+// The peer protocol is HTTP/1.1 on the host network, one request per
+// operation, authenticated by Auth:
+//
+//	GET    /v1/health                   the member's name and weight
+//	GET    /v1/blobs/{digest}           a blob, ranged; sendfile on plain TCP
+//	HEAD   /v1/blobs/{digest}           whether the member has (and offers) it
+//	PUT    /v1/blobs/{digest}           store a blob; verified before it is kept
+//	GET    /v1/volumes[/{id}]           heads
+//	POST   /v1/volumes                  create (VolumeSpec)
+//	DELETE /v1/volumes/{id}
+//	POST   /v1/volumes/{id}/expand      raise the quota
+//	POST   /v1/volumes/{id}/commit      apply a Commit
+//	PUT    /v1/volumes/{id}/head        a replicated head (kept if newer)
+//	GET    /v1/snapshots[/{id}], DELETE /v1/snapshots/{id}
+//	PUT    /v1/snapshots/{id}           a replicated snapshot
+//	GET    /v1/holders/{root}, POST /v1/holders/{root}  sharing nodes of a snapshot
+
+// Health is what a member says of itself.
+type Health struct {
+	Name   string  `json:"name"`
+	Group  string  `json:"group"`
+	Weight float64 `json:"weight"`
+}
+
+// errStatus maps the sentinel errors to HTTP statuses and back.
+var errStatuses = []struct {
+	err  error
+	code int
+}{
+	{ErrNotFound, http.StatusNotFound},
+	{ErrExists, http.StatusConflict},
+	{ErrTooLarge, http.StatusRequestEntityTooLarge},
+	{ErrNoSpace, http.StatusInsufficientStorage},
+	{ErrCorrupt, http.StatusUnprocessableEntity},
+	{errNotOffered, http.StatusGone},
+}
+
+var errNotOffered = errors.New("blob is a private node copy")
+
+// errRemote is an error a peer answered with.
+type errRemote struct {
+	code int
+	msg  string
+}
+
+func (e *errRemote) Error() string { return e.msg }
+
+func (e *errRemote) Unwrap() error {
+	for _, s := range errStatuses {
+		if s.code == e.code {
+			return s.err
+		}
+	}
+	return nil
+}
+
+// Server serves this member to its peers.
+type Server struct {
+	group   *Group
+	auth    *Auth
+	metrics *Metrics
+	weight  float64
+	// Offer decides whether a blob this member holds but does not own may
+	// be served: node copies of no-sharing mounts never are.
+	Offer func(d Digest) bool
+	// Through, if set, fetches a blob this member does not have yet because
+	// it is hydrating a shared snapshot that holds it (pull-through).
+	Through func(ctx context.Context, d Digest) bool
+}
+
+// NewServer returns the peer server of g's local member.
+func NewServer(g *Group, auth *Auth, m *Metrics, weight float64) *Server {
+	return &Server{group: g, auth: auth, metrics: m, weight: weight}
+}
+
+// Handler returns the server's HTTP handler.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	l := s.group.Local()
+	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
+		writeJSONResponse(w, Health{Name: l.Name(), Group: s.group.Name(), Weight: s.weight}, nil)
+	})
+	mux.HandleFunc("GET /v1/blobs/{digest}", s.serveBlob)
+	mux.HandleFunc("HEAD /v1/blobs/{digest}", s.serveBlob)
+	mux.HandleFunc("PUT /v1/blobs/{digest}", func(w http.ResponseWriter, r *http.Request) {
+		d, err := ParseDigest(r.PathValue("digest"))
+		if err == nil {
+			err = l.Push(r.Context(), d, r.Body)
+		}
+		if errors.Is(err, ErrCorrupt) {
+			s.metrics.Corrupt.Inc()
+		}
+		writeJSONResponse(w, nil, err)
+	})
+	mux.HandleFunc("GET /v1/volumes", func(w http.ResponseWriter, r *http.Request) {
+		vs, err := l.allVolumes()
+		writeJSONResponse(w, vs, err)
+	})
+	mux.HandleFunc("GET /v1/volumes/{id}", func(w http.ResponseWriter, r *http.Request) {
+		v, err := l.Volume(r.Context(), r.PathValue("id"))
+		writeJSONResponse(w, v, err)
+	})
+	mux.HandleFunc("POST /v1/volumes", func(w http.ResponseWriter, r *http.Request) {
+		var spec VolumeSpec
+		if !readJSON(w, r, &spec) {
+			return
+		}
+		v, err := l.CreateVolume(r.Context(), spec)
+		writeJSONResponse(w, v, err)
+	})
+	mux.HandleFunc("DELETE /v1/volumes/{id}", func(w http.ResponseWriter, r *http.Request) {
+		writeJSONResponse(w, nil, l.DeleteVolume(r.Context(), r.PathValue("id")))
+	})
+	mux.HandleFunc("POST /v1/volumes/{id}/expand", func(w http.ResponseWriter, r *http.Request) {
+		var q struct{ Quota int64 }
+		if !readJSON(w, r, &q) {
+			return
+		}
+		v, err := l.ExpandVolume(r.Context(), r.PathValue("id"), q.Quota)
+		writeJSONResponse(w, v, err)
+	})
+	mux.HandleFunc("POST /v1/volumes/{id}/commit", func(w http.ResponseWriter, r *http.Request) {
+		var c Commit
+		if !readJSON(w, r, &c) {
+			return
+		}
+		res, err := l.Commit(r.Context(), r.PathValue("id"), &c)
+		writeJSONResponse(w, res, err)
+	})
+	mux.HandleFunc("PUT /v1/volumes/{id}/head", func(w http.ResponseWriter, r *http.Request) {
+		var v Volume
+		if !readJSON(w, r, &v) {
+			return
+		}
+		writeJSONResponse(w, nil, l.PutHead(r.Context(), v))
+	})
+	mux.HandleFunc("GET /v1/snapshots", func(w http.ResponseWriter, r *http.Request) {
+		ss, err := l.Snapshots(r.Context())
+		writeJSONResponse(w, ss, err)
+	})
+	mux.HandleFunc("GET /v1/snapshots/{id}", func(w http.ResponseWriter, r *http.Request) {
+		sn, err := l.Snapshot(r.Context(), r.PathValue("id"))
+		writeJSONResponse(w, sn, err)
+	})
+	mux.HandleFunc("PUT /v1/snapshots/{id}", func(w http.ResponseWriter, r *http.Request) {
+		var sn Snapshot
+		if !readJSON(w, r, &sn) {
+			return
+		}
+		writeJSONResponse(w, nil, l.PutSnapshot(r.Context(), sn))
+	})
+	mux.HandleFunc("DELETE /v1/snapshots/{id}", func(w http.ResponseWriter, r *http.Request) {
+		writeJSONResponse(w, nil, l.DeleteSnapshot(r.Context(), r.PathValue("id")))
+	})
+	mux.HandleFunc("GET /v1/holders/{root}", func(w http.ResponseWriter, r *http.Request) {
+		writeJSONResponse(w, l.holders.list(r.PathValue("root")), nil)
+	})
+	mux.HandleFunc("POST /v1/holders/{root}", func(w http.ResponseWriter, r *http.Request) {
+		var q struct{ Member string }
+		if !readJSON(w, r, &q) {
+			return
+		}
+		l.holders.add(r.PathValue("root"), q.Member)
+		writeJSONResponse(w, nil, nil)
+	})
+	return s.authenticate(mux)
+}
+
+// authenticate refuses, and counts, requests without valid credentials.
+func (s *Server) authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := s.auth.Verify(r); err != nil {
+			s.metrics.Refused.WithLabelValues("unauthenticated").Inc()
+			klog.V(1).InfoS("Refused peer request", "remote", r.RemoteAddr, "path", r.URL.Path, "reason", err.Error())
+			http.Error(w, "refused: "+err.Error(), http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// serveBlob serves a blob this member owns, or a node copy it offers.
+func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request) {
+	d, err := ParseDigest(r.PathValue("digest"))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	st := s.group.Local().Store()
+	owner := s.group.IsOwner(d)
+	as := "owner"
+	if !owner {
+		as = "peer"
+		if !st.Has(d) && r.Header.Get("X-Cachegroup-Through") != "" && s.Through != nil && s.Through(r.Context(), d) {
+			// Fetched through from the owners for a node that shares with us.
+		} else if s.Offer != nil && !s.Offer(d) {
+			writeJSONResponse(w, nil, fmt.Errorf("blob %s: %w", d, errNotOffered))
+			return
+		}
+	}
+	f, err := st.Open(d)
+	if err != nil {
+		writeJSONResponse(w, nil, err)
+		return
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("X-Cachegroup-Served-As", as)
+	cw := &countingWriter{ResponseWriter: w}
+	// ServeContent handles Range and uses sendfile from the file to the socket.
+	http.ServeContent(cw, r, "", time.Time{}, f)
+	s.metrics.ServedBytes.WithLabelValues(as).Add(float64(cw.n))
+}
+
+// countingWriter counts body bytes while keeping ReaderFrom (sendfile).
+type countingWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countingWriter) Write(b []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(b)
+	c.n += int64(n)
+	return n, err
+}
+
+func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
+	n, err := c.ResponseWriter.(io.ReaderFrom).ReadFrom(r)
+	c.n += n
+	return n, err
+}
+
+func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	if err := json.NewDecoder(io.LimitReader(r.Body, 256<<20)).Decode(v); err != nil {
+		http.Error(w, "bad request body: "+err.Error(), http.StatusBadRequest)
+		return false
+	}
+	return true
+}
+
+func writeJSONResponse(w http.ResponseWriter, v any, err error) {
+	if err != nil {
+		code := http.StatusInternalServerError
+		for _, s := range errStatuses {
+			if errors.Is(err, s.err) {
+				code = s.code
+				break
+			}
+		}
+		http.Error(w, err.Error(), code)
+		return
+	}
+	if v == nil {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+// Remote is another member, reached over the peer protocol.
+type Remote struct {
+	name, addr string
+	self       string // this member's name, sent with every request
+	auth       *Auth
+	client     *http.Client
+	scheme     string
+}
+
+var _ Peer = (*Remote)(nil)
+
+// NewRemote returns the member called name at addr (host:port).
+func NewRemote(name, addr, self string, auth *Auth) *Remote {
+	tr := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+		TLSClientConfig:     auth.TLS,
+		WriteBufferSize:     256 << 10,
+		ReadBufferSize:      256 << 10,
+	}
+	scheme := "http"
+	if auth.TLS != nil {
+		scheme = "https"
+	}
+	return &Remote{name: name, addr: addr, self: self, auth: auth, client: &http.Client{Transport: tr}, scheme: scheme}
+}
+
+// Name returns the member's identity.
+func (r *Remote) Name() string { return r.name }
+
+// Addr returns the member's address.
+func (r *Remote) Addr() string { return r.addr }
+
+func (r *Remote) do(ctx context.Context, method, path string, in, out any, hdr ...string) (*http.Response, error) {
+	var body io.Reader
+	if rd, ok := in.(io.Reader); ok {
+		body = rd
+	} else if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, r.scheme+"://"+r.addr+path, body)
+	if err != nil {
+		return nil, err
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	r.auth.Sign(req, r.self)
+	resp, err := r.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("member %s: %w", r.name, err)
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return nil, &errRemote{code: resp.StatusCode, msg: fmt.Sprintf("member %s: %s: %s", r.name, resp.Status, bytes.TrimSpace(msg))}
+	}
+	if out == nil {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return nil, fmt.Errorf("member %s: %s %s: %w", r.name, method, path, err)
+	}
+	return resp, nil
+}
+
+func (r *Remote) call(ctx context.Context, method, path string, in, out any) error {
+	resp, err := r.do(ctx, method, path, in, out)
+	if err == nil && out == nil {
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	return err
+}
+
+// Health asks the member who it is.
+func (r *Remote) Health(ctx context.Context) (Health, error) {
+	var h Health
+	err := r.call(ctx, "GET", "/v1/health", nil, &h)
+	return h, err
+}
+
+// Fetch streams blob d from the member; the caller verifies it.
+func (r *Remote) Fetch(ctx context.Context, d Digest) (io.ReadCloser, error) {
+	return r.fetch(ctx, d, false)
+}
+
+// FetchThrough is Fetch that lets a sharing peer fetch the blob from its
+// owners first if it does not have it yet.
+func (r *Remote) FetchThrough(ctx context.Context, d Digest) (io.ReadCloser, error) {
+	return r.fetch(ctx, d, true)
+}
+
+func (r *Remote) fetch(ctx context.Context, d Digest, through bool) (io.ReadCloser, error) {
+	var hdr []string
+	if through {
+		hdr = []string{"X-Cachegroup-Through", "1"}
+	}
+	resp, err := r.do(ctx, "GET", "/v1/blobs/"+d.String(), nil, nil, hdr...)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Body, nil
+}
+
+// FetchRange streams length bytes of blob d from offset.
+func (r *Remote) FetchRange(ctx context.Context, d Digest, offset, length int64) (io.ReadCloser, error) {
+	resp, err := r.do(ctx, "GET", "/v1/blobs/"+d.String(), nil, nil,
+		"Range", "bytes="+strconv.FormatInt(offset, 10)+"-"+strconv.FormatInt(offset+length-1, 10))
+	if err != nil {
+		return nil, err
+	}
+	return resp.Body, nil
+}
+
+// Has reports whether the member holds blob d and would serve it.
+func (r *Remote) Has(ctx context.Context, d Digest) (bool, error) {
+	err := r.call(ctx, "HEAD", "/v1/blobs/"+d.String(), nil, nil)
+	if errors.Is(err, ErrNotFound) || errors.Is(err, errNotOffered) {
+		return false, nil
+	}
+	var e *errRemote
+	if errors.As(err, &e) && e.code == http.StatusGone {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// Push sends blob d to the member, which verifies it.
+func (r *Remote) Push(ctx context.Context, d Digest, body io.Reader) error {
+	return r.call(ctx, "PUT", "/v1/blobs/"+d.String(), body, nil)
+}
+
+// Volume returns a head.
+func (r *Remote) Volume(ctx context.Context, id string) (Volume, error) {
+	var v Volume
+	err := r.call(ctx, "GET", "/v1/volumes/"+id, nil, &v)
+	return v, err
+}
+
+// Volumes returns every head the member keeps, deleted ones included.
+func (r *Remote) Volumes(ctx context.Context) ([]Volume, error) {
+	var vs []Volume
+	err := r.call(ctx, "GET", "/v1/volumes", nil, &vs)
+	return vs, err
+}
+
+// CreateVolume creates a volume at the member.
+func (r *Remote) CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, error) {
+	var v Volume
+	err := r.call(ctx, "POST", "/v1/volumes", spec, &v)
+	return v, err
+}
+
+// DeleteVolume deletes a volume at the member.
+func (r *Remote) DeleteVolume(ctx context.Context, id string) error {
+	return r.call(ctx, "DELETE", "/v1/volumes/"+id, nil, nil)
+}
+
+// ExpandVolume raises a volume's quota at the member.
+func (r *Remote) ExpandVolume(ctx context.Context, id string, quota int64) (Volume, error) {
+	var v Volume
+	err := r.call(ctx, "POST", "/v1/volumes/"+id+"/expand", struct{ Quota int64 }{quota}, &v)
+	return v, err
+}
+
+// Commit applies a commit at the member.
+func (r *Remote) Commit(ctx context.Context, id string, c *Commit) (CommitResult, error) {
+	var res CommitResult
+	err := r.call(ctx, "POST", "/v1/volumes/"+id+"/commit", c, &res)
+	return res, err
+}
+
+// PutHead gives the member a replicated head.
+func (r *Remote) PutHead(ctx context.Context, v Volume) error {
+	return r.call(ctx, "PUT", "/v1/volumes/"+v.ID+"/head", v, nil)
+}
+
+// Snapshot returns a snapshot.
+func (r *Remote) Snapshot(ctx context.Context, id string) (Snapshot, error) {
+	var s Snapshot
+	err := r.call(ctx, "GET", "/v1/snapshots/"+id, nil, &s)
+	return s, err
+}
+
+// Snapshots lists the member's snapshots.
+func (r *Remote) Snapshots(ctx context.Context) ([]Snapshot, error) {
+	var ss []Snapshot
+	err := r.call(ctx, "GET", "/v1/snapshots", nil, &ss)
+	return ss, err
+}
+
+// PutSnapshot gives the member a replicated snapshot.
+func (r *Remote) PutSnapshot(ctx context.Context, s Snapshot) error {
+	return r.call(ctx, "PUT", "/v1/snapshots/"+s.ID, s, nil)
+}
+
+// DeleteSnapshot deletes a snapshot at the member.
+func (r *Remote) DeleteSnapshot(ctx context.Context, id string) error {
+	return r.call(ctx, "DELETE", "/v1/snapshots/"+id, nil, nil)
+}
+
+// Holders returns the members sharing snapshot root.
+func (r *Remote) Holders(ctx context.Context, root Digest) ([]string, error) {
+	var hs []string
+	err := r.call(ctx, "GET", "/v1/holders/"+root.String(), nil, &hs)
+	return hs, err
+}
+
+// AddHolder tells the member that member shares snapshot root.
+func (r *Remote) AddHolder(ctx context.Context, root Digest, member string) error {
+	return r.call(ctx, "POST", "/v1/holders/"+root.String(), struct{ Member string }{member}, nil)
+}
+
+// holders remembers, per snapshot, the sharing nodes that hydrate or hold it.
+type holders struct {
+	mu sync.Mutex
+	m  map[string]map[string]time.Time
+}
+
+func newHolders() *holders { return &holders{m: map[string]map[string]time.Time{}} }
+
+// holderTTL is how long a node stays listed without announcing itself again.
+const holderTTL = 10 * time.Minute
+
+func (h *holders) add(root, member string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.m[root] == nil {
+		h.m[root] = map[string]time.Time{}
+	}
+	h.m[root][member] = time.Now()
+}
+
+func (h *holders) list(root string) []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := []string{}
+	for m, t := range h.m[root] {
+		if time.Since(t) < holderTTL {
+			out = append(out, m)
+		} else {
+			delete(h.m[root], m)
+		}
+	}
+	return out
+}
+
+// ListenAndServe serves s on addr until ctx ends.
+func (s *Server) ListenAndServe(ctx context.Context, l net.Listener) error {
+	srv := &http.Server{Handler: s.Handler(), TLSConfig: s.auth.TLS, ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: nil}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	var err error
+	if s.auth.TLS != nil {
+		err = srv.ServeTLS(l, "", "")
+	} else {
+		err = srv.Serve(l)
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
