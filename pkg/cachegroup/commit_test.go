@@ -163,7 +163,7 @@ func TestCommitRejectsBadPaths(t *testing.T) {
 func TestSnapshotsAndClone(t *testing.T) {
 	ctx := context.Background()
 	l := newLocal(t)
-	g := NewGroup("g", l, 1, nil)
+	g := NewGroup("g", l, 1, nil, false)
 	s := l.Store()
 	v, _ := l.CreateVolume(ctx, VolumeSpec{Name: "src", Quota: 100})
 	l.Commit(ctx, v.ID, &Commit{Ops: []Op{file(t, s, "f", "v1", 1)}})

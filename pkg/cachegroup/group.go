@@ -31,10 +31,12 @@ type Member struct {
 // operation to them, skipping members that are down. A group of one member
 // routes everything to that member.
 type Group struct {
-	name     string
-	local    *Local
-	replicas int
-	metrics  *Metrics
+	name       string
+	local      *Local
+	replicas   int
+	weight     float64
+	clientOnly bool
+	metrics    *Metrics
 
 	mu      sync.RWMutex
 	members []Member
@@ -44,12 +46,17 @@ type Group struct {
 
 // NewGroup returns the group called name holding just local, this process's
 // own member, with replicas (R) copies of everything; SetMembers adds others.
-func NewGroup(name string, local *Local, replicas int, m *Metrics) *Group {
+// A client-only group never counts local as a member: it owns nothing and is
+// never a home, it only reads and commits.
+func NewGroup(name string, local *Local, replicas int, m *Metrics, clientOnly bool) *Group {
 	if m == nil {
 		m = NewMetrics(local.Store())
 	}
-	g := &Group{name: name, local: local, replicas: max(replicas, 1), metrics: m,
-		members: []Member{{Peer: local, Weight: 1}}, down: map[string]bool{}, changed: make(chan struct{})}
+	g := &Group{name: name, local: local, replicas: max(replicas, 1), weight: 1, metrics: m,
+		clientOnly: clientOnly, down: map[string]bool{}, changed: make(chan struct{})}
+	if !clientOnly {
+		g.members = []Member{{Peer: local, Weight: 1}}
+	}
 	local.replicate = g.replicate
 	local.fetch = g.Fetch
 	return g
@@ -63,6 +70,28 @@ func (g *Group) Local() *Local { return g.local }
 
 // Metrics returns the member's metrics.
 func (g *Group) Metrics() *Metrics { return g.metrics }
+
+// SetWeight sets this member's placement weight (its capacity share).
+func (g *Group) SetWeight(w float64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.weight = w
+	for i := range g.members {
+		if g.members[i].Peer == Peer(g.local) {
+			g.members[i].Weight = w
+		}
+	}
+}
+
+// Weight returns this member's placement weight.
+func (g *Group) Weight() float64 {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return max(g.weight, 1e-9)
+}
+
+// ClientOnly reports whether this process is a client of the group only.
+func (g *Group) ClientOnly() bool { return g.clientOnly }
 
 // Replicas returns R.
 func (g *Group) Replicas() int { return g.replicas }
@@ -80,12 +109,14 @@ func (g *Group) SetMembers(ms []Member) {
 	for _, m := range ms {
 		has = has || m.Name() == g.local.Name()
 	}
-	if !has {
+	if g.clientOnly {
+		ms = slices.DeleteFunc(slices.Clone(ms), func(m Member) bool { return m.Name() == g.local.Name() })
+	} else if !has {
 		ms = append(ms, Member{Peer: g.local, Weight: 1})
 	}
 	for i := range ms {
 		if ms[i].Name() == g.local.Name() {
-			ms[i].Peer = g.local
+			ms[i].Peer, ms[i].Weight = g.local, g.Weight()
 		}
 	}
 	sort.Slice(ms, func(i, j int) bool { return ms[i].Name() < ms[j].Name() })
@@ -95,7 +126,7 @@ func (g *Group) SetMembers(ms []Member) {
 		same = ms[i].Name() == g.members[i].Name() && ms[i].Weight == g.members[i].Weight
 	}
 	g.members = ms
-	g.local.checkBlobs = len(ms) == 1
+	g.local.checkBlobs = len(ms) == 1 && !g.clientOnly
 	if !same {
 		close(g.changed)
 		g.changed = make(chan struct{})

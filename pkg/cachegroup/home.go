@@ -465,6 +465,20 @@ func (l *Local) DeleteSnapshot(_ context.Context, id string) error {
 	return nil
 }
 
+// dropHead forgets volume id's head: this member is no longer its home.
+func (l *Local) dropHead(id string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if os.Remove(filepath.Join(l.dir, "volumes", id+".json")) == nil {
+		delete(l.volumes, id)
+	}
+}
+
+// dropSnapshot forgets snapshot id: this member is no longer its home.
+func (l *Local) dropSnapshot(id string) {
+	l.DeleteSnapshot(context.Background(), id)
+}
+
 // writeJSON writes v to path atomically and durably.
 func writeJSON(path string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")

@@ -24,7 +24,7 @@ func newNode(t *testing.T) (*Node, *Local) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := OpenNode(filepath.Join(base, "node"), NewGroup("g", l, 1, nil))
+	n, err := OpenNode(filepath.Join(base, "node"), NewGroup("g", l, 1, nil, false))
 	if err != nil {
 		t.Fatal(err)
 	}

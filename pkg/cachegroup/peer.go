@@ -23,6 +23,7 @@ import (
 //	GET    /v1/blobs/{digest}           a blob, ranged; sendfile on plain TCP
 //	HEAD   /v1/blobs/{digest}           whether the member has (and offers) it
 //	PUT    /v1/blobs/{digest}           store a blob; verified before it is kept
+//	POST   /v1/have                     which of a list of blobs the member holds
 //	GET    /v1/volumes[/{id}]           heads
 //	POST   /v1/volumes                  create (VolumeSpec)
 //	DELETE /v1/volumes/{id}
@@ -77,7 +78,6 @@ type Server struct {
 	group   *Group
 	auth    *Auth
 	metrics *Metrics
-	weight  float64
 	// Offer decides whether a blob this member holds but does not own may
 	// be served: node copies of no-sharing mounts never are.
 	Offer func(d Digest) bool
@@ -87,8 +87,8 @@ type Server struct {
 }
 
 // NewServer returns the peer server of g's local member.
-func NewServer(g *Group, auth *Auth, m *Metrics, weight float64) *Server {
-	return &Server{group: g, auth: auth, metrics: m, weight: weight}
+func NewServer(g *Group, auth *Auth) *Server {
+	return &Server{group: g, auth: auth, metrics: g.Metrics()}
 }
 
 // Handler returns the server's HTTP handler.
@@ -96,7 +96,7 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	l := s.group.Local()
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
-		writeJSONResponse(w, Health{Name: l.Name(), Group: s.group.Name(), Weight: s.weight}, nil)
+		writeJSONResponse(w, Health{Name: l.Name(), Group: s.group.Name(), Weight: s.group.Weight()}, nil)
 	})
 	mux.HandleFunc("GET /v1/blobs/{digest}", s.serveBlob)
 	mux.HandleFunc("HEAD /v1/blobs/{digest}", s.serveBlob)
@@ -109,6 +109,17 @@ func (s *Server) Handler() http.Handler {
 			s.metrics.Corrupt.Inc()
 		}
 		writeJSONResponse(w, nil, err)
+	})
+	mux.HandleFunc("POST /v1/have", func(w http.ResponseWriter, r *http.Request) {
+		var ds []Digest
+		if !readJSON(w, r, &ds) {
+			return
+		}
+		has := make([]bool, len(ds))
+		for i, d := range ds {
+			has[i] = l.Store().Has(d)
+		}
+		writeJSONResponse(w, has, nil)
 	})
 	mux.HandleFunc("GET /v1/volumes", func(w http.ResponseWriter, r *http.Request) {
 		vs, err := l.allVolumes()
@@ -408,6 +419,18 @@ func (r *Remote) Has(ctx context.Context, d Digest) (bool, error) {
 		return false, nil
 	}
 	return err == nil, err
+}
+
+// HaveAll reports which of ds the member holds.
+func (r *Remote) HaveAll(ctx context.Context, ds []Digest) ([]bool, error) {
+	var has []bool
+	if err := r.call(ctx, "POST", "/v1/have", ds, &has); err != nil {
+		return nil, err
+	}
+	if len(has) != len(ds) {
+		return nil, fmt.Errorf("member %s: have: %d answers for %d blobs", r.name, len(has), len(ds))
+	}
+	return has, nil
 }
 
 // Push sends blob d to the member, which verifies it.

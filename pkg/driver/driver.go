@@ -4,6 +4,8 @@
 package driver
 
 import (
+	"net/http"
+	"strconv"
 	"context"
 	"errors"
 	"fmt"
@@ -48,9 +50,29 @@ type Config struct {
 	Mode      Mode
 	CacheSize int64 // bytes of blobs kept at most; 0: no limit but the floor
 	FreeFloor int64 // free bytes always left on the store's disk
-	// Members is the static member list, "name=host:port" each; empty means
-	// a group of one, this member.
+	// Members is the static member list, "name=host:port" each. With no
+	// member source at all the group is this member alone.
 	Members []string
+	// MembersDNS is a DNS name (a headless Service) whose addresses are the
+	// members, at the port of PeerAddress.
+	MembersDNS string
+	// MembersService is "namespace/name" of a headless Service whose ready
+	// EndpointSlice endpoints are the members.
+	MembersService string
+	// PeerAddress is where this member serves its peers (host:port).
+	PeerAddress string
+	// PeerSecretFile holds the group's shared secret; PeerCert, PeerKey and
+	// PeerCA enable mutual TLS between members.
+	PeerSecretFile, PeerCert, PeerKey, PeerCA string
+	// Replicas is R, the copies of each blob and head (default 2).
+	Replicas int
+	// Weight is this member's share of placement (its capacity).
+	Weight float64
+	// ClientOnly mounts volumes for pods on this node without being a
+	// member: it owns nothing and is never a home. The controller always is.
+	ClientOnly bool
+	// MetricsAddress serves Prometheus metrics at /metrics if set.
+	MetricsAddress string
 	// DefaultQuota is the quota of an inline volume that names no size.
 	DefaultQuota int64
 }
@@ -66,6 +88,10 @@ type Driver struct {
 	local *cachegroup.Local
 	group *cachegroup.Group
 	node  *cachegroup.Node
+
+	auth     *cachegroup.Auth
+	members  *cachegroup.Membership
+	source   sourceFunc
 
 	inflight inflight
 	srv      *grpc.Server
@@ -101,14 +127,15 @@ func New(cfg Config) (*Driver, error) {
 	if cfg.StoreDir == "" {
 		return nil, errors.New("store directory is empty")
 	}
-	if len(cfg.Members) > 0 {
-		// Remote members arrive with the peer protocol; until then a group
-		// is this member alone, and saying otherwise would lose data.
-		for _, m := range cfg.Members {
-			if name, _, _ := strings.Cut(m, "="); name != cfg.NodeID {
-				return nil, fmt.Errorf("member %q: only this member (%s) can be listed: multi-member groups are not available in this build", m, cfg.NodeID)
-			}
-		}
+	if cfg.Replicas == 0 {
+		cfg.Replicas = 2
+	}
+	if cfg.Weight == 0 {
+		cfg.Weight = 1
+	}
+	src, err := memberSource(cfg)
+	if err != nil {
+		return nil, err
 	}
 	store, err := cachegroup.OpenStore(cfg.StoreDir, cachegroup.Limits{CacheSize: cfg.CacheSize, FreeFloor: cfg.FreeFloor})
 	if err != nil {
@@ -118,8 +145,18 @@ func New(cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
+	clientOnly := cfg.ClientOnly || cfg.Mode == ModeController
 	d := &Driver{cfg: cfg, store: store, local: local,
-		group: cachegroup.NewGroup(cfg.Group, local, 1, nil)}
+		group: cachegroup.NewGroup(cfg.Group, local, cfg.Replicas, nil, clientOnly)}
+	d.group.SetWeight(cfg.Weight)
+	if src != nil {
+		if d.auth, err = cachegroup.NewAuth(cfg.PeerSecretFile, cfg.PeerCert, cfg.PeerKey, cfg.PeerCA); err != nil {
+			return nil, err
+		}
+		d.source = src
+	} else if clientOnly && cfg.Mode != ModeController {
+		return nil, errors.New("a client-only node needs a member source (--members, --members-dns or --members-service)")
+	}
 	if cfg.Mode != ModeController {
 		if d.node, err = cachegroup.OpenNode(filepath.Join(cfg.StoreDir, "node"), d.group); err != nil {
 			return nil, err
@@ -128,10 +165,15 @@ func New(cfg Config) (*Driver, error) {
 	return d, nil
 }
 
-// Serve serves the driver's CSI services on l until Stop.
+// Serve serves the driver's CSI services on l until Stop, and the peer
+// protocol, membership, re-replication and metrics when configured.
 func (d *Driver) Serve(l net.Listener) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
+	if err := d.startGroup(ctx); err != nil {
+		cancel()
+		return err
+	}
 	if d.node != nil {
 		d.done.Add(1)
 		go func() {
@@ -246,6 +288,117 @@ func errStatus(err error, format string, args ...any) error {
 	}
 	return status.Errorf(code, "%s: %v", fmt.Sprintf(format, args...), err)
 }
+
+// membershipInterval is how often members are listed and health-checked.
+const membershipInterval = 2 * time.Second
+
+// reconcileInterval is how often re-replication runs without a membership change.
+const reconcileInterval = 30 * time.Second
+
+// memberSource returns the configured source of members, or nil for a group
+// of one.
+func memberSource(cfg Config) (sourceFunc, error) {
+	n := 0
+	for _, s := range []string{strings.Join(cfg.Members, ","), cfg.MembersDNS, cfg.MembersService} {
+		if s != "" {
+			n++
+		}
+	}
+	if n > 1 {
+		return nil, errors.New("give one member source: --members, --members-dns or --members-service")
+	}
+	_, port, _ := net.SplitHostPort(cfg.PeerAddress)
+	switch {
+	case len(cfg.Members) > 0:
+		st, err := cachegroup.ParseStatic(cfg.Members)
+		if err != nil {
+			return nil, err
+		}
+		if len(st) == 1 && st[0].Name == cfg.NodeID {
+			return nil, nil // a group of one
+		}
+		return func(context.Context) (cachegroup.Source, error) { return st, nil }, nil
+	case cfg.MembersDNS != "":
+		if port == "" {
+			return nil, errors.New("--members-dns needs --peer-address with a port")
+		}
+		return func(context.Context) (cachegroup.Source, error) {
+			return cachegroup.DNS{Name: cfg.MembersDNS, Port: port}, nil
+		}, nil
+	case cfg.MembersService != "":
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return nil, errors.New("--members-service needs --peer-address with a port")
+		}
+		return func(ctx context.Context) (cachegroup.Source, error) {
+			return cachegroup.NewEndpointSlices(ctx, cfg.MembersService, p)
+		}, nil
+	}
+	return nil, nil
+}
+
+// sourceFunc opens a member source once the driver runs.
+type sourceFunc func(context.Context) (cachegroup.Source, error)
+
+// startGroup starts what a member of a larger group runs besides CSI.
+func (d *Driver) startGroup(ctx context.Context) error {
+	if d.cfg.MetricsAddress != "" {
+		ml, err := net.Listen("tcp", d.cfg.MetricsAddress)
+		if err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", d.group.Metrics().Handler())
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go srv.Serve(ml)
+		go func() {
+			<-ctx.Done()
+			srv.Close()
+		}()
+	}
+	if d.source == nil {
+		return nil
+	}
+	src, err := d.source(ctx)
+	if err != nil {
+		return err
+	}
+	d.members = cachegroup.NewMembership(d.group, src, d.auth, membershipInterval)
+	if d.cfg.PeerAddress != "" && !d.group.ClientOnly() {
+		pl, err := net.Listen("tcp", d.cfg.PeerAddress)
+		if err != nil {
+			return fmt.Errorf("peer address: %w", err)
+		}
+		srv := cachegroup.NewServer(d.group, d.auth)
+		if d.node != nil {
+			srv.Offer, srv.Through = d.node.Offer, d.node.Through
+		}
+		d.done.Add(1)
+		go func() {
+			defer d.done.Done()
+			if err := srv.ListenAndServe(ctx, pl); err != nil {
+				klog.ErrorS(err, "Peer server")
+			}
+		}()
+	}
+	d.members.Refresh(ctx)
+	d.done.Add(1)
+	go func() {
+		defer d.done.Done()
+		d.members.Run(ctx)
+	}()
+	if !d.group.ClientOnly() {
+		d.done.Add(1)
+		go func() {
+			defer d.done.Done()
+			d.group.RunReconciler(ctx, reconcileInterval, nil)
+		}()
+	}
+	return nil
+}
+
+// Group returns the driver's cache group.
+func (d *Driver) Group() *cachegroup.Group { return d.group }
 
 // callTimeout bounds the group operations of a call that carries no deadline.
 const callTimeout = 2 * time.Minute

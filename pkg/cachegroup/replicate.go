@@ -1,0 +1,249 @@
+package cachegroup
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+)
+
+// Pass is what one reconciliation pass did.
+type Pass struct {
+	Heads   int // heads or snapshots taken from or given to other homes
+	Checked int // blobs checked
+	Pushed  int // blob copies pushed to members that should hold them
+	Dropped int // blob copies dropped here after they moved elsewhere
+	Owned   int // blobs this member owns
+	Failed  int // checks or pushes that failed (retried next pass)
+}
+
+// haveBatch is how many digests one have-request asks about.
+const haveBatch = 2000
+
+// Reconcile brings the group back to its placement after a membership
+// change: heads and snapshots reach all their live homes, every blob this
+// member holds reaches its R live owners, and copies this member no longer
+// owns are dropped once the owners have them (unless a snapshot on this node
+// links them). Only what placement moved is moved.
+func (g *Group) Reconcile(ctx context.Context, inUse func(Digest) bool) (Pass, error) {
+	var p Pass
+	if len(g.Members()) < 2 {
+		return p, nil
+	}
+	p.Heads = g.reconcileHeads(ctx)
+	err := g.reconcileBlobs(ctx, &p, inUse)
+	return p, err
+}
+
+// reconcileHeads exchanges heads and snapshots with the other live members.
+func (g *Group) reconcileHeads(ctx context.Context) int {
+	n := 0
+	self := g.local.Name()
+	isHome := func(id string) bool {
+		return slices.ContainsFunc(g.Homes(id), func(p Peer) bool { return p.Name() == self })
+	}
+	for _, m := range g.liveOnly(g.rank("")) {
+		if m == Peer(g.local) {
+			continue
+		}
+		vs, err := m.Volumes(ctx)
+		if err != nil {
+			g.failed(m, err)
+			continue
+		}
+		for _, v := range vs {
+			if isHome(v.ID) {
+				if cur, err := g.local.Volume(ctx, v.ID); err != nil && !v.Deleted || err == nil && newer(v, cur) {
+					n++
+				}
+				g.local.PutHead(ctx, v)
+			}
+		}
+		ss, err := m.Snapshots(ctx)
+		if err != nil {
+			continue
+		}
+		for _, s := range ss {
+			if isHome(s.ID) {
+				if _, err := g.local.Snapshot(ctx, s.ID); err != nil {
+					n++
+				}
+				g.local.PutSnapshot(ctx, s)
+			}
+		}
+	}
+	// Give what is kept here to its live homes; let go of what is not ours.
+	vs, _ := g.local.allVolumes()
+	for _, v := range vs {
+		ok := true
+		for _, h := range g.liveOnly(g.Homes(v.ID)) {
+			if h != Peer(g.local) {
+				if err := h.PutHead(ctx, v); err != nil {
+					ok = false
+				}
+			}
+		}
+		if ok && !isHome(v.ID) {
+			g.local.dropHead(v.ID)
+		}
+	}
+	ss, _ := g.local.Snapshots(ctx)
+	for _, s := range ss {
+		ok := true
+		for _, h := range g.liveOnly(g.Homes(s.ID)) {
+			if h != Peer(g.local) {
+				if err := h.PutSnapshot(ctx, s); err != nil && !errors.Is(err, ErrExists) {
+					ok = false
+				}
+			}
+		}
+		if ok && !isHome(s.ID) {
+			g.local.dropSnapshot(s.ID)
+		}
+	}
+	return n
+}
+
+// reconcileBlobs walks the local store.
+func (g *Group) reconcileBlobs(ctx context.Context, p *Pass, inUse func(Digest) bool) error {
+	var all []Digest
+	err := filepath.WalkDir(g.local.Store().blobDir(), func(path string, e fs.DirEntry, err error) error {
+		if err == nil && e.Type().IsRegular() {
+			if d, err := ParseDigest(e.Name()); err == nil {
+				all = append(all, d)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	g.metrics.ReplicationPending.Set(float64(len(all)))
+	// Group the blobs by the remote members that should hold them, and ask
+	// each member in batches which it has.
+	want := map[Peer][]Digest{}
+	var owned int
+	var ownedBytes int64
+	for _, d := range all {
+		ts := g.targets(d)
+		for _, t := range ts {
+			if t != Peer(g.local) {
+				want[t] = append(want[t], d)
+			}
+		}
+		if g.IsOwner(d) {
+			owned++
+			if fi, err := os.Lstat(g.local.Store().Path(d)); err == nil {
+				ownedBytes += fi.Size()
+			}
+		}
+	}
+	p.Owned = owned
+	g.metrics.OwnedBlobs.Set(float64(owned))
+	g.metrics.OwnedBytes.Set(float64(ownedBytes))
+	confirmed := map[Digest]int{}
+	for t, ds := range want {
+		r, ok := t.(*Remote)
+		if !ok {
+			continue
+		}
+		for i := 0; i < len(ds); i += haveBatch {
+			batch := ds[i:min(i+haveBatch, len(ds))]
+			has, err := r.HaveAll(ctx, batch)
+			if err != nil {
+				g.failed(t, err)
+				p.Failed += len(batch)
+				break
+			}
+			var missing []Digest
+			for j, d := range batch {
+				if has[j] {
+					confirmed[d]++
+				} else {
+					missing = append(missing, d)
+				}
+			}
+			for _, d := range missing {
+				if err := g.pushTo(ctx, t, d); err != nil {
+					p.Failed++
+					continue
+				}
+				p.Pushed++
+				confirmed[d]++
+				g.metrics.Replicated.WithLabelValues("pushed").Inc()
+			}
+			p.Checked += len(batch)
+			g.metrics.ReplicationPending.Sub(float64(len(batch)))
+		}
+	}
+	// Drop copies this member no longer should hold, once every target has one.
+	for _, d := range all {
+		ts := g.targets(d)
+		if slices.Contains(ts, Peer(g.local)) || confirmed[d] < len(ts) || len(ts) < g.replicas {
+			continue
+		}
+		if inUse != nil && inUse(d) {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Lstat(g.local.Store().Path(d), &st) != nil || st.Nlink > 1 {
+			continue // linked into a snapshot on this node
+		}
+		g.local.Store().Remove(d)
+		p.Dropped++
+		g.metrics.Replicated.WithLabelValues("dropped").Inc()
+	}
+	g.metrics.ReplicationPending.Set(0)
+	return nil
+}
+
+func (g *Group) pushTo(ctx context.Context, t Peer, d Digest) error {
+	f, err := g.local.Store().Open(d)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := t.Push(ctx, d, f); err != nil {
+		g.failed(t, err)
+		return err
+	}
+	return nil
+}
+
+// RunReconciler reconciles after every membership change and every interval
+// until ctx ends.
+func (g *Group) RunReconciler(ctx context.Context, interval time.Duration, inUse func(Digest) bool) {
+	for {
+		changed := g.Changed()
+		start := time.Now()
+		p, err := g.Reconcile(ctx, inUse)
+		if err != nil {
+			klog.ErrorS(err, "Reconcile")
+		} else if p.Pushed+p.Dropped+p.Heads+p.Failed > 0 {
+			klog.InfoS("Reconciled", "heads", p.Heads, "checked", p.Checked, "pushed", p.Pushed,
+				"dropped", p.Dropped, "owned", p.Owned, "failed", p.Failed, "duration", time.Since(start))
+		}
+		wait := interval
+		if p.Failed > 0 {
+			wait = min(interval, 5*time.Second)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+			// Let a burst of changes settle before the next pass.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+		case <-time.After(wait):
+		}
+	}
+}
