@@ -1,0 +1,292 @@
+package cachegroup
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	discoveryv1 "k8s.io/api/discovery/v1"
+)
+
+// member is one member of a test group: a store, a node tier and a peer
+// server on loopback.
+type member struct {
+	name  string
+	local *Local
+	group *Group
+	node  *Node
+	addr  string
+	srv   *http.Server
+}
+
+var testSecret = []byte("0123456789abcdef-test-secret")
+
+// newGroup starts n members on loopback that know each other, with R=2.
+func newGroup(t *testing.T, n int) []*member {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for ownership of materialised files")
+	}
+	auth := NewSecretAuth(testSecret)
+	ms := make([]*member, n)
+	for i := range ms {
+		base := t.TempDir()
+		s, err := OpenStore(filepath.Join(base, "store"), Limits{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := fmt.Sprintf("node-%c", 'a'+i)
+		l, err := OpenLocal(name, s, filepath.Join(base, "meta"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := NewGroup("g", l, 2, nil, false)
+		node, err := OpenNode(filepath.Join(base, "node"), g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps := NewServer(g, auth)
+		ps.Offer, ps.Through = node.Offer, node.Through
+		srv := &http.Server{Handler: ps.Handler()}
+		go srv.Serve(ln)
+		t.Cleanup(func() { srv.Close() })
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		go node.Run(ctx)
+		ms[i] = &member{name: name, local: l, group: g, node: node, addr: ln.Addr().String(), srv: srv}
+	}
+	var st Static
+	for _, m := range ms {
+		st = append(st, Endpoint{Name: m.name, Addr: m.addr})
+	}
+	for _, m := range ms {
+		NewMembership(m.group, st, auth, time.Second).Refresh(context.Background())
+		if got := len(m.group.Members()); got != n {
+			t.Fatalf("%s sees %d members", m.name, got)
+		}
+	}
+	return ms
+}
+
+// commitFiles commits files through m's node tier, as a pod would.
+func commitFiles(t *testing.T, m *member, vol Volume, files map[string]string) {
+	t.Helper()
+	target := fmt.Sprintf("/pods/%d", time.Now().UnixNano())
+	upper, _, err := m.node.NewLayer(Layer{VolumeID: vol.ID, Target: target, Base: vol.Root, Commit: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p, c := range files {
+		os.MkdirAll(filepath.Dir(filepath.Join(upper, p)), 0o755)
+		if err := os.WriteFile(filepath.Join(upper, p), []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := m.node.Submit(target); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := m.node.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if m.node.Stats.Commits.Load() == 0 {
+		t.Fatalf("nothing committed on %s (failures %d)", m.name, m.node.Stats.CommitFailures.Load())
+	}
+}
+
+func TestGroupCommitOnOneNodeReadOnAnother(t *testing.T) {
+	ms := newGroup(t, 3)
+	ctx := context.Background()
+	a, c := ms[0], ms[2]
+	vol, err := a.group.CreateVolume(ctx, VolumeSpec{Name: "m2", Quota: 1 << 30}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]string{}
+	for i := range 50 {
+		files[fmt.Sprintf("org/lib%d/lib.jar", i)] = fmt.Sprintf("content %d", i)
+	}
+	commitFiles(t, a, vol, files)
+
+	head, err := c.group.Volume(ctx, vol.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if head.Count != 101 { // org, 50 directories and 50 files
+		t.Fatalf("head on C: %d entries", head.Count)
+	}
+	// The head is at both homes, and every blob at its two owners.
+	for _, h := range a.group.Homes(vol.ID) {
+		v, err := h.Volume(ctx, vol.ID)
+		if err != nil || v.Root != head.Root {
+			t.Fatalf("home %s: %v %v", h.Name(), v.Root, err)
+		}
+	}
+	for _, content := range files {
+		d := Sum([]byte(content))
+		for _, o := range a.group.Owners(d) {
+			if !memberByName(ms, o.Name()).local.Store().Has(d) {
+				t.Fatalf("owner %s lacks blob %s", o.Name(), d)
+			}
+		}
+	}
+	dir, err := c.node.Snapshot(ctx, head.Root, Want{VolumeID: vol.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range files {
+		got, err := os.ReadFile(filepath.Join(dir, p))
+		if err != nil || string(got) != want {
+			t.Fatalf("%s on C: %q %v", p, got, err)
+		}
+	}
+}
+
+func memberByName(ms []*member, name string) *member {
+	for _, m := range ms {
+		if m.name == name {
+			return m
+		}
+	}
+	return nil
+}
+
+func TestGroupNeverServesWrongBytes(t *testing.T) {
+	ms := newGroup(t, 3)
+	ctx := context.Background()
+	content := []byte("the right bytes")
+	d := Sum(content)
+	owners := ms[0].group.Owners(d)
+	for _, o := range owners {
+		if _, err := memberByName(ms, o.Name()).local.Store().Put(bytesReader(content), d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Flip the bytes of the first owner's copy.
+	first := memberByName(ms, owners[0].Name())
+	if err := os.WriteFile(first.local.Store().Path(d), []byte("THE WRONG BYTES"), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	var reader *member
+	for _, m := range ms {
+		if m.name != owners[0].Name() && m.name != owners[1].Name() {
+			reader = m
+		}
+	}
+	if err := reader.group.Fetch(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	got, err := reader.local.Store().ReadAll(d)
+	if err != nil || string(got) != string(content) {
+		t.Fatalf("reader got %q, %v", got, err)
+	}
+	if v := counterValue(t, reader.group.Metrics(), "cachegroup_corrupt_blobs_total"); v != 1 {
+		t.Fatalf("corrupt counter %v, want 1", v)
+	}
+}
+
+func TestGroupRefusesUnauthenticatedPeers(t *testing.T) {
+	ms := newGroup(t, 2)
+	resp, err := http.Get("http://" + ms[0].addr + "/v1/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("no credentials: %s", resp.Status)
+	}
+	wrong := NewRemote(ms[0].name, ms[0].addr, "intruder", NewSecretAuth([]byte("not-the-group-secret")))
+	if _, err := wrong.Health(context.Background()); err == nil {
+		t.Fatal("wrong secret accepted")
+	}
+	if v := counterValue(t, ms[0].group.Metrics(), "cachegroup_refused_requests_total"); v != 2 {
+		t.Fatalf("refused counter %v, want 2", v)
+	}
+}
+
+func TestGroupSurvivesAHomeDown(t *testing.T) {
+	ms := newGroup(t, 3)
+	ctx := context.Background()
+	vol, err := ms[0].group.CreateVolume(ctx, VolumeSpec{Name: "v", Quota: 1 << 20}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	commitFiles(t, ms[0], vol, map[string]string{"a": "1"})
+	primary := memberByName(ms, ms[0].group.Homes(vol.ID)[0].Name())
+	primary.srv.Close()
+	var client *member
+	for _, m := range ms {
+		if m != primary {
+			client = m
+		}
+	}
+	// The next commit fails over to the second home, which had the head.
+	cur, err := client.group.Volume(ctx, vol.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commitFiles(t, client, cur, map[string]string{"b": "2"})
+	head, err := client.group.Volume(ctx, vol.ID)
+	if err != nil || head.Count != 2 {
+		t.Fatalf("after failover: %d entries, %v", head.Count, err)
+	}
+	if client.group.Live(primary.name) {
+		t.Fatal("the stopped home is still thought live")
+	}
+}
+
+func TestEndpointSlicesReadyWithNodeNames(t *testing.T) {
+	yes, no := true, false
+	node := func(s string) *string { return &s }
+	slices := []*discoveryv1.EndpointSlice{{Endpoints: []discoveryv1.Endpoint{
+		{Addresses: []string{"10.0.0.1"}, NodeName: node("n1"), Conditions: discoveryv1.EndpointConditions{Ready: &yes}},
+		{Addresses: []string{"10.0.0.2"}, NodeName: node("n2"), Conditions: discoveryv1.EndpointConditions{Ready: &no}},
+		{Addresses: []string{"10.0.0.3"}},
+		{Addresses: []string{"10.0.0.4"}, NodeName: node("n1")},
+	}}}
+	eps := endpointsOf(slices, "7600")
+	if len(eps) != 1 || eps[0].Name != "n1" || eps[0].Addr != "10.0.0.1:7600" {
+		t.Fatalf("endpoints %v", eps)
+	}
+}
+
+// TestPlacementMovesOnlyTheNewMembersShare checks, on a simulated 100-member
+// ring, that a joining member takes about 1/(n+1) of the blob copies and
+// nothing else moves.
+func TestPlacementMovesOnlyTheNewMembersShare(t *testing.T) {
+	moved, ideal := MovedFraction(100, 2, 20000)
+	if math.Abs(moved-ideal) > 0.1*ideal+0.002 {
+		t.Fatalf("moved %.4f of copies, ideal %.4f", moved, ideal)
+	}
+}
+
+func counterValue(t *testing.T, m *Metrics, name string) float64 {
+	t.Helper()
+	mfs, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, x := range mf.GetMetric() {
+				sum += x.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
+}
+
+func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
