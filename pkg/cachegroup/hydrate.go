@@ -120,6 +120,7 @@ func (n *Node) hydrate(root Digest, want Want) error {
 			fail(err)
 			return
 		}
+		fetched := src.prefetch(ctx, t)
 		for _, e := range t.Entries {
 			p := filepath.Join(j.path, e.Name)
 			switch e.Type {
@@ -138,9 +139,11 @@ func (n *Node) hydrate(root Digest, want Want) error {
 					visit(job{e.Digest, p}) // queue full: do it here rather than block
 				}
 			case TypeFile:
-				if err := src.fetch(ctx, e.Digest, e.Size); err != nil {
-					fail(err)
-					return
+				if !fetched[e.Digest] {
+					if err := src.fetch(ctx, e.Digest, e.Size); err != nil {
+						fail(err)
+						return
+					}
 				}
 				if err := n.linkFile(e, p); err != nil {
 					fail(err)
@@ -225,6 +228,61 @@ func (s sourcing) fetch(ctx context.Context, d Digest, size int64) error {
 		s.n.markPrivate(d)
 	}
 	return nil
+}
+
+// batchMax is the largest blob fetched in batches; bigger ones stream alone.
+const batchMax = 1 << 20
+
+// prefetch fetches the missing small files of directory t in one batch per
+// source, so a directory of a thousand small files costs a few round trips.
+// It returns the blobs it fetched; the rest are left to fetch.
+func (s sourcing) prefetch(ctx context.Context, t *Tree) map[Digest]bool {
+	fetched := map[Digest]bool{}
+	g := s.n.group
+	bySource := map[Peer][]Digest{}
+	sizes := map[Digest]int64{}
+	for _, e := range t.Entries {
+		if e.Type != TypeFile || e.Size > batchMax || sizes[e.Digest] != 0 || s.n.store.Has(e.Digest) {
+			continue
+		}
+		sizes[e.Digest] = e.Size + 1
+		if src := s.sources(e.Digest); len(src) > 0 {
+			if _, ok := src[0].(*Remote); ok {
+				bySource[src[0]] = append(bySource[src[0]], e.Digest)
+			}
+		}
+	}
+	for p, ds := range bySource {
+		r := p.(*Remote)
+		through := !slices.Contains(g.Owners(ds[0]), p)
+		for i := 0; i < len(ds); i += maxBatch {
+			batch := ds[i:min(i+maxBatch, len(ds))]
+			_, err := r.FetchBatch(ctx, batch, through, func(d Digest, rd io.Reader) error {
+				_, err := s.n.store.Put(rd, d)
+				if errors.Is(err, ErrCorrupt) {
+					g.metrics.Corrupt.Inc()
+				}
+				if err == nil {
+					fetched[d] = true
+					label := "peer"
+					if slices.Contains(g.Owners(d), p) {
+						label = "owner"
+					}
+					g.metrics.FetchBlobs.WithLabelValues(label).Inc()
+					g.metrics.FetchBytes.WithLabelValues(label).Add(float64(sizes[d] - 1))
+					if s.private && !g.IsOwner(d) {
+						s.n.markPrivate(d)
+					}
+				}
+				return err
+			})
+			if err != nil {
+				g.failed(p, err)
+				break // what is still missing is fetched one by one with fallback
+			}
+		}
+	}
+	return fetched
 }
 
 // sources orders where blob d is fetched from. With sharing nodes, the
