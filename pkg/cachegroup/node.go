@@ -79,7 +79,7 @@ func OpenNode(dir string, g *Group) (*Node, error) {
 	n := &Node{dir: dir, store: g.Local().Store(), group: g,
 		flights: map[Digest]*flight{}, fetches: map[Digest]*flight{}, private: map[Digest]bool{},
 		wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1), idle: make(chan struct{})}
-	for _, sub := range []string{"snaps", "pods", "outbox", "trash"} {
+	for _, sub := range []string{"snaps", "pods", "outbox", "trash", "staged"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("open node tier: %w", err)
 		}
@@ -262,6 +262,31 @@ func (n *Node) kick() {
 	case n.wake <- struct{}{}:
 	default:
 	}
+}
+
+// MarkStaged records that volume id is staged on this node (or, with false,
+// no longer is); staged volumes keep their newest snapshot when pruning.
+func (n *Node) MarkStaged(id string, staged bool) error {
+	p := filepath.Join(n.dir, "staged", layerKey(id))
+	if !staged {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	return writeFileAtomic(p, []byte(id))
+}
+
+// Staged returns the volumes staged on this node.
+func (n *Node) Staged() []string {
+	ents, _ := os.ReadDir(filepath.Join(n.dir, "staged"))
+	var ids []string
+	for _, e := range ents {
+		if b, err := os.ReadFile(filepath.Join(n.dir, "staged", e.Name())); err == nil {
+			ids = append(ids, string(b))
+		}
+	}
+	return ids
 }
 
 // Prune removes the snapshots on this node that no live layer reads and that

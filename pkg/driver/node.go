@@ -75,12 +75,15 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if _, err := d.node.Snapshot(ctx, v.Root, cachegroup.Want{VolumeID: id, Sharing: !opts.NoSharing}); err != nil {
 		return nil, errStatus(err, "stage volume %s: snapshot %s", id, v.Root)
 	}
+	if err := d.node.MarkStaged(id, true); err != nil {
+		return nil, status.Errorf(codes.Internal, "stage volume %s: %v", id, err)
+	}
 	return &csi.NodeStageVolumeResponse{}, nil
 }
 
 // NodeUnstageVolume lets go of the volume on this node; snapshots no pod
 // mounts are pruned.
-func (d *Driver) NodeUnstageVolume(_ context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
 	id := req.GetVolumeId()
 	if id == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume id is required")
@@ -92,7 +95,17 @@ func (d *Driver) NodeUnstageVolume(_ context.Context, req *csi.NodeUnstageVolume
 		return nil, err
 	}
 	defer d.inflight.unlock(id)
-	if err := d.node.Prune(); err != nil {
+	if err := d.node.MarkStaged(id, false); err != nil {
+		return nil, status.Errorf(codes.Internal, "unstage volume %s: %v", id, err)
+	}
+	// Keep the newest snapshot of every volume still staged here.
+	var keep []cachegroup.Digest
+	for _, other := range d.node.Staged() {
+		if v, err := d.group.Volume(ctx, other); err == nil {
+			keep = append(keep, v.Root)
+		}
+	}
+	if err := d.node.Prune(keep...); err != nil {
 		klog.ErrorS(err, "Prune snapshots", "volume", id)
 	}
 	return &csi.NodeUnstageVolumeResponse{}, nil
