@@ -4,14 +4,14 @@
 package driver
 
 import (
-	"net/http"
-	"strconv"
 	"context"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -89,9 +89,9 @@ type Driver struct {
 	group *cachegroup.Group
 	node  *cachegroup.Node
 
-	auth     *cachegroup.Auth
-	members  *cachegroup.Membership
-	source   sourceFunc
+	auth    *cachegroup.Auth
+	members *cachegroup.Membership
+	source  sourceFunc
 
 	inflight inflight
 	srv      *grpc.Server
