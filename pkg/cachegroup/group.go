@@ -519,7 +519,15 @@ func (g *Group) FetchFrom(ctx context.Context, d Digest, sources []Peer) (Peer, 
 	if st.Has(d) {
 		return g.local, nil
 	}
-	var errs []error
+	var (
+		errs []error
+		bad  []Peer // sources that sent wrong bytes
+	)
+	defer func() {
+		if len(bad) > 0 && st.Has(d) {
+			go g.repair(context.WithoutCancel(ctx), d, bad)
+		}
+	}()
 	for _, p := range sources {
 		err := func() error {
 			var (
@@ -543,6 +551,7 @@ func (g *Group) FetchFrom(ctx context.Context, d Digest, sources []Peer) (Peer, 
 		}
 		if errors.Is(err, ErrCorrupt) {
 			g.metrics.Corrupt.Inc()
+			bad = append(bad, p)
 			klog.ErrorS(err, "Discarded a blob that failed verification", "blob", d, "from", p.Name())
 		} else {
 			g.failed(p, err)
@@ -553,6 +562,26 @@ func (g *Group) FetchFrom(ctx context.Context, d Digest, sources []Peer) (Peer, 
 		return nil, fmt.Errorf("blob %s: %w", d, ErrNotFound)
 	}
 	return nil, fmt.Errorf("fetch blob %s: %w", d, errors.Join(errs...))
+}
+
+// repair has each member that served wrong bytes of blob d check its copy
+// (dropping it if bad) and gives it the good one this member now holds.
+func (g *Group) repair(ctx context.Context, d Digest, bad []Peer) {
+	for _, p := range bad {
+		r, ok := p.(*Remote)
+		if !ok {
+			continue
+		}
+		if err := r.Verify(ctx, d); err != nil && !errors.Is(err, ErrNotFound) {
+			klog.ErrorS(err, "Ask member to verify blob", "member", p.Name(), "blob", d)
+			continue
+		}
+		if err := g.pushTo(ctx, p, d); err != nil {
+			klog.ErrorS(err, "Repair blob", "member", p.Name(), "blob", d)
+			continue
+		}
+		klog.InfoS("Repaired a corrupt copy", "member", p.Name(), "blob", d)
+	}
 }
 
 // pushWorkers bounds the blobs pushed at once.

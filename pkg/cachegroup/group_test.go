@@ -195,6 +195,18 @@ func TestGroupNeverServesWrongBytes(t *testing.T) {
 	if v := counterValue(t, reader.group.Metrics(), "cachegroup_corrupt_blobs_total"); v != 1 {
 		t.Fatalf("corrupt counter %v, want 1", v)
 	}
+	// The reader has the owner drop its bad copy and gives it the good one.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, err := first.local.Store().ReadAll(d)
+		if err == nil && string(got) == string(content) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bad copy not repaired: %q %v", got, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func TestGroupRefusesUnauthenticatedPeers(t *testing.T) {

@@ -27,6 +27,7 @@ import (
 //	POST   /v1/blobs                    many blobs in one framed stream
 //	HEAD   /v1/blobs/{digest}           whether the member has (and offers) it
 //	PUT    /v1/blobs/{digest}           store a blob; verified before it is kept
+//	POST   /v1/blobs/{digest}/verify    re-hash a copy a peer found wrong; drop it if so
 //	POST   /v1/have                     which of a list of blobs the member holds
 //	GET    /v1/volumes[/{id}]           heads
 //	POST   /v1/volumes                  create (VolumeSpec)
@@ -112,6 +113,18 @@ func (s *Server) Handler() http.Handler {
 		}
 		if errors.Is(err, ErrCorrupt) {
 			s.metrics.Corrupt.Inc()
+		}
+		writeJSONResponse(w, nil, err)
+	})
+	mux.HandleFunc("POST /v1/blobs/{digest}/verify", func(w http.ResponseWriter, r *http.Request) {
+		d, err := ParseDigest(r.PathValue("digest"))
+		if err == nil {
+			err = l.Store().Verify(d)
+		}
+		if errors.Is(err, ErrCorrupt) {
+			s.metrics.Corrupt.Inc()
+			klog.ErrorS(err, "A peer reported a corrupt copy; dropped it", "blob", d, "peer", r.Header.Get("X-Cachegroup-Member"))
+			err = nil // dropped: the caller may push a good copy now
 		}
 		writeJSONResponse(w, nil, err)
 	})
@@ -528,6 +541,11 @@ func (r *Remote) FetchBatch(ctx context.Context, ds []Digest, through bool, put 
 		}
 	}
 	return missing, nil
+}
+
+// Verify asks the member to re-hash its copy of blob d and drop it if wrong.
+func (r *Remote) Verify(ctx context.Context, d Digest) error {
+	return r.call(ctx, "POST", "/v1/blobs/"+d.String()+"/verify", nil, nil)
 }
 
 // HaveAll reports which of ds the member holds.
