@@ -3,6 +3,7 @@
 #   make demo     a single-member cache group on this machine, two build pods
 #   make test     lint, every test (as root: real mounts), brief fuzzing
 #   make sanity   csi-sanity conformance only
+#   make e2e      several members in network namespaces, real mounts
 #   make bench    the benchmark against the raw local disk
 
 GO        ?= go
@@ -14,7 +15,7 @@ FUZZTIME  ?= 10s
 # Bounds each test binary; `make test` stays well under 15 minutes.
 TESTTIMEOUT ?= 10m
 
-.PHONY: all build test unit fuzz sanity demo bench lint clean need-root
+.PHONY: all build test unit fuzz sanity e2e demo bench lint clean need-root
 
 all: build
 
@@ -56,6 +57,10 @@ fuzz:
 
 sanity: need-root
 	$(GO) test -count=1 -v ./test/sanity
+
+# Several members on this machine, each in its own network namespace.
+e2e: need-root
+	$(GO) test -count=1 -v -timeout=10m ./test/e2e
 
 demo: need-root build
 	./$(BIN)/cachegroup-demo -driver ./$(BIN)/cachegroup-csi

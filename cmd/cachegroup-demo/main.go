@@ -55,7 +55,7 @@ func main() {
 			Seed:        42,
 			Files:       *files,
 			Dirs:        max(3, *files*7/40),
-			TotalBytes:  int64(*mb) << 20,
+			TotalBytes:  int64(*mb) * 1_000_000,
 			MaxJarBytes: 4 << 20,
 		},
 	}
@@ -101,10 +101,10 @@ func (d *demo) step(title string, fn func() (string, error)) error {
 	detail, err := fn()
 	el := time.Since(t0)
 	if err != nil {
-		fmt.Printf("%3d  %-48s %10s  FAILED\n", d.n, title, fmtDur(el))
+		fmt.Printf("%3d  %-50s %10s  FAILED\n", d.n, title, fmtDur(el))
 		return fmt.Errorf("step %d (%s): %w", d.n, title, err)
 	}
-	fmt.Printf("%3d  %-48s %10s  %s\n", d.n, title, fmtDur(el), detail)
+	fmt.Printf("%3d  %-50s %10s  %s\n", d.n, title, fmtDur(el), detail)
 	return nil
 }
 
@@ -258,7 +258,7 @@ func (d *demo) run(ctx context.Context) error {
 		if files == 0 {
 			return "", errors.New("pod 2 sees an empty volume")
 		}
-		return fmt.Sprintf("%s/%s files identical, %s read at %s (%s)",
+		return fmt.Sprintf("%s/%s files identical (bytes, mode, mtime), %s read at %s (%s)",
 			commas(files), commas(wantFiles), fmtMB(bytes), rate(bytes, el), cold), nil
 	}); err != nil {
 		return err

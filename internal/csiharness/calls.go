@@ -2,7 +2,7 @@ package csiharness
 
 import (
 	"context"
-		"fmt"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"

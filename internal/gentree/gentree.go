@@ -20,7 +20,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
+	"time"
 )
 
 // Spec describes the tree to generate. The counts are targets: Generate hits
@@ -104,6 +104,10 @@ type Entry struct {
 	Size int64
 	// SHA256 is the digest of a file's content (zero for directories).
 	SHA256 [32]byte
+	// ModTime is the modification time. It is not part of Digest (it
+	// differs between two generations of the same tree) but Compare checks
+	// it when both sides have one.
+	ModTime time.Time
 }
 
 // Manifest maps slash-separated paths relative to a tree's root to their
@@ -172,6 +176,9 @@ func Compare(want, got Manifest, limit int) (diffs []string, n int) {
 			add(fmt.Sprintf("size differs: %s (%d, want %d)", p, g.Size, w.Size))
 		case w.SHA256 != g.SHA256:
 			add(fmt.Sprintf("content differs: %s", p))
+		case !w.ModTime.IsZero() && !g.ModTime.IsZero() && !w.ModTime.Equal(g.ModTime):
+			add(fmt.Sprintf("mtime differs: %s (%s, want %s)", p,
+				g.ModTime.Format(time.RFC3339Nano), w.ModTime.Format(time.RFC3339Nano)))
 		}
 	}
 	extra := make([]string, 0)
@@ -212,7 +219,7 @@ func Scan(dir string) (Manifest, error) {
 		}
 		switch {
 		case info.IsDir():
-			m[rel] = Entry{Dir: true, Mode: info.Mode().Perm()}
+			m[rel] = Entry{Dir: true, Mode: info.Mode().Perm(), ModTime: info.ModTime()}
 		case info.Mode().IsRegular():
 			f, err := os.Open(path)
 			if err != nil {
@@ -224,7 +231,7 @@ func Scan(dir string) (Manifest, error) {
 			if err != nil {
 				return err
 			}
-			e := Entry{Mode: info.Mode().Perm(), Size: n}
+			e := Entry{Mode: info.Mode().Perm(), Size: n, ModTime: info.ModTime()}
 			copy(e.SHA256[:], h.Sum(nil))
 			m[rel] = e
 		default:
@@ -243,8 +250,9 @@ func Generate(dir string, spec Spec) (Stats, error) {
 }
 
 // GenerateManifest is Generate that also returns the manifest of what it
-// wrote (file contents are hashed while they are written), so that a copy of
-// the tree can be verified later without reading it back from dir.
+// wrote (file contents are hashed while they are written, modification times
+// read once all is written), so that a copy of the tree can be verified later
+// without reading it back from dir.
 func GenerateManifest(dir string, spec Spec) (Stats, Manifest, error) {
 	return generate(dir, spec, true)
 }
@@ -296,51 +304,34 @@ func generate(dir string, spec Spec, withManifest bool) (Stats, Manifest, error)
 		}
 	}
 
-	// Write files with a few workers: each file's content depends only on
-	// the seed and the file's index, so the order does not matter.
-	workers := 4
-	jobs := make(chan int)
-	var (
-		mu       sync.Mutex
-		firstErr error
-		wg       sync.WaitGroup
-	)
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, 1<<20)
-			var h hash.Hash
-			if man != nil {
-				h = sha256.New()
-			}
-			for i := range jobs {
-				f := &p.files[i]
-				sum, err := writeFile(filepath.Join(dir, filepath.FromSlash(f.path)), f, fileSeed(spec.Seed, i), buf, h)
-				mu.Lock()
-				if err != nil && firstErr == nil {
-					firstErr = err
-				}
-				if man != nil && err == nil {
-					man[f.path] = Entry{Mode: modeFile, Size: f.size, SHA256: sum}
-				}
-				mu.Unlock()
-			}
-		}()
+	// Write the files one after the other in path order, as a sequential
+	// download would: the tree's disk layout then resembles a real cache's
+	// and a copy of it made the same way.
+	buf := make([]byte, 1<<20)
+	var h hash.Hash
+	if man != nil {
+		h = sha256.New()
 	}
 	for i := range p.files {
-		mu.Lock()
-		failed := firstErr != nil
-		mu.Unlock()
-		if failed {
-			break
+		f := &p.files[i]
+		sum, err := writeFile(filepath.Join(dir, filepath.FromSlash(f.path)), f, fileSeed(spec.Seed, i), buf, h)
+		if err != nil {
+			return Stats{}, nil, err
 		}
-		jobs <- i
+		if man != nil {
+			man[f.path] = Entry{Mode: modeFile, Size: f.size, SHA256: sum}
+		}
 	}
-	close(jobs)
-	wg.Wait()
-	if firstErr != nil {
-		return Stats{}, nil, firstErr
+	if man != nil {
+		// Modification times, directories' last (their files changed them).
+		for p, e := range man {
+			st, err := os.Lstat(filepath.Join(dir, filepath.FromSlash(p)))
+			if err != nil {
+				return Stats{}, nil, err
+			}
+			e.ModTime = st.ModTime()
+			man[p] = e
+		}
 	}
 	return p.stats(), man, nil
 }

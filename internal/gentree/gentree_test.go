@@ -43,6 +43,9 @@ func TestGenerateDeterministic(t *testing.T) {
 	if d := manA.Digest(); d != scanA.Digest() {
 		t.Fatalf("manifest recorded while writing (%s) differs from the tree scanned (%s)", d, scanA.Digest())
 	}
+	if diffs, n := Compare(manA, scanA, 10); n > 0 {
+		t.Fatalf("manifest recorded while writing differs from the tree (%d): %v", n, diffs)
+	}
 	if scanA.Digest() != scanB.Digest() {
 		diffs, n := Compare(scanA, scanB, 10)
 		t.Fatalf("same seed, different trees (%d differences): %v", n, diffs)

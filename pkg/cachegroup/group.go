@@ -496,13 +496,17 @@ func (g *Group) Snapshots(ctx context.Context) ([]Snapshot, error) {
 // Sources returns where to fetch blob d from, best first: its live owners,
 // then every other live member (one may hold a copy), excluding this one.
 func (g *Group) Sources(d Digest) []Peer {
-	var out []Peer
-	for _, p := range g.liveOnly(g.rank("blob/" + d.String())) {
-		if p != Peer(g.local) {
-			out = append(out, p)
+	var live, down []Peer
+	for _, p := range g.rank("blob/" + d.String()) {
+		switch {
+		case p == Peer(g.local):
+		case g.Live(p.Name()):
+			live = append(live, p)
+		default:
+			down = append(down, p) // last resort: it may be back already
 		}
 	}
-	return out
+	return append(live, down...)
 }
 
 // Fetch makes sure blob d is in the local store, fetched from its sources.
@@ -621,6 +625,16 @@ func (g *Group) PushAll(ctx context.Context, ds []Digest) error {
 // not this member. It fails if no copy other than the local one could be
 // made while other members are live.
 func (g *Group) Push(ctx context.Context, d Digest) error {
+	err := g.push(ctx, d)
+	if err != nil {
+		// A target that could not be reached is marked down now, so the
+		// next member in rendezvous order stands in for it.
+		err = g.push(ctx, d)
+	}
+	return err
+}
+
+func (g *Group) push(ctx context.Context, d Digest) error {
 	var errs []error
 	for _, p := range g.targets(d) {
 		if p == Peer(g.local) {

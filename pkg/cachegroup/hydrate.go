@@ -139,13 +139,7 @@ func (n *Node) hydrate(root Digest, want Want) error {
 					visit(job{e.Digest, p}) // queue full: do it here rather than block
 				}
 			case TypeFile:
-				if !fetched[e.Digest] {
-					if err := src.fetch(ctx, e.Digest, e.Size); err != nil {
-						fail(err)
-						return
-					}
-				}
-				if err := n.linkFile(e, p); err != nil {
+				if err := src.linkFile(ctx, e, p, fetched[e.Digest]); err != nil {
 					fail(err)
 					return
 				}
@@ -239,6 +233,9 @@ const batchMax = 1 << 20
 func (s sourcing) prefetch(ctx context.Context, t *Tree) map[Digest]bool {
 	fetched := map[Digest]bool{}
 	g := s.n.group
+	if len(g.Members()) == 1 && !g.clientOnly {
+		return fetched // a group of one has every blob here
+	}
 	bySource := map[Peer][]Digest{}
 	sizes := map[Digest]int64{}
 	for _, e := range t.Entries {
@@ -258,10 +255,10 @@ func (s sourcing) prefetch(ctx context.Context, t *Tree) map[Digest]bool {
 		for i := 0; i < len(ds); i += maxBatch {
 			batch := ds[i:min(i+maxBatch, len(ds))]
 			_, err := r.FetchBatch(ctx, batch, through, func(d Digest, rd io.Reader) error {
+				// A copy that fails verification is left to the one-by-one
+				// fetch below, which counts it, tries the next source and
+				// repairs the bad copy.
 				_, err := s.n.store.Put(rd, d)
-				if errors.Is(err, ErrCorrupt) {
-					g.metrics.Corrupt.Inc()
-				}
 				if err == nil {
 					fetched[d] = true
 					label := "peer"
@@ -406,40 +403,59 @@ func (n *Node) markPrivate(d Digest) {
 }
 
 // linkFile makes path a hard link to the blob of file entry e, with e's
-// metadata. Hard links share one inode, so the blob's metadata must be e's:
-// a blob no tree uses yet is given it; otherwise a copy with e's metadata (a
-// variant, kept in the store for reuse) is linked instead.
-func (n *Node) linkFile(e Entry, path string) error {
-	if _, err := os.Lstat(path); err == nil {
-		return nil // made before a restart
-	}
+// metadata, fetching the blob first if this node lacks it. Hard links share
+// one inode, so the blob's metadata must be e's: a blob no tree uses yet is
+// given it; otherwise a copy with e's metadata (a variant, kept in the store
+// for reuse) is linked instead. This is the inner loop of hydration: two
+// system calls for a file whose blob is here.
+func (s sourcing) linkFile(ctx context.Context, e Entry, path string, fetched bool) error {
+	n := s.n
 	src := n.store.Path(e.Digest)
+	var st unix.Stat_t
+	err := unix.Lstat(src, &st)
+	if errors.Is(err, unix.ENOENT) {
+		if err := s.fetch(ctx, e.Digest, e.Size); err != nil {
+			return err
+		}
+		err = unix.Lstat(src, &st)
+	} else if err == nil && !fetched {
+		n.group.metrics.FetchBlobs.WithLabelValues("local").Inc()
+		n.group.metrics.FetchBytes.WithLabelValues("local").Add(float64(e.Size))
+	}
+	if err != nil {
+		return fmt.Errorf("blob %s: %w", e.Digest, err)
+	}
+	// Held from the check to the link: a blob's metadata changes only under it.
 	mu := n.store.lock(e.Digest)
 	mu.Lock()
 	defer mu.Unlock()
-	var st unix.Stat_t
-	if err := unix.Lstat(src, &st); err != nil {
-		return fmt.Errorf("blob %s: %w", e.Digest, err)
-	}
 	if !metaMatches(&st, e) {
-		if st.Nlink == 1 {
+		if err := unix.Lstat(src, &st); err != nil { // again, under the lock
+			return fmt.Errorf("blob %s: %w", e.Digest, err)
+		}
+		switch {
+		case metaMatches(&st, e):
+		case st.Nlink == 1:
 			if err := setMeta(src, e, false); err != nil {
 				return err
 			}
-		} else {
-			v, err := n.variant(src, e)
-			if err != nil {
+		default:
+			if src, err = n.variant(src, e); err != nil {
 				return err
 			}
-			src = v
 		}
 	}
-	err := os.Link(src, path)
-	if errors.Is(err, unix.EMLINK) {
+	err = unix.Link(src, path)
+	switch {
+	case errors.Is(err, unix.EEXIST):
+		return nil // made before a restart
+	case errors.Is(err, unix.EMLINK):
 		// The inode has as many links as the filesystem allows: a private copy.
 		return copyWithMeta(src, path, e)
+	case err != nil:
+		return fmt.Errorf("link %s: %w", path, err)
 	}
-	return err
+	return nil
 }
 
 // variant returns a copy of blob src carrying e's metadata, making it once.

@@ -203,6 +203,7 @@ func (n *Node) Submit(target string) error {
 	if l.ReadOnly || !l.Commit {
 		if !l.ReadOnly {
 			n.Stats.Discarded.Add(1)
+			n.group.metrics.Commits.WithLabelValues("discarded").Inc()
 		}
 		n.discard(dir)
 		return nil
@@ -357,11 +358,14 @@ func (n *Node) Run(ctx context.Context) {
 			err := n.commitEntry(ctx, filepath.Join(n.dir, "outbox", name))
 			switch {
 			case err == nil:
+				n.group.metrics.Commits.WithLabelValues("applied").Inc()
 			case permanent(err):
+				n.group.metrics.Commits.WithLabelValues("refused").Inc()
 				n.Stats.Refused.Add(1)
 				klog.ErrorS(err, "Commit refused; the layer is dropped", "entry", name)
 				n.discard(filepath.Join(n.dir, "outbox", name))
 			default:
+				n.group.metrics.Commits.WithLabelValues("failed").Inc()
 				n.Stats.CommitFailures.Add(1)
 				klog.ErrorS(err, "Commit failed; will retry", "entry", name, "backoff", backoff)
 				failed = true

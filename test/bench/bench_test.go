@@ -1,0 +1,75 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/cachegroup/cachegroup/internal/csiharness"
+	"github.com/cachegroup/cachegroup/internal/gentree"
+)
+
+// buildDriver builds cmd/cachegroup-csi into a temporary directory.
+func buildDriver(t *testing.T) string {
+	t.Helper()
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go command to build the driver with")
+	}
+	bin := filepath.Join(t.TempDir(), "cachegroup-csi")
+	out, err := exec.Command(goBin, "build", "-o", bin, "github.com/cachegroup/cachegroup/cmd/cachegroup-csi").CombinedOutput()
+	if err != nil {
+		t.Fatalf("build the driver: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestBenchRuns runs the benchmark end to end on a tiny tree, as `-small`
+// does but smaller still and without dropping the machine's caches: it
+// checks that the benchmark runs, not the figures.
+func TestBenchRuns(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the benchmark mounts filesystems: run as root")
+	}
+	spec := gentree.SmallSpec()
+	spec.Files, spec.Dirs, spec.TotalBytes, spec.BigFileBytes = 200, 40, 1<<20, 2<<20
+	work := t.TempDir()
+	b := &bench{
+		cfg: config{
+			driver:      buildDriver(t),
+			work:        work,
+			small:       true,
+			cycles:      3,
+			rounds:      1,
+			commitFiles: 100,
+			spec:        spec,
+			specName:    "test",
+			noDrop:      true,
+		},
+		start:     time.Now(),
+		published: map[string]bool{},
+		staged:    map[string]bool{},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	err := b.run(ctx)
+	b.cleanup()
+	if err != nil {
+		if b.drv != nil {
+			t.Logf("driver log:\n%s", b.drv.LogTail(4000))
+		}
+		t.Fatal(err)
+	}
+	if len(b.rows) < 8 {
+		t.Fatalf("only %d result rows", len(b.rows))
+	}
+	if left, _ := csiharness.MountsUnder(work); len(left) > 0 {
+		t.Fatalf("mounts left behind: %v", left)
+	}
+	if b.drv.Running() {
+		t.Fatal("driver still running")
+	}
+}
