@@ -594,31 +594,8 @@ const pushWorkers = 8
 // PushAll sends blobs from the local store to the members that should hold
 // them (see targets), in parallel.
 func (g *Group) PushAll(ctx context.Context, ds []Digest) error {
-	work := make(chan Digest)
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-	)
-	for range min(pushWorkers, len(ds)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for d := range work {
-				if err := g.Push(ctx, d); err != nil {
-					mu.Lock()
-					errs = append(errs, err)
-					mu.Unlock()
-				}
-			}
-		}()
-	}
-	for _, d := range ds {
-		work <- d
-	}
-	close(work)
-	wg.Wait()
-	return errors.Join(errs...)
+	return parallel(ds, pushWorkers, func() struct{} { return struct{}{} },
+		func(d Digest, _ struct{}) error { return g.Push(ctx, d) })
 }
 
 // Push sends blob d from the local store to those of its targets that are

@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -196,32 +195,9 @@ const hashWorkers = 4
 // hashFiles hashes the files ops[i] for i in idx, in parallel, and gives each
 // file the metadata its entry records, so it can become the blob as it is.
 func hashFiles(upper string, ops []Op, idx []int) error {
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-	)
-	work := make(chan int)
-	for range hashWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, 256<<10)
-			for i := range work {
-				if err := hashFile(filepath.Join(upper, filepath.FromSlash(ops[i].Path)), &ops[i].Entry, buf); err != nil {
-					mu.Lock()
-					errs = append(errs, err)
-					mu.Unlock()
-				}
-			}
-		}()
-	}
-	for _, i := range idx {
-		work <- i
-	}
-	close(work)
-	wg.Wait()
-	return errors.Join(errs...)
+	return parallel(idx, hashWorkers, func() []byte { return make([]byte, 256<<10) }, func(i int, buf []byte) error {
+		return hashFile(filepath.Join(upper, filepath.FromSlash(ops[i].Path)), &ops[i].Entry, buf)
+	})
 }
 
 // hashFile hashes the regular file at path without following a symlink and
