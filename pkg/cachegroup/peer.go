@@ -9,10 +9,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -680,10 +682,23 @@ func (h *holders) list(root string) []string {
 	return out
 }
 
+// serverLog passes the HTTP server's own errors to klog, counting failed TLS
+// handshakes (no or wrong client certificate) as refused requests.
+type serverLog struct{ m *Metrics }
+
+func (l serverLog) Write(b []byte) (int, error) {
+	msg := strings.TrimSpace(string(b))
+	if strings.Contains(msg, "TLS handshake error") {
+		l.m.Refused.WithLabelValues("tls").Inc()
+	}
+	klog.V(1).InfoS("Peer server", "message", msg)
+	return len(b), nil
+}
+
 // ListenAndServe serves s on addr until ctx ends.
 func (s *Server) ListenAndServe(ctx context.Context, l net.Listener) error {
 	srv := &http.Server{Handler: s.Handler(), TLSConfig: s.auth.TLS, ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog: nil}
+		ErrorLog: log.New(serverLog{s.metrics}, "", 0)}
 	go func() {
 		<-ctx.Done()
 		srv.Close()
