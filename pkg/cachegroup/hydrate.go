@@ -293,7 +293,9 @@ func (s sourcing) sources(d Digest) []Peer {
 		return base
 	}
 	key := "blob/" + d.String()
-	cand := append(slices.Clone(g.Owners(d)), s.holders...)
+	// This node ranks too: of two sharers, only the lower one asks the
+	// higher, so requests never go round in a circle.
+	cand := append(append(slices.Clone(g.Owners(d)), g.local), s.holders...)
 	best, bestScore := Peer(nil), -1.0
 	seen := map[string]bool{}
 	for _, p := range cand {
@@ -392,9 +394,22 @@ func (n *Node) Through(ctx context.Context, d Digest) bool {
 	if n.sharing.Load() == 0 {
 		return false
 	}
-	_, err := n.fetch(ctx, d, n.group.Sources(d))
+	// Straight from the owners, never by joining this node's own fetch,
+	// which may be waiting on the very peer asking.
+	var owners []Peer
+	for _, p := range n.group.Owners(d) {
+		if p != Peer(n.group.local) {
+			owners = append(owners, p)
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, throughTimeout)
+	defer cancel()
+	_, err := n.group.FetchFrom(ctx, d, owners)
 	return err == nil
 }
+
+// throughTimeout bounds a pull-through fetch made for a peer.
+const throughTimeout = 2 * time.Minute
 
 func (n *Node) markPrivate(d Digest) {
 	n.mu.Lock()

@@ -70,7 +70,7 @@ func NewMetrics(s *Store) *Metrics {
 	m.Replicated = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachegroup_rereplicated_blobs_total",
 		Help: "Blobs re-replication pushed to their owners or dropped here after they moved."}, []string{"action"})
 	m.ReplicationPending = prometheus.NewGauge(prometheus.GaugeOpts{Name: "cachegroup_rereplication_pending_blobs",
-		Help: "Blobs the running re-replication pass has still to check."})
+		Help: "Copies at other members the running re-replication pass has still to check."})
 	m.OwnedBlobs = prometheus.NewGauge(prometheus.GaugeOpts{Name: "cachegroup_owned_blobs",
 		Help: "Blobs this member owns, as of the last re-replication pass."})
 	m.OwnedBytes = prometheus.NewGauge(prometheus.GaugeOpts{Name: "cachegroup_owned_bytes",

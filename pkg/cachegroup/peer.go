@@ -383,9 +383,11 @@ func NewRemote(name, addr, self string, auth *Auth) *Remote {
 		DialContext:         (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
-		TLSClientConfig:     auth.TLS,
-		WriteBufferSize:     256 << 10,
-		ReadBufferSize:      256 << 10,
+		// A peer pulling a blob through for us answers within its own bound.
+		ResponseHeaderTimeout: throughTimeout + time.Minute,
+		TLSClientConfig:       auth.TLS,
+		WriteBufferSize:       256 << 10,
+		ReadBufferSize:        256 << 10,
 	}
 	scheme := "http"
 	if auth.TLS != nil {

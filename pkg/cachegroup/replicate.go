@@ -124,7 +124,6 @@ func (g *Group) reconcileBlobs(ctx context.Context, p *Pass, inUse func(Digest) 
 	if err != nil {
 		return err
 	}
-	g.metrics.ReplicationPending.Set(float64(len(all)))
 	// Group the blobs by the remote members that should hold them, and ask
 	// each member in batches which it has.
 	want := map[Peer][]Digest{}
@@ -144,6 +143,11 @@ func (g *Group) reconcileBlobs(ctx context.Context, p *Pass, inUse func(Digest) 
 			}
 		}
 	}
+	pending := 0
+	for _, ds := range want {
+		pending += len(ds)
+	}
+	g.metrics.ReplicationPending.Set(float64(pending)) // checks of copies still to make
 	p.Owned = owned
 	g.metrics.OwnedBlobs.Set(float64(owned))
 	g.metrics.OwnedBytes.Set(float64(ownedBytes))

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -47,6 +48,11 @@ type Store struct {
 	limits Limits
 	used   atomic.Int64 // bytes of blobs, approximate across crashes
 	locks  [64]sync.Mutex
+
+	freeMu    sync.Mutex // guards the cached free-space reading
+	lastFree  int64
+	sinceStat int64
+	statAt    time.Time
 }
 
 // OpenStore opens (creating if needed) the store under dir.
@@ -133,9 +139,14 @@ func (s *Store) Put(r io.Reader, want Digest) (Digest, error) {
 		return Digest{}, err
 	}
 	tmp := f.Name()
-	defer os.Remove(tmp)
+	placed := false
+	defer func() {
+		if !placed {
+			os.Remove(tmp)
+		}
+	}()
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), r)
+	n, err := io.Copy(f, io.TeeReader(r, h))
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -150,6 +161,7 @@ func (s *Store) Put(r io.Reader, want Digest) (Digest, error) {
 	if err := s.place(tmp, d, n); err != nil {
 		return Digest{}, err
 	}
+	placed = true
 	return d, nil
 }
 
@@ -216,13 +228,29 @@ func (s *Store) reserve(n int64) error {
 		return fmt.Errorf("%w: %d bytes used of %d", ErrNoSpace, s.used.Load(), s.limits.CacheSize)
 	}
 	if s.limits.FreeFloor > 0 {
-		free, err := s.Free()
+		free, err := s.free(n)
 		if err == nil && free-n < s.limits.FreeFloor {
 			return fmt.Errorf("%w: %d bytes free, floor %d", ErrNoSpace, free, s.limits.FreeFloor)
 		}
 	}
 	s.used.Add(n)
 	return nil
+}
+
+// free returns the disk's free bytes, asking the kernel again only after
+// 64 MiB were written or 100 ms passed: one statfs per blob is too many.
+func (s *Store) free(n int64) (int64, error) {
+	s.freeMu.Lock()
+	defer s.freeMu.Unlock()
+	if s.sinceStat+n > 64<<20 || time.Since(s.statAt) > 100*time.Millisecond {
+		f, err := s.Free()
+		if err != nil {
+			return 0, err
+		}
+		s.lastFree, s.sinceStat, s.statAt = f, 0, time.Now()
+	}
+	s.sinceStat += n
+	return s.lastFree - s.sinceStat, nil
 }
 
 // Free returns the bytes available on the store's disk.

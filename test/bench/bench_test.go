@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cachegroup/cachegroup/internal/cluster"
 	"github.com/cachegroup/cachegroup/internal/csiharness"
 	"github.com/cachegroup/cachegroup/internal/gentree"
 )
@@ -27,9 +28,20 @@ func buildDriver(t *testing.T) string {
 	return bin
 }
 
+// TestMain lets the test binary serve as the raw network sender and
+// receiver of the group part, as the benchmark program does.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == rawHelper {
+		os.Exit(rawMain(os.Args[2:]))
+	}
+	os.Exit(m.Run())
+}
+
 // TestBenchRuns runs the benchmark end to end on a tiny tree, as `-small`
-// does but smaller still and without dropping the machine's caches: it
-// checks that the benchmark runs, not the figures.
+// does but smaller still and without dropping the machine's caches, the
+// single-node part and then the group part (without the real build, which
+// needs the module proxy): it checks that the benchmark runs, not the
+// figures.
 func TestBenchRuns(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the benchmark mounts filesystems: run as root")
@@ -48,6 +60,13 @@ func TestBenchRuns(t *testing.T) {
 			spec:        spec,
 			specName:    "test",
 			noDrop:      true,
+			single:      true,
+			group:       true,
+			groupBuild:  false,
+			// A stuck sharing burst (reported as such) should not hold
+			// the test up long.
+			burstDeadline: 15 * time.Second,
+			joinSettle:    time.Minute,
 		},
 		start:     time.Now(),
 		published: map[string]bool{},
@@ -71,5 +90,42 @@ func TestBenchRuns(t *testing.T) {
 	}
 	if b.drv.Running() {
 		t.Fatal("driver still running")
+	}
+
+	if err := cluster.Prerequisites(); err != nil {
+		t.Logf("group part skipped: %v", err)
+		return
+	}
+	gb := &groupBench{b: b, stopped: map[string]bool{}}
+	err = gb.run(ctx)
+	gb.cleanup(err != nil)
+	if err != nil {
+		t.Fatalf("group part: %v", err)
+	}
+	gb.printTable()
+	if len(gb.rows) < 10 {
+		t.Fatalf("only %d group result rows", len(gb.rows))
+	}
+	for _, r := range gb.rows {
+		if r.result == "FAILED" {
+			t.Logf("the benchmark reports a failure: %s: %s", r.name, r.got)
+		}
+	}
+	if left, _ := csiharness.MountsUnder(work); len(left) > 0 {
+		t.Fatalf("mounts left behind by the group part: %v", left)
+	}
+	for _, m := range gb.cl.Hosts {
+		if m.Running() {
+			t.Fatalf("%s still running", m.Name)
+		}
+		if _, err := os.Stat("/run/netns/" + m.NS); err == nil {
+			t.Fatalf("network namespace %s left behind", m.NS)
+		}
+		if cluster.LinkExists(m.Veth) {
+			t.Fatalf("link %s left behind", m.Veth)
+		}
+	}
+	if cluster.LinkExists(gb.cl.Bridge) {
+		t.Fatalf("bridge %s left behind", gb.cl.Bridge)
 	}
 }

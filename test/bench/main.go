@@ -4,6 +4,17 @@
 // read of a Maven-like tree through an overlay publish and through a
 // read-only publish vs the raw tree, warm publish latency, staging a new
 // snapshot, committing a 5,000-file upper layer, and the driver's peak RSS.
+//
+// Then (unless -group=false) the group part (group.go): a cache group of
+// members on this machine, each the driver binary in a network namespace of
+// its own on one bridge (internal/cluster): cold hydration of the tree from
+// the group's owners next to the raw veth throughput between the same
+// namespaces; three hosts hydrating one snapshot at once with and without
+// sharing, with the bytes each member served; the fraction of blob copies
+// that move when a fourth member joins, on the real group and on a
+// simulated 100-member ring; and a real build's cold and warm seconds (go
+// mod download into a mounted volume). Both tables are printed at the end.
+//
 // It is what `make bench` runs, as root; -small is a quick smoke run.
 package main
 
@@ -56,6 +67,16 @@ type config struct {
 	spec        gentree.Spec
 	specName    string
 	noDrop      bool // do not drop the caches (tests: the machine is shared)
+	single      bool // run the single-node part
+	group       bool // run the group part after it
+	groupBuild  bool // the group part's real build (needs the module proxy)
+	joinSettle  time.Duration
+	// burstDeadline is the least time the sharing burst gets (4× the
+	// no-sharing one if longer) before it counts as stuck.
+	burstDeadline time.Duration
+	// profileDir, if set, receives a system-wide perf profile of the
+	// group part's cold hydration.
+	profileDir string
 }
 
 func main() {
@@ -67,6 +88,15 @@ func main() {
 	flag.IntVar(&c.rounds, "rounds", 5, "repetitions of each cold walk and read; the median counts (-small: 1)")
 	flag.IntVar(&c.commitFiles, "commit-files", 5000, "files the pod writes for the commit measurement (-small: 500)")
 	flag.IntVar(&c.logLevel, "driver-v", 1, "driver log verbosity (-v); the log is <work>/run/driver.log")
+	flag.BoolVar(&c.single, "single", true, "run the single-node part")
+	flag.BoolVar(&c.group, "group", true, "run the group part after the single-node one: members in network namespaces, hydration across them vs raw veth, a burst with and without sharing, a member joining, a real build")
+	flag.BoolVar(&c.groupBuild, "group-build", true, "in the group part, the real build (go mod download, cold from the module proxy)")
+	flag.DurationVar(&c.joinSettle, "join-settle", 3*time.Minute, "how long the group part waits for re-replication to settle after a member joins")
+	flag.DurationVar(&c.burstDeadline, "burst-deadline", 90*time.Second, "the least time the sharing burst gets before it counts as stuck (-small: 30s)")
+	flag.StringVar(&c.profileDir, "profile-dir", "", "directory for a system-wide perf profile (perf record -a -g) of the group part's cold hydration")
+	if len(os.Args) > 1 && os.Args[1] == rawHelper {
+		os.Exit(rawMain(os.Args[2:]))
+	}
 	flag.Parse()
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -82,6 +112,9 @@ func main() {
 		if !set["commit-files"] {
 			c.commitFiles = 500
 		}
+		if !set["burst-deadline"] {
+			c.burstDeadline = 30 * time.Second
+		}
 	}
 	if c.cycles < 1 || c.rounds < 1 || c.commitFiles < 1 {
 		fmt.Fprintln(os.Stderr, "bench: -cycles, -rounds and -commit-files must be at least 1")
@@ -96,26 +129,52 @@ func main() {
 		stop()
 	}()
 	b := &bench{cfg: c, start: time.Now(), published: map[string]bool{}, staged: map[string]bool{}}
-	err := b.run(ctx)
-	b.cleanup()
-	if err != nil {
-		if ctx.Err() != nil {
-			err = fmt.Errorf("%w: %v", errInterrupted, err)
-		}
-		fmt.Fprintf(os.Stderr, "\nbench FAILED: %v\n", err)
-		if b.drv != nil {
-			if tail := b.drv.LogTail(3000); tail != "" {
-				fmt.Fprintf(os.Stderr, "\n--- driver log (tail) ---\n%s\n", tail)
+	if c.single {
+		err := b.run(ctx)
+		b.cleanup()
+		if err != nil {
+			if ctx.Err() != nil {
+				err = fmt.Errorf("%w: %v", errInterrupted, err)
 			}
+			fmt.Fprintf(os.Stderr, "\nbench FAILED: %v\n", err)
+			if b.drv != nil {
+				if tail := b.drv.LogTail(3000); tail != "" {
+					fmt.Fprintf(os.Stderr, "\n--- driver log (tail) ---\n%s\n", tail)
+				}
+			}
+			os.Exit(1)
 		}
+	}
+	var (
+		gb   *groupBench
+		gerr error
+	)
+	if c.group && ctx.Err() == nil {
+		gb = &groupBench{b: b, stopped: map[string]bool{}}
+		gerr = gb.run(ctx)
+		gb.cleanup(gerr != nil)
+		if gerr != nil && ctx.Err() != nil {
+			gerr = fmt.Errorf("%w: %v", errInterrupted, gerr)
+		}
+	}
+	// Both tables at the end, side by side.
+	if c.single {
+		b.printTable()
+	}
+	if gb != nil && gerr == nil {
+		gb.printTable()
+	}
+	if gerr != nil {
+		fmt.Fprintf(os.Stderr, "\nbench FAILED in the group part: %v\n", gerr)
 		os.Exit(1)
 	}
 }
 
 // bench holds the run's state, so that cleanup can undo whatever was done.
 type bench struct {
-	cfg   config
-	start time.Time
+	cfg      config
+	start    time.Time
+	prepared bool
 
 	tree, treeStamp string
 	runDir          string // <work>/run: store, kubelet dirs, driver log
@@ -138,7 +197,12 @@ func (b *bench) logf(format string, args ...any) {
 	fmt.Printf("[%7.1fs] %s\n", time.Since(b.start).Seconds(), fmt.Sprintf(format, args...))
 }
 
-func (b *bench) run(ctx context.Context) error {
+// prepare checks the prerequisites, prints the machine and prepares the
+// tree, once.
+func (b *bench) prepare() error {
+	if b.prepared {
+		return nil
+	}
 	c := b.cfg
 	if os.Geteuid() != 0 {
 		return errors.New("the benchmark mounts filesystems and drops caches: run it as root")
@@ -157,6 +221,19 @@ func (b *bench) run(ctx context.Context) error {
 	b.treeStamp = b.tree + ".stamp.json"
 	b.runDir = filepath.Join(work, "run")
 	b.printMachine(work)
+	if err := b.prepareTree(); err != nil {
+		return err
+	}
+	b.prepared = true
+	return nil
+}
+
+func (b *bench) run(ctx context.Context) error {
+	c := b.cfg
+	if err := b.prepare(); err != nil {
+		return err
+	}
+	var err error
 
 	// Leftovers of an interrupted run.
 	if left, err := csiharness.UnmountUnder(b.runDir); err != nil {
@@ -168,10 +245,6 @@ func (b *bench) run(ctx context.Context) error {
 		return err
 	}
 	if err := os.MkdirAll(b.runDir, 0o755); err != nil {
-		return err
-	}
-
-	if err := b.prepareTree(); err != nil {
 		return err
 	}
 	st := b.stats
@@ -423,7 +496,6 @@ func (b *bench) run(ctx context.Context) error {
 	if rss2, err := b.drv.PeakRSS(); err == nil && rss2 > rss {
 		b.notes = append(b.notes, fmt.Sprintf("peak RSS including shutdown: %s", mb(rss2)))
 	}
-	b.printTable()
 	return nil
 }
 

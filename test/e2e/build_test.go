@@ -1,142 +1,27 @@
 package e2e
 
 import (
-	"context"
-	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"time"
+
+	icluster "github.com/cachegroup/cachegroup/internal/cluster"
 )
 
-// buildModules is the real build's module list: a few dozen widely used
-// modules at fixed versions (about 90 MiB and 4,500 files in GOMODCACHE,
-// with the go.mod files of their dependencies).
-var buildModules = []string{
-	"github.com/BurntSushi/toml v1.4.0",
-	"github.com/cespare/xxhash/v2 v2.3.0",
-	"github.com/cpuguy83/go-md2man/v2 v2.0.6",
-	"github.com/davecgh/go-spew v1.1.1",
-	"github.com/fsnotify/fsnotify v1.8.0",
-	"github.com/go-logr/logr v1.4.2",
-	"github.com/google/go-cmp v0.7.0",
-	"github.com/google/uuid v1.6.0",
-	"github.com/gorilla/mux v1.8.1",
-	"github.com/inconshreveable/mousetrap v1.1.0",
-	"github.com/json-iterator/go v1.1.12",
-	"github.com/kr/pretty v0.3.1",
-	"github.com/kr/text v0.2.0",
-	"github.com/mattn/go-isatty v0.0.20",
-	"github.com/modern-go/concurrent v0.0.0-20180306012644-bacd9c7ef1dd",
-	"github.com/modern-go/reflect2 v1.0.2",
-	"github.com/pkg/errors v0.9.1",
-	"github.com/pmezard/go-difflib v1.0.0",
-	"github.com/rogpeppe/go-internal v1.13.1",
-	"github.com/russross/blackfriday/v2 v2.1.0",
-	"github.com/sirupsen/logrus v1.9.3",
-	"github.com/spf13/cobra v1.9.1",
-	"github.com/spf13/pflag v1.0.6",
-	"github.com/stretchr/objx v0.5.2",
-	"github.com/stretchr/testify v1.10.0",
-	"golang.org/x/mod v0.23.0",
-	"golang.org/x/net v0.35.0",
-	"golang.org/x/sync v0.11.0",
-	"golang.org/x/sys v0.30.0",
-	"golang.org/x/term v0.29.0",
-	"golang.org/x/text v0.22.0",
-	"golang.org/x/time v0.10.0",
-	"gopkg.in/check.v1 v1.0.0-20201130134442-10cb98267c6c",
-	"gopkg.in/yaml.v2 v2.4.0",
-	"gopkg.in/yaml.v3 v3.0.1",
-	"k8s.io/klog/v2 v2.130.1",
-}
-
-// goMod is the go.mod of the real build's project.
-func goMod() string {
-	return "module example.com/cachegroup-e2e-build\n\ngo 1.22\n\nrequire (\n\t" +
-		strings.Join(buildModules, "\n\t") + "\n)\n"
-}
-
-// goEnv is this process's environment for a go command with its module
-// cache at modcache: read-write cache directories (so the cache can be
-// committed and removed), no toolchain switch, no workspace, and with
-// offline the module proxy turned off.
-func goEnv(modcache string, offline bool) []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		switch k {
-		case "GOMODCACHE", "GOFLAGS", "GOTOOLCHAIN", "GOWORK":
-			continue
-		case "GOPROXY":
-			if offline {
-				continue
-			}
-		}
-		env = append(env, kv)
-	}
-	env = append(env, "GOMODCACHE="+modcache, "GOFLAGS=-modcacherw", "GOTOOLCHAIN=local", "GOWORK=off")
-	if offline {
-		env = append(env, "GOPROXY=off")
-	}
-	return env
-}
+// buildModules is the real build's module list (internal/cluster): a few
+// dozen widely used modules at fixed versions.
+var buildModules = icluster.BuildModules
 
 // goCmd runs the go command with args in dir (its module cache at
 // modcache), bounded by three minutes, and returns its combined output.
 func goCmd(goBin, dir, modcache string, offline bool, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, goBin, args...)
-	cmd.Dir = dir
-	cmd.Env = goEnv(modcache, offline)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out), nil
+	return icluster.GoCmd(goBin, dir, modcache, offline, args...)
 }
 
 // goModDownload writes the real build's go.mod into a fresh dir and runs
 // `go mod download` there with its module cache at modcache (in the proxy's
 // absence with offline), returning how long it took.
 func goModDownload(goBin, dir, modcache string, offline bool) (time.Duration, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return 0, err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte(goMod()), 0o644); err != nil {
-		return 0, err
-	}
-	start := time.Now()
-	_, err := goCmd(goBin, dir, modcache, offline, "mod", "download")
-	return time.Since(start), err
+	return icluster.GoModDownload(goBin, dir, modcache, offline, buildModules)
 }
 
-// probeProxy checks, within 20 seconds, that the module proxy answers: it
-// resolves one module of the build into a throwaway cache below dir.
-func probeProxy(goBin, dir string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, goBin, "list", "-m", "-json", "golang.org/x/text@v0.22.0")
-	cmd.Dir = dir
-	cmd.Env = goEnv(filepath.Join(dir, "modcache"), false)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("go list -m golang.org/x/text@v0.22.0 (GOPROXY=%s): %v: %s", goProxy(), err, strings.TrimSpace(string(out)))
-	}
-	return nil
-}
-
-// goProxy returns the go command's GOPROXY setting.
-func goProxy() string {
-	out, err := exec.Command("go", "env", "GOPROXY").Output()
-	if err != nil {
-		return "?"
-	}
-	return strings.TrimSpace(string(out))
-}
+// probeProxy checks, within 20 seconds, that the module proxy answers.
+func probeProxy(goBin, dir string) error { return icluster.ProbeProxy(goBin, dir) }

@@ -35,7 +35,7 @@ func TestCacheGroup(t *testing.T) {
 	abc := []*member{a, b, c}
 	three := membersFlag(abc...)
 	for _, m := range abc {
-		m.start(t, three, cl.secret)
+		m.start(t, three, cl.Secret)
 	}
 	waitLive(t, 3, abc...)
 	vol := a.createVolume(t, "e2e-cache", 2<<30)
@@ -78,7 +78,7 @@ func TestCacheGroup(t *testing.T) {
 		took := a.waitCommitted(t, 90*time.Second)
 		want.add(set)
 		t.Logf("a pod on %s wrote %d files (%.1f MiB); committed %v after unpublish",
-			a.name, len(set.files()), mib(set.bytes()), took.Round(time.Millisecond))
+			a.Name, len(set.files()), mib(set.bytes()), took.Round(time.Millisecond))
 		expectTree(t, c, vol, want)
 	})
 
@@ -94,7 +94,7 @@ func TestCacheGroup(t *testing.T) {
 		want.add(set2)
 
 		b.stop(t)
-		t.Logf("stopped %s (SIGTERM)", b.name)
+		t.Logf("stopped %s (SIGTERM)", b.Name)
 		have, err := a.blobs()
 		if err != nil {
 			t.Fatal(err)
@@ -118,12 +118,12 @@ func TestCacheGroup(t *testing.T) {
 		}
 		if diffs, n := compare(want, got, 10); n > 0 {
 			t.Fatalf("with %s down, a pod on %s reads a tree that differs in %d of %d entries:\n  %s",
-				b.name, a.name, n, len(want), strings.Join(diffs, "\n  "))
+				b.Name, a.Name, n, len(want), strings.Join(diffs, "\n  "))
 		}
 		t.Logf("with %s down, a pod on %s mounted the volume in %v and read all %d files right; "+
 			"%d of the %d blobs %s had just written were not on %s, which fetched %v blobs from owners",
-			b.name, a.name, mounted.Round(time.Millisecond), len(want.files()), lacking, len(set2.sums()), c.name,
-			a.name, a.metric(t, "cachegroup_fetch_blobs_total", "source=owner")-fetched0)
+			b.Name, a.Name, mounted.Round(time.Millisecond), len(want.files()), lacking, len(set2.sums()), c.Name,
+			a.Name, a.metric(t, "cachegroup_fetch_blobs_total", "source=owner")-fetched0)
 
 		// New commits still succeed.
 		set3, err := writeSet(q.target, "set3", 3, setSpec{Files: 60, MinSize: 1, MaxSize: 64 << 10, Big: 1})
@@ -140,37 +140,37 @@ func TestCacheGroup(t *testing.T) {
 		q.unmount(t)
 		took := a.waitCommitted(t, time.Minute)
 		if applied := a.metric(t, "cachegroup_commit_seconds_count"); applied <= applied0 {
-			t.Errorf("with %s down, %s's outbox emptied but no commit was applied (cachegroup_commit_seconds_count stayed at %v)", b.name, a.name, applied)
+			t.Errorf("with %s down, %s's outbox emptied but no commit was applied (cachegroup_commit_seconds_count stayed at %v)", b.Name, a.Name, applied)
 		}
 		want.add(set3)
-		t.Logf("with %s down, %s committed %d new files in %v", b.name, a.name, len(set3.files()), took.Round(time.Millisecond))
+		t.Logf("with %s down, %s committed %d new files in %v", b.Name, a.Name, len(set3.files()), took.Round(time.Millisecond))
 		expectTree(t, c, vol, want)
 
 		// The member back: every blob regains its R copies at its owners.
 		group := names(abc...)
 		bOwnsNew := 0 // blobs B owns whose content first appeared while it was down
 		for _, s := range set3.sums() {
-			if !before[s] && slices.Contains(owners(s, group), b.name) {
+			if !before[s] && slices.Contains(owners(s, group), b.Name) {
 				bOwnsNew++
 			}
 		}
 		pushed0 := a.metric(t, "cachegroup_rereplicated_blobs_total", "action=pushed") +
 			c.metric(t, "cachegroup_rereplicated_blobs_total", "action=pushed")
 		start = time.Now()
-		b.start(t, three, cl.secret)
+		b.start(t, three, cl.Secret)
 		ok, msg := poll(90*time.Second, 500*time.Millisecond, func() (bool, string) {
 			return replicated(want.sums(), group, abc)
 		})
 		if !ok {
-			t.Fatalf("re-replication did not complete within 90s of %s's return: %s", b.name, msg)
+			t.Fatalf("re-replication did not complete within 90s of %s's return: %s", b.Name, msg)
 		}
 		pushed := a.metric(t, "cachegroup_rereplicated_blobs_total", "action=pushed") +
 			c.metric(t, "cachegroup_rereplicated_blobs_total", "action=pushed") - pushed0
 		t.Logf("%s back: every blob of the volume at both its owners after %v; %s and %s pushed %v copies; %s owns %d of the blobs committed while it was down",
-			b.name, time.Since(start).Round(time.Millisecond), a.name, c.name, pushed, b.name, bOwnsNew)
+			b.Name, time.Since(start).Round(time.Millisecond), a.Name, c.Name, pushed, b.Name, bOwnsNew)
 		if bOwnsNew > 0 && pushed < float64(bOwnsNew) {
 			t.Errorf("%s owns %d blobs committed while it was down, but %s and %s counted only %v re-replication pushes",
-				b.name, bOwnsNew, a.name, c.name, pushed)
+				b.Name, bOwnsNew, a.Name, c.Name, pushed)
 		}
 		expectTree(t, b, vol, want)
 	})
@@ -227,22 +227,22 @@ func TestCacheGroup(t *testing.T) {
 			t.Errorf("writing while the node plugin is down: %v", err)
 		}
 		readsDown := reads.Load() - atKill
-		a.start(t, three, cl.secret)
+		a.start(t, three, cl.Secret)
 		downFor := time.Since(killed)
 		time.Sleep(300 * time.Millisecond)
 		close(stop)
 		<-done
 		waitLive(t, 3, abc...)
 		t.Logf("reads of the live mount: %d before SIGKILL, %d while %s was down (%v, until its restart answered CSI calls), %d in all; %d failed",
-			before, readsDown, a.name, downFor.Round(time.Millisecond), reads.Load(), fails.Load())
+			before, readsDown, a.Name, downFor.Round(time.Millisecond), reads.Load(), fails.Load())
 		if fails.Load() > 0 {
-			t.Errorf("%d reads of the live mount failed across the restart of %s, first: %v", fails.Load(), a.name, firstErrs)
+			t.Errorf("%d reads of the live mount failed across the restart of %s, first: %v", fails.Load(), a.Name, firstErrs)
 		}
 		if readsDown == 0 {
-			t.Errorf("no read of the live mount completed while %s was down", a.name)
+			t.Errorf("no read of the live mount completed while %s was down", a.Name)
 		}
 		if ok, err := csiharness.IsMountPoint(p.target); err != nil || !ok {
-			t.Fatalf("the pod's volume %s is no longer mounted after the restart of %s (%v)", p.target, a.name, err)
+			t.Fatalf("the pod's volume %s is no longer mounted after the restart of %s (%v)", p.target, a.Name, err)
 		}
 		after, err := writeSet(p.target, "set4-after", 5, setSpec{Files: 30, MinSize: 1, MaxSize: 16 << 10})
 		if err != nil {
@@ -255,7 +255,7 @@ func TestCacheGroup(t *testing.T) {
 		}
 		want.add(after)
 		t.Logf("unpublished through the restarted %s: %d files written before and after the restart committed in %v",
-			a.name, len(during.files())+len(after.files()), took.Round(time.Millisecond))
+			a.Name, len(during.files())+len(after.files()), took.Round(time.Millisecond))
 		expectTree(t, c, vol, want)
 	})
 
@@ -275,12 +275,12 @@ func TestCacheGroup(t *testing.T) {
 		var bad []string
 		for _, s := range set.sums() {
 			o := owners(s, group)
-			if o[0] == b.name && o[1] == a.name && sizeOf(set, s) >= 1024 {
+			if o[0] == b.Name && o[1] == a.Name && sizeOf(set, s) >= 1024 {
 				bad = append(bad, s)
 			}
 		}
 		if len(bad) == 0 {
-			t.Fatalf("none of the %d blobs is owned by %s then %s: change the set's seed", len(set.sums()), b.name, a.name)
+			t.Fatalf("none of the %d blobs is owned by %s then %s: change the set's seed", len(set.sums()), b.Name, a.Name)
 		}
 		ok, msg := poll(30*time.Second, 200*time.Millisecond, func() (bool, string) {
 			n := 0
@@ -289,14 +289,14 @@ func TestCacheGroup(t *testing.T) {
 					n++
 				}
 			}
-			return n == len(bad), fmt.Sprintf("%s holds %d of the %d blobs it owns", b.name, n, len(bad))
+			return n == len(bad), fmt.Sprintf("%s holds %d of the %d blobs it owns", b.Name, n, len(bad))
 		})
 		if !ok {
 			t.Fatalf("after the commit: %s", msg)
 		}
 		for _, s := range bad {
 			if c.hasBlob(s) {
-				t.Fatalf("%s, the reader, holds blob %s it does not own before reading", c.name, s)
+				t.Fatalf("%s, the reader, holds blob %s it does not own before reading", c.Name, s)
 			}
 			if err := flipBytes(b.blobPath(s)); err != nil {
 				t.Fatal(err)
@@ -305,16 +305,16 @@ func TestCacheGroup(t *testing.T) {
 				t.Fatalf("flipping bytes of %s did not corrupt it (%v)", b.blobPath(s), err)
 			}
 		}
-		t.Logf("flipped bytes in %d blobs on %s's disk (owned by %s then %s)", len(bad), b.name, b.name, a.name)
+		t.Logf("flipped bytes in %d blobs on %s's disk (owned by %s then %s)", len(bad), b.Name, b.Name, a.Name)
 		corrupt0 := c.metric(t, "cachegroup_corrupt_blobs_total")
 		servedCorrupt0 := b.metric(t, "cachegroup_corrupt_blobs_total")
 		expectTree(t, c, vol2, set)
 		detected := c.metric(t, "cachegroup_corrupt_blobs_total") - corrupt0
-		t.Logf("%s counted %v corrupt blobs while reading (and %s %v)", c.name, detected, b.name,
+		t.Logf("%s counted %v corrupt blobs while reading (and %s %v)", c.Name, detected, b.Name,
 			b.metric(t, "cachegroup_corrupt_blobs_total")-servedCorrupt0)
 		if detected < 1 {
 			t.Errorf("%s read right bytes but its cachegroup_corrupt_blobs_total did not increase: the %d corrupted copies on %s, first in its fetch order, were never detected",
-				c.name, len(bad), b.name)
+				c.Name, len(bad), b.Name)
 		}
 		// The bad copies are replaced: the owner's files hash right again.
 		start := time.Now()
@@ -331,7 +331,7 @@ func TestCacheGroup(t *testing.T) {
 				}
 			}
 			return good == len(bad), fmt.Sprintf("of the %d corrupted copies on %s, %d hash right, %d are missing, %d are still corrupt",
-				len(bad), b.name, good, missing, wrong)
+				len(bad), b.Name, good, missing, wrong)
 		})
 		if !ok {
 			t.Errorf("the bad copies were not replaced within 50s (two re-replication intervals and more): %s", msg)
@@ -354,7 +354,7 @@ func TestCacheGroup(t *testing.T) {
 		hc := http.Client{Timeout: 5 * time.Second}
 		get := func(path string, hdr map[string]string) (int, []byte) {
 			t.Helper()
-			req, err := http.NewRequest("GET", "http://"+a.peer+path, nil)
+			req, err := http.NewRequest("GET", "http://"+a.PeerAddr+path, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -363,7 +363,7 @@ func TestCacheGroup(t *testing.T) {
 			}
 			resp, err := hc.Do(req)
 			if err != nil {
-				t.Fatalf("GET %s on %s: %v", path, a.name, err)
+				t.Fatalf("GET %s on %s: %v", path, a.Name, err)
 			}
 			defer resp.Body.Close()
 			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
@@ -385,14 +385,14 @@ func TestCacheGroup(t *testing.T) {
 		forged := make([]byte, 32)
 		rand.Read(forged)
 		if code, body := get("/v1/health", map[string]string{
-			"X-Cachegroup-Member": b.name,
+			"X-Cachegroup-Member": b.Name,
 			"X-Cachegroup-Time":   strconv.FormatInt(time.Now().Unix(), 10),
 			"X-Cachegroup-Auth":   hex.EncodeToString(forged),
 		}); code != http.StatusUnauthorized {
 			t.Errorf("GET /v1/health with forged credentials: %d %q, want 401", code, body)
 		}
 		if n := refused(a) - r0; n < 3 {
-			t.Errorf("%s refused 3 requests but cachegroup_refused_requests_total{reason=\"unauthenticated\"} rose by %v", a.name, n)
+			t.Errorf("%s refused 3 requests but cachegroup_refused_requests_total{reason=\"unauthenticated\"} rose by %v", a.Name, n)
 		}
 
 		// A member with the wrong secret, listed by every member (as a
@@ -416,21 +416,21 @@ func TestCacheGroup(t *testing.T) {
 		watch := time.Now().Add(7 * time.Second) // three rounds of health checks
 		for time.Now().Before(watch) {
 			if live := e.metric(t, "cachegroup_members_live"); live != 1 {
-				t.Errorf("%s, with the wrong secret, sees %v live members, want 1 (itself)", e.name, live)
+				t.Errorf("%s, with the wrong secret, sees %v live members, want 1 (itself)", e.Name, live)
 				break
 			}
 			for _, m := range abc {
 				if live := m.metric(t, "cachegroup_members_live"); live > 3 {
-					t.Errorf("%s sees %v live members: %s, with the wrong secret, counts as live", m.name, live, e.name)
+					t.Errorf("%s sees %v live members: %s, with the wrong secret, counts as live", m.Name, live, e.Name)
 				}
 			}
 			time.Sleep(500 * time.Millisecond)
 		}
 		if n := refused(abc...) - rb; n < 3 {
-			t.Errorf("%s's requests were refused %v times by %s, %s and %s in 7s, want at least 3", e.name, n, a.name, b.name, c.name)
+			t.Errorf("%s's requests were refused %v times by %s, %s and %s in 7s, want at least 3", e.Name, n, a.Name, b.Name, c.Name)
 		} else {
 			t.Logf("%s, with the wrong secret, saw only itself live; %s, %s and %s refused its requests %v times",
-				e.name, a.name, b.name, c.name, n)
+				e.Name, a.Name, b.Name, c.Name, n)
 		}
 		// Nothing of the group reaches it: a commit places no blob on it, and
 		// it cannot stage the group's volume.
@@ -448,22 +448,22 @@ func TestCacheGroup(t *testing.T) {
 		}
 		delete(bl, emptyTree) // every store holds the empty directory object
 		if len(bl) > 0 {
-			t.Errorf("%s, with the wrong secret, holds %d blobs of the group", e.name, len(bl))
+			t.Errorf("%s, with the wrong secret, holds %d blobs of the group", e.Name, len(bl))
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		staging := filepath.Join(cl.dir, "e", "kubelet", "staging", "0")
+		staging := filepath.Join(cl.Dir, "e", "kubelet", "staging", "0")
 		os.MkdirAll(staging, 0o750)
-		_, err = e.d.Node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{
+		_, err = e.D.Node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{
 			VolumeId:          vol.GetVolumeId(),
 			StagingTargetPath: staging,
 			VolumeCapability:  csiharness.Capability(mountFlags, false),
 			VolumeContext:     vol.GetVolumeContext(),
 		})
 		if err == nil {
-			t.Errorf("%s, with the wrong secret, staged the group's volume", e.name)
+			t.Errorf("%s, with the wrong secret, staged the group's volume", e.Name)
 		} else {
-			t.Logf("%s cannot stage the group's volume: %v", e.name, err)
+			t.Logf("%s cannot stage the group's volume: %v", e.Name, err)
 		}
 		expectTree(t, c, vol, want)
 	})
@@ -476,15 +476,15 @@ func TestCacheGroup(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := probeProxy(goBin, filepath.Join(cl.dir, "probe")); err != nil {
+		if err := probeProxy(goBin, filepath.Join(cl.Dir, "probe")); err != nil {
 			t.Skipf("the Go module proxy cannot be reached from this machine, so the cold download cannot run: %v", err)
 		}
 		gomod := a.createVolume(t, "e2e-gomodcache", 4<<30)
 
 		p := a.mount(t, gomod)
-		cold, err := goModDownload(goBin, filepath.Join(cl.dir, "build-a"), filepath.Join(p.target, "mod"), false)
+		cold, err := goModDownload(goBin, filepath.Join(cl.Dir, "build-a"), filepath.Join(p.target, "mod"), false)
 		if err != nil {
-			t.Fatalf("cold download on %s: %v", a.name, err)
+			t.Fatalf("cold download on %s: %v", a.Name, err)
 		}
 		files, bytes := countTree(filepath.Join(p.target, "mod"))
 		p.unmount(t)
@@ -493,23 +493,23 @@ func TestCacheGroup(t *testing.T) {
 		start := time.Now()
 		q := b.mount(t, gomod)
 		hydrate := time.Since(start)
-		warm, err := goModDownload(goBin, filepath.Join(cl.dir, "build-b"), filepath.Join(q.target, "mod"), true)
+		warm, err := goModDownload(goBin, filepath.Join(cl.Dir, "build-b"), filepath.Join(q.target, "mod"), true)
 		if err != nil {
-			t.Fatalf("GOPROXY=off download on %s, from the cache alone: %v", b.name, err)
+			t.Fatalf("GOPROXY=off download on %s, from the cache alone: %v", b.Name, err)
 		}
 		start = time.Now()
-		out, err := goCmd(goBin, filepath.Join(cl.dir, "build-b"), filepath.Join(q.target, "mod"), true, "mod", "verify")
+		out, err := goCmd(goBin, filepath.Join(cl.Dir, "build-b"), filepath.Join(q.target, "mod"), true, "mod", "verify")
 		verify := time.Since(start)
 		if err != nil || !strings.Contains(out, "all modules verified") {
-			t.Errorf("go mod verify on %s: %v\n%s", b.name, err, out)
+			t.Errorf("go mod verify on %s: %v\n%s", b.Name, err, out)
 		}
 		q.unmount(t)
 		b.waitCommitted(t, time.Minute)
 		t.Logf("real build: %d modules, %d files, %.1f MiB in GOMODCACHE", len(buildModules), files, mib(bytes))
 		t.Logf("  cold: go mod download on %s from the module proxy %.2fs; commit after unpublish %.2fs",
-			a.name, cold.Seconds(), commit.Seconds())
+			a.Name, cold.Seconds(), commit.Seconds())
 		t.Logf("  warm: on %s stage+publish %.2fs, GOPROXY=off go mod download %.2fs (%.3fx cold), go mod verify %.2fs",
-			b.name, hydrate.Seconds(), warm.Seconds(), warm.Seconds()/cold.Seconds(), verify.Seconds())
+			b.Name, hydrate.Seconds(), warm.Seconds(), warm.Seconds()/cold.Seconds(), verify.Seconds())
 	})
 
 	t.Run("6_a_fourth_member_joins", func(t *testing.T) {
@@ -517,7 +517,7 @@ func TestCacheGroup(t *testing.T) {
 		d := cl.addHost("d")
 		abcd := []*member{a, b, c, d}
 		four := membersFlag(abcd...)
-		d.start(t, four, cl.secret)
+		d.start(t, four, cl.Secret)
 		for _, m := range abc {
 			m.restart(t, four)
 		}
@@ -537,12 +537,12 @@ func TestCacheGroup(t *testing.T) {
 				if err != nil {
 					return false, err.Error()
 				}
-				stores[m.name] = bl
+				stores[m.Name] = bl
 				for s := range bl {
 					union[s] = true
 				}
 			}
-			onD = stores[d.name]
+			onD = stores[d.Name]
 			var missing, strays []string
 			for s := range union {
 				o := owners(s, group4)
@@ -554,8 +554,8 @@ func TestCacheGroup(t *testing.T) {
 				for _, m := range abcd {
 					// A copy a snapshot on the node links stays; any other copy
 					// a member no longer owns is dropped.
-					if stores[m.name][s] == 1 && !slices.Contains(o, m.name) {
-						strays = append(strays, m.name+":"+s[:12])
+					if stores[m.Name][s] == 1 && !slices.Contains(o, m.Name) {
+						strays = append(strays, m.Name+":"+s[:12])
 					}
 				}
 			}
@@ -576,7 +576,7 @@ func TestCacheGroup(t *testing.T) {
 			return len(missing) == 0 && len(strays) == 0 && pending == 0, msg
 		})
 		if !ok {
-			t.Fatalf("the group did not settle within 2 minutes of %s joining: %s", d.name, msg)
+			t.Fatalf("the group did not settle within 2 minutes of %s joining: %s", d.Name, msg)
 		}
 		n := len(union)
 		moved, expectMoved := 0, 0
@@ -587,15 +587,15 @@ func TestCacheGroup(t *testing.T) {
 					expectMoved++
 				}
 			}
-			if !slices.Contains(after, d.name) && onD[s] > 0 {
-				t.Errorf("%s holds blob %s it does not own", d.name, s)
+			if !slices.Contains(after, d.Name) && onD[s] > 0 {
+				t.Errorf("%s holds blob %s it does not own", d.Name, s)
 			}
 		}
 		moved = len(onD)
 		frac := float64(moved) / float64(replicas*n)
 		tol := movedTolerance(n)
 		t.Logf("settled %v after the last restart: %s holds %d of the %d copies of %d blobs: %.4f moved (placement says %d copies, %.4f; ideal 0.25 ± %.3f)",
-			time.Since(start).Round(time.Millisecond), d.name, moved, replicas*n, n, frac, expectMoved,
+			time.Since(start).Round(time.Millisecond), d.Name, moved, replicas*n, n, frac, expectMoved,
 			float64(expectMoved)/float64(replicas*n), tol)
 		if frac < 0.25-tol || frac > 0.25+tol {
 			t.Errorf("the fraction of copies that moved to the new member is %.4f, want 0.25 ± %.3f", frac, tol)
@@ -613,14 +613,14 @@ func expectTree(t *testing.T, m *member, vol *csi.Volume, want manifest) {
 	mounted := time.Since(start)
 	got, err := scan(p.target)
 	if err != nil {
-		t.Fatalf("read the volume in a pod on %s: %v", m.name, err)
+		t.Fatalf("read the volume in a pod on %s: %v", m.Name, err)
 	}
 	if diffs, n := compare(want, got, 10); n > 0 {
 		t.Errorf("a pod on %s reads a tree that differs from what was committed in %d of %d entries:\n  %s",
-			m.name, n, len(want), strings.Join(diffs, "\n  "))
+			m.Name, n, len(want), strings.Join(diffs, "\n  "))
 	} else {
 		t.Logf("a new pod on %s mounted the volume in %v and read all %d files (%.1f MiB) right",
-			m.name, mounted.Round(time.Millisecond), len(want.files()), mib(want.bytes()))
+			m.Name, mounted.Round(time.Millisecond), len(want.files()), mib(want.bytes()))
 	}
 	p.unmount(t)
 	m.waitCommitted(t, time.Minute)
