@@ -4,6 +4,7 @@
 #   make test     lint, every test (as root: real mounts), brief fuzzing
 #   make sanity   csi-sanity conformance only
 #   make e2e      several members in network namespaces, real mounts
+#   make e2e-k8s  the driver on a real single-node Kubernetes
 #   make bench    the benchmark against the raw local disk
 
 GO        ?= go
@@ -15,7 +16,7 @@ FUZZTIME  ?= 10s
 # Bounds each test binary; `make test` stays well under 15 minutes.
 TESTTIMEOUT ?= 10m
 
-.PHONY: all build test unit fuzz sanity e2e demo bench lint clean need-root
+.PHONY: all build test unit fuzz sanity e2e e2e-k8s image demo bench lint clean need-root
 
 all: build
 
@@ -61,6 +62,21 @@ sanity: need-root
 # Several members on this machine, each in its own network namespace.
 e2e: need-root
 	$(GO) test -count=1 -v -timeout=10m ./test/e2e
+
+# The driver on a real single-node Kubernetes built on this machine; see
+# test/e2e-k8s/README.md. Cold (Kubernetes built from source) about 20 minutes.
+e2e-k8s: need-root
+	bash test/e2e-k8s/run.sh
+
+# The driver's image: with a container engine from the Dockerfile, otherwise
+# the same image as an OCI archive at bin/cachegroup-csi.oci.tar.
+IMAGE ?= ghcr.io/cachegroup/cachegroup-csi:$(VERSION)
+image:
+	@if docker info >/dev/null 2>&1; then \
+		docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) . ; \
+	else \
+		mkdir -p $(BIN) && bash test/e2e-k8s/images/driver-image.sh $(BIN)/cachegroup-csi.oci.tar $(IMAGE) $(VERSION); \
+	fi
 
 demo: need-root build
 	./$(BIN)/cachegroup-demo -driver ./$(BIN)/cachegroup-csi
