@@ -980,7 +980,7 @@ func TestGroupAndMountOptions(t *testing.T) {
 	} else if !slices.Equal(sc.obj.(*storagev1.StorageClass).MountOptions, []string{"cache-group=ci", "no-sharing"}) {
 		t.Errorf("cachegroup-ci mount options %v", sc.obj.(*storagev1.StorageClass).MountOptions)
 	}
-	for _, f := range append(yamlFiles(t, examples), yamlFiles(t, e2eDir+"/manifests")...) {
+	for _, f := range yamlFiles(t, examples) {
 		for _, o := range loadFile(t, f) {
 			pod, ok := o.obj.(*corev1.Pod)
 			if !ok {
