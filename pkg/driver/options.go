@@ -32,6 +32,9 @@ const (
 	attrNamespace = "csi.storage.k8s.io/pod.namespace"
 	// k8sPrefix marks attributes the kubelet and provisioner add.
 	k8sPrefix = "csi.storage.k8s.io/"
+	// provisionerPrefix marks what csi-provisioner records in every PV it
+	// creates (storage.kubernetes.io/csiProvisionerIdentity).
+	provisionerPrefix = "storage.kubernetes.io/"
 )
 
 // ParseOptions parses mount flags (each may hold several comma-separated
@@ -53,7 +56,7 @@ func ParseOptions(flags []string, attrs map[string]string) (Options, error) {
 		}
 	}
 	for key, val := range attrs {
-		if strings.HasPrefix(key, k8sPrefix) || key == attrVolume || key == attrSize {
+		if strings.HasPrefix(key, k8sPrefix) || strings.HasPrefix(key, provisionerPrefix) || key == attrVolume || key == attrSize {
 			continue
 		}
 		if err := o.set(key, val, true, true); err != nil {

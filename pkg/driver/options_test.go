@@ -23,6 +23,19 @@ func TestParseOptions(t *testing.T) {
 	}
 }
 
+// csi-provisioner puts its identity into every PV's volume attributes; a
+// mount of such a PV must not be refused for it.
+func TestParseOptionsSkipsProvisionerAttributes(t *testing.T) {
+	o, err := ParseOptions([]string{"cache-group=ci", "no-sharing"},
+		map[string]string{"storage.kubernetes.io/csiProvisionerIdentity": "1700000000000-1234-cachegroup.csi.dev"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Group != "ci" || !o.NoSharing {
+		t.Fatalf("parsed %+v", o)
+	}
+}
+
 func TestParseOptionsErrorsNameTheOption(t *testing.T) {
 	cases := map[string][]string{
 		"cache-grup":       {"cache-grup=ci"},
