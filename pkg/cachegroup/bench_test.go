@@ -11,7 +11,7 @@ import (
 // BenchmarkCommit5000 commits a pod layer of 5,000 small files (1-5 KB in
 // 100 directories) through the outbox, as the committer does after unpublish.
 func BenchmarkCommit5000(b *testing.B) {
-	n, l := newNode(&testing.T{})
+	n, l := newNode(b)
 	ctx := context.Background()
 	v, err := l.CreateVolume(ctx, VolumeSpec{Name: "bench", Quota: 1 << 40})
 	if err != nil {

@@ -10,7 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func newNode(t *testing.T) (*Node, *Local) {
+func newNode(t testing.TB) (*Node, *Local) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for ownership and whiteouts")
