@@ -36,13 +36,10 @@ type Layer struct {
 }
 
 // Stats counts what the node tier did since it started.
+// The Prometheus metrics carry the rest (refused, discarded, evicted).
 type Stats struct {
 	Commits        atomic.Int64 // commits applied
-	CommitFiles    atomic.Int64 // files committed
 	Dropped        atomic.Int64 // device files, FIFOs and sockets dropped from commits
-	Refused        atomic.Int64 // commits refused for good (over quota, volume gone)
-	Evicted        atomic.Int64 // files evicted to keep volumes within quota
-	Discarded      atomic.Int64 // layers discarded (commit=never)
 	CommitFailures atomic.Int64 // attempts that failed and will be retried
 }
 
@@ -67,8 +64,6 @@ type Node struct {
 
 	wake      chan struct{}
 	trashWake chan struct{}
-	pending   atomic.Int64 // outbox entries not yet committed
-	idle      chan struct{}
 	Stats     Stats
 }
 
@@ -78,7 +73,7 @@ type Node struct {
 func OpenNode(dir string, g *Group) (*Node, error) {
 	n := &Node{dir: dir, store: g.Local().Store(), group: g,
 		flights: map[Digest]*flight{}, fetches: map[Digest]*flight{}, private: map[Digest]bool{},
-		wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1), idle: make(chan struct{})}
+		wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1)}
 	for _, sub := range []string{"snaps", "pods", "outbox", "trash", "staged"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("open node tier: %w", err)
@@ -202,7 +197,6 @@ func (n *Node) Submit(target string) error {
 	}
 	if l.ReadOnly || !l.Commit {
 		if !l.ReadOnly {
-			n.Stats.Discarded.Add(1)
 			n.group.metrics.Commits.WithLabelValues("discarded").Inc()
 		}
 		n.discard(dir)
@@ -220,7 +214,6 @@ func (n *Node) Submit(target string) error {
 	if err := syncDir(filepath.Join(n.dir, "outbox")); err != nil {
 		return err
 	}
-	n.pending.Add(1)
 	n.kick()
 	return nil
 }
@@ -321,18 +314,6 @@ func (n *Node) Prune(keep ...Digest) error {
 	return nil
 }
 
-// Snapshots returns the roots of the snapshots on this node.
-func (n *Node) Snapshots() []Digest {
-	ents, _ := os.ReadDir(filepath.Join(n.dir, "snaps"))
-	var ds []Digest
-	for _, e := range ents {
-		if d, err := ParseDigest(e.Name()); err == nil {
-			ds = append(ds, d)
-		}
-	}
-	return ds
-}
-
 // Run drains the outbox until ctx ends: entries left by an earlier process
 // first, then each one Submit adds, oldest first. A failed attempt is retried
 // with backoff; an entry that can never be committed (over quota, volume
@@ -349,7 +330,6 @@ func (n *Node) Run(ctx context.Context) {
 			names = append(names, e.Name())
 		}
 		sort.Strings(names)
-		n.pending.Store(int64(len(names)))
 		failed := false
 		for _, name := range names {
 			if ctx.Err() != nil {
@@ -361,7 +341,6 @@ func (n *Node) Run(ctx context.Context) {
 				n.group.metrics.Commits.WithLabelValues("applied").Inc()
 			case permanent(err):
 				n.group.metrics.Commits.WithLabelValues("refused").Inc()
-				n.Stats.Refused.Add(1)
 				klog.ErrorS(err, "Commit refused; the layer is dropped", "entry", name)
 				n.discard(filepath.Join(n.dir, "outbox", name))
 			default:
@@ -373,7 +352,6 @@ func (n *Node) Run(ctx context.Context) {
 			if failed {
 				break
 			}
-			n.pending.Add(-1)
 		}
 		wait := time.Minute
 		if failed {
@@ -381,7 +359,6 @@ func (n *Node) Run(ctx context.Context) {
 			backoff = min(2*backoff, time.Minute)
 		} else {
 			backoff = time.Second
-			n.signalIdle()
 		}
 		select {
 		case <-ctx.Done():
@@ -402,22 +379,10 @@ var (
 	errBadLayer   = errors.New("outbox entry is unreadable")
 )
 
-func (n *Node) signalIdle() {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.pending.Load() == 0 {
-		close(n.idle)
-		n.idle = make(chan struct{})
-	}
-}
-
 // WaitIdle waits until every layer submitted before the call is committed or
-// dropped.
+// dropped, nudging the committer while it waits.
 func (n *Node) WaitIdle(ctx context.Context) error {
 	for {
-		n.mu.Lock()
-		idle := n.idle
-		n.mu.Unlock()
 		ents, err := os.ReadDir(filepath.Join(n.dir, "outbox"))
 		if err != nil {
 			return err
@@ -427,13 +392,9 @@ func (n *Node) WaitIdle(ctx context.Context) error {
 		}
 		n.kick()
 		select {
-		case <-idle:
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(50 * time.Millisecond):
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
 }
-
-// Pending returns the number of outbox entries not yet committed.
-func (n *Node) Pending() int64 { return n.pending.Load() }

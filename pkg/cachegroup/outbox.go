@@ -106,8 +106,6 @@ func (n *Node) commitEntry(ctx context.Context, entry string) error {
 	n.group.metrics.CommitSeconds.Observe(time.Since(start).Seconds())
 	n.group.metrics.Evicted.Add(float64(res.Evicted))
 	n.Stats.Commits.Add(1)
-	n.Stats.CommitFiles.Add(int64(len(m.Commit.Ops)))
-	n.Stats.Evicted.Add(int64(res.Evicted))
 	klog.V(2).InfoS("Committed", "volume", l.VolumeID, "ops", len(m.Commit.Ops), "generation", res.Volume.Generation,
 		"evicted", res.Evicted, "duration", time.Since(start))
 	n.discard(entry)

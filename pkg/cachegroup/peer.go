@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -399,9 +398,6 @@ func NewRemote(name, addr, self string, auth *Auth) *Remote {
 // Name returns the member's identity.
 func (r *Remote) Name() string { return r.name }
 
-// Addr returns the member's address.
-func (r *Remote) Addr() string { return r.addr }
-
 func (r *Remote) do(ctx context.Context, method, path string, in, out any, hdr ...string) (*http.Response, error) {
 	var body io.Reader
 	if rd, ok := in.(io.Reader); ok {
@@ -477,29 +473,6 @@ func (r *Remote) fetch(ctx context.Context, d Digest, through bool) (io.ReadClos
 		return nil, err
 	}
 	return resp.Body, nil
-}
-
-// FetchRange streams length bytes of blob d from offset.
-func (r *Remote) FetchRange(ctx context.Context, d Digest, offset, length int64) (io.ReadCloser, error) {
-	resp, err := r.do(ctx, "GET", "/v1/blobs/"+d.String(), nil, nil,
-		"Range", "bytes="+strconv.FormatInt(offset, 10)+"-"+strconv.FormatInt(offset+length-1, 10))
-	if err != nil {
-		return nil, err
-	}
-	return resp.Body, nil
-}
-
-// Has reports whether the member holds blob d and would serve it.
-func (r *Remote) Has(ctx context.Context, d Digest) (bool, error) {
-	err := r.call(ctx, "HEAD", "/v1/blobs/"+d.String(), nil, nil)
-	if errors.Is(err, ErrNotFound) || errors.Is(err, errNotOffered) {
-		return false, nil
-	}
-	var e *errRemote
-	if errors.As(err, &e) && e.code == http.StatusGone {
-		return false, nil
-	}
-	return err == nil, err
 }
 
 // FetchBatch streams the blobs ds from the member and hands each to put with

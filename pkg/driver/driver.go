@@ -399,6 +399,3 @@ func (d *Driver) startGroup(ctx context.Context) error {
 
 // Group returns the driver's cache group.
 func (d *Driver) Group() *cachegroup.Group { return d.group }
-
-// callTimeout bounds the group operations of a call that carries no deadline.
-const callTimeout = 2 * time.Minute

@@ -3,7 +3,6 @@ package driver
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -307,9 +306,4 @@ func duDir(dir string) (int64, int64) {
 		return nil
 	})
 	return b, n
-}
-
-// String describes the options for logs.
-func (o Options) String() string {
-	return fmt.Sprintf("group=%q no-sharing=%v commit=%v owner=%v readonly=%v", o.Group, o.NoSharing, o.Commit, o.Owner, o.ReadOnly)
 }
