@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"regexp"
-	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -81,7 +80,7 @@ func (d *Driver) validateCreateVolume(req *csi.CreateVolumeRequest) (spec cacheg
 			if spec.Owner, err = ParseOwner(v); err != nil {
 				return spec, "", status.Errorf(codes.InvalidArgument, "parameter owner=%s: %v", v, err)
 			}
-		case strings.HasPrefix(k, k8sPrefix):
+		case fromKubernetes(k):
 			// Added by the external provisioner (PVC name, namespace).
 		default:
 			return spec, "", status.Errorf(codes.InvalidArgument, "unknown StorageClass parameter %q (known: owner)", k)
@@ -187,7 +186,7 @@ func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: status.Convert(err).Message()}, nil
 	}
 	for k := range req.GetParameters() {
-		if k != "owner" && !strings.HasPrefix(k, k8sPrefix) {
+		if k != "owner" && !fromKubernetes(k) {
 			return &csi.ValidateVolumeCapabilitiesResponse{Message: fmt.Sprintf("unknown parameter %q", k)}, nil
 		}
 	}
@@ -290,7 +289,7 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 		return nil, status.Error(codes.InvalidArgument, "source volume id is required")
 	}
 	for k := range req.GetParameters() {
-		if !strings.HasPrefix(k, k8sPrefix) {
+		if !fromKubernetes(k) {
 			return nil, status.Errorf(codes.InvalidArgument, "unknown VolumeSnapshotClass parameter %q", k)
 		}
 	}

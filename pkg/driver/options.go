@@ -30,11 +30,6 @@ const (
 	attrSize      = "size"   // its quota for a first use, e.g. 10Gi
 	attrEphemeral = "csi.storage.k8s.io/ephemeral"
 	attrNamespace = "csi.storage.k8s.io/pod.namespace"
-	// k8sPrefix marks attributes the kubelet and provisioner add.
-	k8sPrefix = "csi.storage.k8s.io/"
-	// provisionerPrefix marks what csi-provisioner records in every PV it
-	// creates (storage.kubernetes.io/csiProvisionerIdentity).
-	provisionerPrefix = "storage.kubernetes.io/"
 )
 
 // ParseOptions parses mount flags (each may hold several comma-separated
@@ -56,7 +51,7 @@ func ParseOptions(flags []string, attrs map[string]string) (Options, error) {
 		}
 	}
 	for key, val := range attrs {
-		if strings.HasPrefix(key, k8sPrefix) || strings.HasPrefix(key, provisionerPrefix) || key == attrVolume || key == attrSize {
+		if fromKubernetes(key) || key == attrVolume || key == attrSize {
 			continue
 		}
 		if err := o.set(key, val, true, true); err != nil {
@@ -64,6 +59,15 @@ func ParseOptions(flags []string, attrs map[string]string) (Options, error) {
 		}
 	}
 	return o, nil
+}
+
+// fromKubernetes reports whether a parameter or attribute key is one that
+// Kubernetes components add on their own: the kubelet's pod info and the
+// external sidecars' metadata (csi.storage.k8s.io/...), and the identity
+// csi-provisioner records in every PV (storage.kubernetes.io/...). Such keys
+// are never options and never errors.
+func fromKubernetes(key string) bool {
+	return strings.HasPrefix(key, "csi.storage.k8s.io/") || strings.HasPrefix(key, "storage.kubernetes.io/")
 }
 
 // set applies one option. Boolean options given as attributes take "true" or

@@ -93,3 +93,18 @@ func FuzzParseOptions(f *testing.F) {
 		}
 	})
 }
+
+func TestFromKubernetes(t *testing.T) {
+	for key, want := range map[string]bool{
+		"csi.storage.k8s.io/pvc/name":                  true,
+		"csi.storage.k8s.io/pod.namespace":             true,
+		"storage.kubernetes.io/csiProvisionerIdentity": true,
+		"owner":                 false,
+		"no-sharing":            false,
+		"storage.kubernetes.io": false, // no key below the prefix
+	} {
+		if got := fromKubernetes(key); got != want {
+			t.Errorf("fromKubernetes(%q) = %v, want %v", key, got, want)
+		}
+	}
+}
