@@ -271,7 +271,8 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 		return nil, status.Errorf(codes.NotFound, "volume path %s: %v", path, err)
 	}
 	volID := id
-	if l, ok, _ := d.node.Layer(path); ok {
+	l, ok, _ := d.node.Layer(path)
+	if ok {
 		volID = l.VolumeID // an inline volume's handle differs from its cache's id
 	}
 	v, err := d.group.Volume(ctx, volID)
@@ -279,7 +280,7 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 		return nil, errStatus(err, "volume %s", id)
 	}
 	used, upperFiles := v.Size, int64(0)
-	if l, ok, _ := d.node.Layer(path); ok && !l.ReadOnly {
+	if ok && !l.ReadOnly {
 		b, n := duDir(filepath.Join(d.node.LayerDir(path), "upper"))
 		used += b
 		upperFiles = n
