@@ -24,6 +24,7 @@ import (
 
 	"github.com/cachegroup/cachegroup/internal/csiharness"
 	"github.com/cachegroup/cachegroup/internal/gentree"
+	"github.com/cachegroup/cachegroup/pkg/mounter"
 )
 
 const (
@@ -351,7 +352,7 @@ func (d *demo) unpublish(title, target string) error {
 			return "", err
 		}
 		delete(d.published, target)
-		if ok, _ := csiharness.IsMountPoint(target); ok {
+		if ok, _ := mounter.IsMountPoint(target); ok {
 			return "", fmt.Errorf("NodeUnpublishVolume succeeded but %s is still mounted", target)
 		}
 		return "", nil

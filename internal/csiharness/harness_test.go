@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/cachegroup/cachegroup/pkg/mounter"
 )
 
 // The test binary doubles as a stand-in driver process: with
@@ -237,7 +239,7 @@ func TestMountsUnderAndUnmount(t *testing.T) {
 	if err != nil || len(points) != 2 || points[0] != b {
 		t.Fatalf("MountsUnder = %v, %v", points, err)
 	}
-	if ok, err := IsMountPoint(a); !ok || err != nil {
+	if ok, err := mounter.IsMountPoint(a); !ok || err != nil {
 		t.Fatalf("IsMountPoint(a) = %v, %v", ok, err)
 	}
 	if m, err := MountFor(filepath.Join(b, "x")); err != nil || m.FSType != "tmpfs" || m.Point != b {

@@ -103,24 +103,6 @@ func MountFor(path string) (Mount, error) {
 	return ms[best], nil
 }
 
-// IsMountPoint reports whether path is a mount point.
-func IsMountPoint(path string) (bool, error) {
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return false, err
-	}
-	ms, err := Mounts()
-	if err != nil {
-		return false, err
-	}
-	for _, m := range ms {
-		if m.Point == abs {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-
 // isUnder reports whether p is dir or below it.
 func isUnder(p, dir string) bool {
 	if dir == "/" || p == dir {

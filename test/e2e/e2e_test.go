@@ -22,6 +22,7 @@ import (
 
 	"github.com/cachegroup/cachegroup/internal/csiharness"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup"
+	"github.com/cachegroup/cachegroup/pkg/mounter"
 )
 
 // TestCacheGroup runs a cache group of three members (R=2), A, B and C, each
@@ -241,7 +242,7 @@ func TestCacheGroup(t *testing.T) {
 		if readsDown == 0 {
 			t.Errorf("no read of the live mount completed while %s was down", a.Name)
 		}
-		if ok, err := csiharness.IsMountPoint(p.target); err != nil || !ok {
+		if ok, err := mounter.IsMountPoint(p.target); err != nil || !ok {
 			t.Fatalf("the pod's volume %s is no longer mounted after the restart of %s (%v)", p.target, a.Name, err)
 		}
 		after, err := writeSet(p.target, "set4-after", 5, setSpec{Files: 30, MinSize: 1, MaxSize: 16 << 10})
