@@ -5,7 +5,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"testing"
+	"time"
+
+	"github.com/cachegroup/cachegroup/internal/gentree"
 )
 
 // BenchmarkCommit5000 commits a pod layer of 5,000 small files (1-5 KB in
@@ -44,4 +48,57 @@ func BenchmarkCommit5000(b *testing.B) {
 		b.StopTimer()
 	}
 	b.ReportMetric(5000*float64(b.N)/b.Elapsed().Seconds(), "files/s")
+}
+
+// BenchmarkHydrate stages, on a fresh client-only node, a Maven-like tree of
+// 10,000 files (250 MB plus one 512 MiB file) held by a group of three
+// members on loopback: the cold hydration of issue 3, in one process so
+// that a CPU profile shows both the serving and the hydrating side.
+func BenchmarkHydrate(b *testing.B) {
+	ms := newGroup(b, 3)
+	ctx := context.Background()
+	a := ms[0]
+	vol, err := a.group.CreateVolume(ctx, VolumeSpec{Name: "bench", Quota: 1 << 40}, "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	target := "/pods/import"
+	upper, _, err := a.node.NewLayer(Layer{VolumeID: vol.ID, Target: target, Base: vol.Root, Commit: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	spec := gentree.Spec{Seed: 7, Files: 10000, Dirs: 1750, TotalBytes: 250 << 20, MaxJarBytes: 8 << 20, BigFileBytes: 512 << 20}
+	st, err := gentree.Generate(upper, spec)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := a.node.Submit(target); err != nil {
+		b.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	if err := a.node.WaitIdle(wctx); err != nil {
+		b.Fatal(err)
+	}
+	head, err := a.group.Volume(ctx, vol.ID)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if p := os.Getenv("HYD_PROF"); p != "" { // TEMP
+		f, _ := os.Create(p)
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		c := newClient(b, ms)
+		b.StartTimer()
+		if _, err := c.Snapshot(ctx, head.Root, Want{VolumeID: vol.ID}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	secs := b.Elapsed().Seconds() / float64(b.N)
+	b.ReportMetric(float64(st.Files)/secs, "files/s")
+	b.ReportMetric(float64(st.Bytes)/1e6/secs, "MB/s")
 }

@@ -29,7 +29,7 @@ type member struct {
 var testSecret = []byte("0123456789abcdef-test-secret")
 
 // newGroup starts n members on loopback that know each other, with R=2.
-func newGroup(t *testing.T, n int) []*member {
+func newGroup(t testing.TB, n int) []*member {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for ownership of materialised files")
@@ -80,7 +80,7 @@ func newGroup(t *testing.T, n int) []*member {
 }
 
 // commitFiles commits files through m's node tier, as a pod would.
-func commitFiles(t *testing.T, m *member, vol Volume, files map[string]string) {
+func commitFiles(t testing.TB, m *member, vol Volume, files map[string]string) {
 	t.Helper()
 	target := fmt.Sprintf("/pods/%d", time.Now().UnixNano())
 	upper, _, err := m.node.NewLayer(Layer{VolumeID: vol.ID, Target: target, Base: vol.Root, Commit: true})
@@ -302,3 +302,32 @@ func counterValue(t *testing.T, m *Metrics, name string) float64 {
 }
 
 func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
+
+// newClient returns the node tier of a client-only node with an empty store
+// that reaches the members ms.
+func newClient(t testing.TB, ms []*member) *Node {
+	t.Helper()
+	base := t.TempDir()
+	s, err := OpenStore(filepath.Join(base, "store"), Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := OpenLocal("client", s, filepath.Join(base, "meta"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := NewGroup("g", l, 2, nil, true)
+	node, err := OpenNode(filepath.Join(base, "node"), g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st Static
+	for _, m := range ms {
+		st = append(st, Endpoint{Name: m.name, Addr: m.addr})
+	}
+	NewMembership(g, st, NewSecretAuth(testSecret), time.Second).Refresh(context.Background())
+	if got := len(g.Members()); got != len(ms) {
+		t.Fatalf("client sees %d members", got)
+	}
+	return node
+}

@@ -86,104 +86,190 @@ func (n *Node) Snapshot(ctx context.Context, root Digest, want Want) (string, er
 // Every step is idempotent, so a work directory left by a crash is resumed.
 func (n *Node) hydrate(root Digest, want Want) error {
 	ctx := context.Background()
-	src := sourcing{n: n, private: !want.Sharing}
-	if want.Sharing {
-		src.holders = n.announce(ctx, want.VolumeID, root)
+	h := &hydration{
+		sourcing: sourcing{n: n, private: !want.Sharing},
+		work:     filepath.Join(n.dir, "snaps", ".work-"+root.String()),
 	}
-	work := filepath.Join(n.dir, "snaps", ".work-"+root.String())
-	if err := os.MkdirAll(work, 0o755); err != nil {
+	if want.Sharing {
+		h.holders = n.announce(ctx, want.VolumeID, root)
+	}
+	if err := os.MkdirAll(h.work, 0o755); err != nil {
 		return fmt.Errorf("hydrate %s: %w", root, err)
 	}
-	type job struct {
-		tree Digest
-		path string
+	if err := h.walk(ctx, root); err != nil {
+		return fmt.Errorf("hydrate %s: %w", root, err)
 	}
-	var (
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		firstErr error
-		dirs     []dirMeta
-	)
-	jobs := make(chan job, 1024)
-	fail := func(err error) {
-		mu.Lock()
-		if firstErr == nil {
-			firstErr = err
-		}
-		mu.Unlock()
-	}
-	var visit func(j job)
-	visit = func(j job) {
-		defer wg.Done()
-		t, err := src.tree(ctx, j.tree)
-		if err != nil {
-			fail(err)
-			return
-		}
-		fetched := src.prefetch(ctx, t)
-		for _, e := range t.Entries {
-			p := filepath.Join(j.path, e.Name)
-			switch e.Type {
-			case TypeDir:
-				if err := os.Mkdir(p, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-					fail(err)
-					return
-				}
-				mu.Lock()
-				dirs = append(dirs, dirMeta{p, e})
-				mu.Unlock()
-				wg.Add(1)
-				select {
-				case jobs <- job{e.Digest, p}:
-				default:
-					visit(job{e.Digest, p}) // queue full: do it here rather than block
-				}
-			case TypeFile:
-				if err := src.linkFile(ctx, e, p, fetched[e.Digest]); err != nil {
-					fail(err)
-					return
-				}
-			case TypeSymlink:
-				if err := makeSymlink(e, p); err != nil {
-					fail(err)
-					return
-				}
-			}
-		}
-	}
-	for range hydrateWorkers {
-		go func() {
-			for j := range jobs {
-				visit(j)
-			}
-		}()
-	}
-	wg.Add(1)
-	jobs <- job{root, work}
-	wg.Wait()
-	close(jobs)
-	if firstErr != nil {
-		return fmt.Errorf("hydrate %s: %w", root, firstErr)
+	if err := h.link(ctx); err != nil {
+		return fmt.Errorf("hydrate %s: %w", root, err)
 	}
 	// Directory metadata last: creating entries would change the mtimes.
-	for _, d := range dirs {
+	for _, d := range h.dirs {
 		if err := setMeta(d.path, d.e, false); err != nil {
 			return fmt.Errorf("hydrate %s: %w", root, err)
 		}
 	}
-	if err := os.Chmod(work, 0o755); err != nil {
+	if err := os.Chmod(h.work, 0o755); err != nil {
 		return err
 	}
-	if err := os.Rename(work, n.snapPath(root)); err != nil {
+	if err := os.Rename(h.work, n.snapPath(root)); err != nil {
 		return fmt.Errorf("hydrate %s: %w", root, err)
 	}
 	return nil
 }
 
-type dirMeta struct {
+// hydration is one snapshot being built in its work directory. It runs in
+// two passes: walk fetches the tree objects a level at a time and makes the
+// directories and symlinks; link then puts every file in place, linking the
+// blobs this node has and fetching the others in batches, each written
+// straight to its first path with its metadata and linked into the store.
+type hydration struct {
+	sourcing
+	work string
+
+	files []placed   // the snapshot's files, found by walk
+	dirs  []placed   // its directories, whose metadata is set last
+	mu    sync.Mutex // guards files and dirs while walk runs in parallel
+}
+
+// placed is one entry of the snapshot and where it goes.
+type placed struct {
 	path string
 	e    Entry
 }
+
+// walk creates the snapshot's directories and symlinks, level by level, and
+// lists its files. The tree objects of a level are fetched together.
+func (h *hydration) walk(ctx context.Context, root Digest) error {
+	level := []placed{{h.work, Entry{Type: TypeDir, Digest: root}}}
+	for len(level) > 0 {
+		refs := make([]blobRef, len(level))
+		for i, d := range level {
+			refs[i] = blobRef{Digest: d.e.Digest}
+		}
+		if err := h.fetchAll(ctx, refs, h.putTree); err != nil {
+			return err
+		}
+		var next []placed
+		err := parallel(level, hydrateWorkers, noState, func(d placed, _ struct{}) error {
+			sub, err := h.makeDir(d)
+			h.mu.Lock()
+			next = append(next, sub...)
+			h.mu.Unlock()
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		level = next
+	}
+	return nil
+}
+
+// makeDir fills directory d with its subdirectories (returned, to be filled
+// next) and symlinks, and lists its files.
+func (h *hydration) makeDir(d placed) ([]placed, error) {
+	t, err := loadTree(h.n.store, d.e.Digest)
+	if err != nil {
+		return nil, err
+	}
+	var sub, files []placed
+	for _, e := range t.Entries {
+		p := filepath.Join(d.path, e.Name)
+		switch e.Type {
+		case TypeDir:
+			if err := os.Mkdir(p, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+				return sub, err
+			}
+			sub = append(sub, placed{p, e})
+		case TypeFile:
+			files = append(files, placed{p, e})
+		case TypeSymlink:
+			if err := makeSymlink(e, p); err != nil {
+				return sub, err
+			}
+		}
+	}
+	h.mu.Lock()
+	h.dirs = append(h.dirs, sub...)
+	h.files = append(h.files, files...)
+	h.mu.Unlock()
+	return sub, nil
+}
+
+// putTree stores a fetched tree object.
+func (h *hydration) putTree(ref blobRef, n int64, r io.Reader, _ []byte) error {
+	_, err := h.n.store.Put(r, ref.Digest)
+	return err
+}
+
+// link puts every file of the snapshot in place: files whose blob is here
+// are linked to it at once; the missing blobs are fetched, large ones alone
+// and at the same time as batches of the small ones.
+func (h *hydration) link(ctx context.Context) error {
+	byBlob := map[Digest][]placed{}
+	var blobs []Digest
+	for _, f := range h.files {
+		if _, ok := byBlob[f.e.Digest]; !ok {
+			blobs = append(blobs, f.e.Digest)
+		}
+		byBlob[f.e.Digest] = append(byBlob[f.e.Digest], f)
+	}
+	var (
+		mu      sync.Mutex
+		missing []Digest
+	)
+	err := parallel(blobs, hydrateWorkers, noState, func(d Digest, _ struct{}) error {
+		fs := byBlob[d]
+		err := h.linkFile(fs[0].e, fs[0].path)
+		if errors.Is(err, ErrNotFound) {
+			mu.Lock()
+			missing = append(missing, d)
+			mu.Unlock()
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		h.n.group.metrics.FetchBlobs.WithLabelValues("local").Add(float64(len(fs)))
+		h.n.group.metrics.FetchBytes.WithLabelValues("local").Add(float64(len(fs)) * float64(fs[0].e.Size))
+		return h.linkRest(fs)
+	})
+	if err != nil || len(missing) == 0 {
+		return err
+	}
+	refs := make([]blobRef, len(missing))
+	for i, d := range missing {
+		refs[i] = blobRef{Digest: d, Size: byBlob[d][0].e.Size, files: byBlob[d]}
+	}
+	return h.fetchAll(ctx, refs, h.putFile)
+}
+
+// putFile writes a fetched blob as the first file that has it, with that
+// file's metadata, links it into the store and links the other files that
+// have it.
+func (h *hydration) putFile(ref blobRef, n int64, r io.Reader, buf []byte) error {
+	f := ref.files[0]
+	if n != f.e.Size {
+		return fmt.Errorf("blob %s: %d bytes, want %d: %w", ref.Digest, n, f.e.Size, ErrCorrupt)
+	}
+	if err := h.n.store.create(f.path, f.e, r, buf); err != nil {
+		return err
+	}
+	return h.linkRest(ref.files)
+}
+
+// linkRest links every file of fs but the first, which is in place, to their
+// blob.
+func (h *hydration) linkRest(fs []placed) error {
+	for _, f := range fs[1:] {
+		if err := h.linkFile(f.e, f.path); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func noState() struct{} { return struct{}{} }
 
 // sourcing is where one hydration fetches from.
 type sourcing struct {
@@ -192,94 +278,33 @@ type sourcing struct {
 	private bool   // copies are for a no-sharing mount
 }
 
-// tree returns the directory object d, fetching it if needed.
-func (s sourcing) tree(ctx context.Context, d Digest) (*Tree, error) {
-	if err := s.fetch(ctx, d, 0); err != nil {
-		return nil, err
-	}
-	return loadTree(s.n.store, d)
-}
-
-// fetch makes sure blob d (of size bytes, if known) is in the local store.
+// fetch makes sure blob d (of size bytes, if known) is in the local store,
+// fetching it alone along its sources.
 func (s sourcing) fetch(ctx context.Context, d Digest, size int64) error {
-	g := s.n.group
-	if s.n.store.Has(d) {
-		g.metrics.FetchBlobs.WithLabelValues("local").Inc()
-		g.metrics.FetchBytes.WithLabelValues("local").Add(float64(size))
-		return nil
-	}
 	from, err := s.n.fetch(ctx, d, s.sources(d))
 	if err != nil {
 		return err
 	}
-	label := "peer"
-	if from == nil || slices.Contains(g.Owners(d), from) {
-		label = "owner"
-	}
-	g.metrics.FetchBlobs.WithLabelValues(label).Inc()
-	g.metrics.FetchBytes.WithLabelValues(label).Add(float64(size))
-	if s.private && !g.IsOwner(d) {
-		s.n.markPrivate(d)
-	}
+	s.fetched(d, size, from)
 	return nil
 }
 
-// batchMax is the largest blob fetched in batches; bigger ones stream alone.
-const batchMax = 1 << 20
-
-// prefetch fetches the missing small files of directory t in one batch per
-// source, so a directory of a thousand small files costs a few round trips.
-// It returns the blobs it fetched; the rest are left to fetch.
-func (s sourcing) prefetch(ctx context.Context, t *Tree) map[Digest]bool {
-	fetched := map[Digest]bool{}
+// fetched counts blob d, of size bytes, as fetched from member from (nil: it
+// was here after all) and keeps a no-sharing mount's copy private.
+func (s sourcing) fetched(d Digest, size int64, from Peer) {
 	g := s.n.group
-	if len(g.Members()) == 1 && !g.clientOnly {
-		return fetched // a group of one has every blob here
-	}
-	bySource := map[Peer][]Digest{}
-	sizes := map[Digest]int64{}
-	for _, e := range t.Entries {
-		if e.Type != TypeFile || e.Size > batchMax || sizes[e.Digest] != 0 || s.n.store.Has(e.Digest) {
-			continue
+	label := "local"
+	if from != nil {
+		label = "peer"
+		if slices.Contains(g.Owners(d), from) {
+			label = "owner"
 		}
-		sizes[e.Digest] = e.Size + 1
-		if src := s.sources(e.Digest); len(src) > 0 {
-			if _, ok := src[0].(*Remote); ok {
-				bySource[src[0]] = append(bySource[src[0]], e.Digest)
-			}
+		if s.private && !g.IsOwner(d) {
+			s.n.markPrivate(d)
 		}
 	}
-	for p, ds := range bySource {
-		r := p.(*Remote)
-		through := !slices.Contains(g.Owners(ds[0]), p)
-		for i := 0; i < len(ds); i += maxBatch {
-			batch := ds[i:min(i+maxBatch, len(ds))]
-			_, err := r.FetchBatch(ctx, batch, through, func(d Digest, rd io.Reader) error {
-				// A copy that fails verification is left to the one-by-one
-				// fetch below, which counts it, tries the next source and
-				// repairs the bad copy.
-				_, err := s.n.store.Put(rd, d)
-				if err == nil {
-					fetched[d] = true
-					label := "peer"
-					if slices.Contains(g.Owners(d), p) {
-						label = "owner"
-					}
-					g.metrics.FetchBlobs.WithLabelValues(label).Inc()
-					g.metrics.FetchBytes.WithLabelValues(label).Add(float64(sizes[d] - 1))
-					if s.private && !g.IsOwner(d) {
-						s.n.markPrivate(d)
-					}
-				}
-				return err
-			})
-			if err != nil {
-				g.failed(p, err)
-				break // what is still missing is fetched one by one with fallback
-			}
-		}
-	}
-	return fetched
+	g.metrics.FetchBlobs.WithLabelValues(label).Inc()
+	g.metrics.FetchBytes.WithLabelValues(label).Add(float64(size))
 }
 
 // sources orders where blob d is fetched from. With sharing nodes, the
@@ -320,27 +345,41 @@ func (s sourcing) sources(d Digest) []Peer {
 }
 
 // fetch makes sure blob d is in the local store; concurrent misses of one
-// blob on this node become one fetch. It returns the member that served it.
+// blob on this node become one fetch. It returns the member that served it,
+// nil if the blob was here or another fetch brought it.
 func (n *Node) fetch(ctx context.Context, d Digest, sources []Peer) (Peer, error) {
-	if n.store.Has(d) {
-		return nil, nil
+	for !n.store.Has(d) {
+		f, mine := n.claim(d)
+		if !mine {
+			<-f.done // then look again: that fetch may have failed
+			continue
+		}
+		from, err := n.group.FetchFrom(ctx, d, sources)
+		n.release(d, f)
+		return from, err
 	}
+	return nil, nil
+}
+
+// claim makes this caller the one fetching blob d, unless a fetch of it is
+// in progress: then it returns that fetch's flight and false.
+func (n *Node) claim(d Digest) (*flight, bool) {
 	n.mu.Lock()
-	f, ok := n.fetches[d]
-	if !ok {
-		f = &flight{done: make(chan struct{})}
-		n.fetches[d] = f
-		go func() {
-			f.from, f.err = n.group.FetchFrom(ctx, d, sources)
-			n.mu.Lock()
-			delete(n.fetches, d)
-			n.mu.Unlock()
-			close(f.done)
-		}()
+	defer n.mu.Unlock()
+	if f, ok := n.fetches[d]; ok {
+		return f, false
 	}
+	f := &flight{done: make(chan struct{})}
+	n.fetches[d] = f
+	return f, true
+}
+
+// release ends the fetch of blob d claimed as f.
+func (n *Node) release(d Digest, f *flight) {
+	n.mu.Lock()
+	delete(n.fetches, d)
 	n.mu.Unlock()
-	<-f.done
-	return f.from, f.err
+	close(f.done)
 }
 
 // announce tells volume id's home that this node shares snapshot root and
@@ -418,26 +457,18 @@ func (n *Node) markPrivate(d Digest) {
 }
 
 // linkFile makes path a hard link to the blob of file entry e, with e's
-// metadata, fetching the blob first if this node lacks it. Hard links share
-// one inode, so the blob's metadata must be e's: a blob no tree uses yet is
-// given it; otherwise a copy with e's metadata (a variant, kept in the store
-// for reuse) is linked instead. This is the inner loop of hydration: two
-// system calls for a file whose blob is here.
-func (s sourcing) linkFile(ctx context.Context, e Entry, path string, fetched bool) error {
+// metadata; an error wrapping ErrNotFound says this node lacks the blob. Hard
+// links share one inode, so the blob's metadata must be e's: a blob no tree
+// uses yet is given it; otherwise a copy with e's metadata (a variant, kept in
+// the store for reuse) is linked instead. This is the inner loop of staging a
+// snapshot whose blobs are here: two system calls a file.
+func (s sourcing) linkFile(e Entry, path string) error {
 	n := s.n
 	src := n.store.Path(e.Digest)
 	var st unix.Stat_t
-	err := unix.Lstat(src, &st)
-	if errors.Is(err, unix.ENOENT) {
-		if err := s.fetch(ctx, e.Digest, e.Size); err != nil {
-			return err
-		}
-		err = unix.Lstat(src, &st)
-	} else if err == nil && !fetched {
-		n.group.metrics.FetchBlobs.WithLabelValues("local").Inc()
-		n.group.metrics.FetchBytes.WithLabelValues("local").Add(float64(e.Size))
-	}
-	if err != nil {
+	if err := unix.Lstat(src, &st); errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("blob %s: %w", e.Digest, ErrNotFound)
+	} else if err != nil {
 		return fmt.Errorf("blob %s: %w", e.Digest, err)
 	}
 	// Held from the check to the link: a blob's metadata changes only under it.
@@ -448,6 +479,7 @@ func (s sourcing) linkFile(ctx context.Context, e Entry, path string, fetched bo
 		if err := unix.Lstat(src, &st); err != nil { // again, under the lock
 			return fmt.Errorf("blob %s: %w", e.Digest, err)
 		}
+		var err error
 		switch {
 		case metaMatches(&st, e):
 		case st.Nlink == 1:
@@ -460,10 +492,16 @@ func (s sourcing) linkFile(ctx context.Context, e Entry, path string, fetched bo
 			}
 		}
 	}
-	err = unix.Link(src, path)
+	err := unix.Link(src, path)
+	if errors.Is(err, unix.EEXIST) && !sameFile(src, path) {
+		// Left by a hydration that stopped halfway, maybe mid-write.
+		if err = unix.Unlink(path); err == nil {
+			err = unix.Link(src, path)
+		}
+	}
 	switch {
 	case errors.Is(err, unix.EEXIST):
-		return nil // made before a restart
+		return nil // linked before a restart
 	case errors.Is(err, unix.EMLINK):
 		// The inode has as many links as the filesystem allows: a private copy.
 		return copyWithMeta(src, path, e)
@@ -471,6 +509,12 @@ func (s sourcing) linkFile(ctx context.Context, e Entry, path string, fetched bo
 		return fmt.Errorf("link %s: %w", path, err)
 	}
 	return nil
+}
+
+// sameFile reports whether paths a and b are links to one inode.
+func sameFile(a, b string) bool {
+	var sa, sb unix.Stat_t
+	return unix.Lstat(a, &sa) == nil && unix.Lstat(b, &sb) == nil && sa.Dev == sb.Dev && sa.Ino == sb.Ino
 }
 
 // variant returns a copy of blob src carrying e's metadata, making it once.

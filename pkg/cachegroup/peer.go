@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 )
 
@@ -227,22 +228,20 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 	})
 }
 
-// openBlob opens blob d if this member may serve it: as its owner, or as a
-// sharing peer (pulling it through from the owners if asked and hydrating).
-// Node copies of no-sharing mounts are never served.
-func (s *Server) openBlob(ctx context.Context, d Digest, through bool) (*os.File, string, error) {
-	st := s.group.Local().Store()
-	as := "owner"
-	if !s.group.IsOwner(d) {
-		as = "peer"
-		if !st.Has(d) && through && s.Through != nil && s.Through(ctx, d) {
-			// Fetched through from the owners for a node that shares with us.
-		} else if s.Offer != nil && !s.Offer(d) {
-			return nil, as, fmt.Errorf("blob %s: %w", d, errNotOffered)
-		}
+// mayServe says whether this member may serve blob d, and as what: as its
+// owner, or as a sharing peer (pulling it through from the owners if asked
+// and hydrating). Node copies of no-sharing mounts are never served.
+func (s *Server) mayServe(ctx context.Context, d Digest, through bool) (string, error) {
+	if s.group.IsOwner(d) {
+		return "owner", nil
 	}
-	f, err := st.Open(d)
-	return f, as, err
+	if !s.group.Local().Store().Has(d) && through && s.Through != nil && s.Through(ctx, d) {
+		return "peer", nil // fetched through from the owners for a node that shares with us
+	}
+	if s.Offer != nil && !s.Offer(d) {
+		return "peer", fmt.Errorf("blob %s: %w", d, errNotOffered)
+	}
+	return "peer", nil
 }
 
 // serveBlob serves one blob, ranged.
@@ -252,7 +251,11 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	f, as, err := s.openBlob(r.Context(), d, r.Header.Get("X-Cachegroup-Through") != "")
+	as, err := s.mayServe(r.Context(), d, r.Header.Get("X-Cachegroup-Through") != "")
+	var f *os.File
+	if err == nil {
+		f, err = s.group.Local().Store().Open(d)
+	}
 	if err != nil {
 		writeJSONResponse(w, nil, err)
 		return
@@ -269,53 +272,130 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request) {
 // maxBatch bounds the blobs one batch request asks for.
 const maxBatch = 4096
 
-// serveBatch streams many (small) blobs in one response, each framed as its
-// digest, its length (-1: not served here) and its bytes: one round trip
-// instead of one per file makes small-file hydration fast.
+// refLen is the length of a blob named in a batch request: its digest and
+// its size as the asker knows it (0 if it does not).
+const refLen = len(Digest{}) + 8
+
+// serveBatch streams many blobs in one response. The request names each blob
+// by digest and expected size; the response frames each as its digest, its
+// length (-1: not served here) and its bytes. One round trip for many blobs
+// and a known size (no stat) make small-file hydration fast.
 func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request) {
-	var ds []Digest
-	if !readJSON(w, r, &ds) {
-		return
-	}
-	if len(ds) > maxBatch {
-		http.Error(w, fmt.Sprintf("batch of %d blobs: at most %d", len(ds), maxBatch), http.StatusBadRequest)
+	body, err := io.ReadAll(io.LimitReader(r.Body, int64(maxBatch*refLen+1)))
+	if err != nil || len(body)%refLen != 0 || len(body) > maxBatch*refLen {
+		http.Error(w, fmt.Sprintf("a batch names 1 to %d blobs of %d bytes each", maxBatch, refLen), http.StatusBadRequest)
 		return
 	}
 	through := r.Header.Get("X-Cachegroup-Through") != ""
 	w.Header().Set("Content-Type", "application/octet-stream")
 	cw := &countingWriter{ResponseWriter: w}
+	bw := bufio.NewWriterSize(cw, 256<<10)
+	buf := make([]byte, 64<<10)
 	served := map[string]int64{}
-	var hdr [len(Digest{}) + 8]byte
-	for _, d := range ds {
-		copy(hdr[:], d[:])
-		f, as, err := s.openBlob(r.Context(), d, through)
-		var size int64 = -1
+	for off := 0; off < len(body); off += refLen {
+		d := Digest(body[off : off+len(Digest{})])
+		size := int64(binary.BigEndian.Uint64(body[off+len(d) : off+refLen]))
+		as, err := s.mayServe(r.Context(), d, through)
+		var n int64
 		if err == nil {
-			if fi, err := f.Stat(); err == nil {
-				size = fi.Size()
-			} else {
-				f.Close()
-			}
+			n, buf, err = s.writeFrame(bw, d, size, buf)
+		} else {
+			err = writeHeader(bw, d, -1)
 		}
-		binary.BigEndian.PutUint64(hdr[len(d):], uint64(size))
-		if _, err := cw.Write(hdr[:]); err != nil {
-			if size >= 0 {
-				f.Close()
-			}
-			return
-		}
-		if size < 0 {
-			continue
-		}
-		n, err := io.Copy(cw, io.LimitReader(f, size))
-		f.Close()
-		if err != nil || n != size {
+		if err != nil {
 			return // the client sees a short frame and fails this batch
 		}
-		served[as] += size
+		served[as] += n
 	}
+	bw.Flush()
 	for as, n := range served {
 		s.metrics.ServedBytes.WithLabelValues(as).Add(float64(n))
+	}
+}
+
+// writeFrame writes blob d, expected to be size bytes (0: unknown), as one
+// frame of a batch response, or a "not here" frame if this member lacks it.
+// A blob of known, modest size is read whole with one read of size+1 bytes:
+// a file of the expected size reads short, so no stat is needed, and a file
+// of another size is sent as it is for the client to reject.
+func (s *Server) writeFrame(w *bufio.Writer, d Digest, size int64, buf []byte) (int64, []byte, error) {
+	fd, err := unix.Open(s.group.Local().Store().Path(d), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, buf, writeHeader(w, d, -1)
+	}
+	defer unix.Close(fd)
+	if size > 0 && size < smallBlob {
+		if int64(cap(buf)) <= size {
+			buf = make([]byte, size+1)
+		}
+		n, err := readFull(fd, buf[:size+1])
+		if err != nil {
+			return 0, buf, writeHeader(w, d, -1)
+		}
+		if err := writeHeader(w, d, int64(n)); err != nil {
+			return 0, buf, err
+		}
+		_, err = w.Write(buf[:n])
+		return int64(n), buf, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return 0, buf, writeHeader(w, d, -1)
+	}
+	if err := writeHeader(w, d, st.Size); err != nil {
+		return 0, buf, err
+	}
+	n, err := io.CopyBuffer(w, io.LimitReader(fdReader(fd), st.Size), buf[:cap(buf)])
+	if err == nil && n != st.Size {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, buf, err
+}
+
+func writeHeader(w io.Writer, d Digest, size int64) error {
+	var hdr [refLen]byte
+	copy(hdr[:], d[:])
+	binary.BigEndian.PutUint64(hdr[len(d):], uint64(size))
+	_, err := w.Write(hdr[:])
+	return err
+}
+
+// readFull reads from fd until b is full or a read comes back short, which
+// for a regular file means its end.
+func readFull(fd int, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		k, err := unix.Read(fd, b[n:])
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		n += k
+		if k == 0 || n < len(b) {
+			break
+		}
+	}
+	return n, nil
+}
+
+// fdReader reads from a file descriptor.
+type fdReader int
+
+func (r fdReader) Read(b []byte) (int, error) {
+	for {
+		n, err := unix.Read(int(r), b)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		if n == 0 && len(b) > 0 {
+			return 0, io.EOF
+		}
+		return n, nil
 	}
 }
 
@@ -475,49 +555,49 @@ func (r *Remote) fetch(ctx context.Context, d Digest, through bool) (io.ReadClos
 	return resp.Body, nil
 }
 
-// FetchBatch streams the blobs ds from the member and hands each to put with
-// a reader of exactly its bytes; it returns the digests the member did not
-// serve. put must read its reader to the end.
-func (r *Remote) FetchBatch(ctx context.Context, ds []Digest, through bool, put func(Digest, io.Reader) error) ([]Digest, error) {
+// FetchBatch streams the blobs refs from the member and hands each to put
+// with its length and a reader of exactly its bytes; put must read them all
+// or fail. A blob the member does not serve is skipped; a put failing with
+// ErrCorrupt skips that blob; any other error of put ends the batch and is
+// returned as it is.
+func (r *Remote) FetchBatch(ctx context.Context, refs []blobRef, through bool, put func(ref blobRef, n int64, rd io.Reader) error) error {
 	var hdr []string
 	if through {
 		hdr = []string{"X-Cachegroup-Through", "1"}
 	}
-	resp, err := r.do(ctx, "POST", "/v1/blobs", ds, nil, hdr...)
+	req := make([]byte, 0, len(refs)*refLen)
+	for _, ref := range refs {
+		req = append(req, ref.Digest[:]...)
+		req = binary.BigEndian.AppendUint64(req, uint64(ref.Size))
+	}
+	resp, err := r.do(ctx, "POST", "/v1/blobs", bytes.NewReader(req), nil, hdr...)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer resp.Body.Close()
 	br := bufio.NewReaderSize(resp.Body, 256<<10)
-	var missing []Digest
-	var frame [len(Digest{}) + 8]byte
-	for _, want := range ds {
+	var frame [refLen]byte
+	for _, ref := range refs {
 		if _, err := io.ReadFull(br, frame[:]); err != nil {
-			return nil, fmt.Errorf("member %s: batch: %w", r.name, err)
+			return fmt.Errorf("member %s: batch: %w", r.name, err)
 		}
-		if Digest(frame[:len(want)]) != want {
-			return nil, fmt.Errorf("member %s: batch out of order", r.name)
+		if Digest(frame[:len(ref.Digest)]) != ref.Digest {
+			return fmt.Errorf("member %s: batch out of order", r.name)
 		}
-		size := int64(binary.BigEndian.Uint64(frame[len(want):]))
-		if size < 0 {
-			missing = append(missing, want)
+		n := int64(binary.BigEndian.Uint64(frame[len(ref.Digest):]))
+		if n < 0 {
 			continue
 		}
-		lr := &io.LimitedReader{R: br, N: size}
-		perr := put(want, lr)
-		if lr.N > 0 {
-			if _, err := io.Copy(io.Discard, lr); err != nil {
-				return nil, err
-			}
+		lr := &io.LimitedReader{R: br, N: n}
+		perr := put(ref, n, lr)
+		if perr != nil && !errors.Is(perr, ErrCorrupt) {
+			return perr
 		}
-		if perr != nil {
-			if !errors.Is(perr, ErrCorrupt) {
-				return nil, perr
-			}
-			missing = append(missing, want) // a bad copy: fetch it elsewhere
+		if _, err := io.Copy(io.Discard, lr); err != nil {
+			return fmt.Errorf("member %s: batch: %w", r.name, err)
 		}
 	}
-	return missing, nil
+	return nil
 }
 
 // Verify asks the member to re-hash its copy of blob d and drop it if wrong.

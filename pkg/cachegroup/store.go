@@ -8,9 +8,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -48,6 +51,7 @@ type Store struct {
 	limits Limits
 	used   atomic.Int64 // bytes of blobs, approximate across crashes
 	locks  [64]sync.Mutex
+	mask   uint32 // permission bits file creation may clear (see createMask)
 
 	freeMu    sync.Mutex // guards the cached free-space reading
 	lastFree  int64
@@ -63,6 +67,7 @@ func OpenStore(dir string, limits Limits) (*Store, error) {
 			return nil, fmt.Errorf("open store: %w", err)
 		}
 	}
+	s.mask = createMask(dir)
 	// Temporary files are partial writes of a previous process: drop them.
 	if ents, err := os.ReadDir(s.tmpDir()); err == nil {
 		for _, e := range ents {
@@ -130,6 +135,10 @@ func (s *Store) ReadAll(d Digest) ([]byte, error) {
 	return b, nil
 }
 
+// copyBufs holds the buffers of Put: large, because Put takes blobs of any
+// size and every read of the source also feeds the hash.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
 // Put stores the content read from r and returns its digest. If want is not
 // zero the content must hash to it, or nothing is stored and ErrCorrupt is
 // returned.
@@ -146,7 +155,11 @@ func (s *Store) Put(r io.Reader, want Digest) (Digest, error) {
 		}
 	}()
 	h := sha256.New()
-	n, err := io.Copy(f, io.TeeReader(r, h))
+	buf := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(buf)
+	// A plain io.Writer, so the copy goes through the large buffer rather
+	// than the file's small generic ReadFrom one.
+	n, err := io.CopyBuffer(struct{ io.Writer }{f}, io.TeeReader(r, h), *buf)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -313,6 +326,166 @@ func (s *Store) Sync() error {
 	defer f.Close()
 	if err := unix.Syncfs(int(f.Fd())); err != nil {
 		return fmt.Errorf("syncfs %s: %w", s.dir, err)
+	}
+	return nil
+}
+
+// create writes blob e.Digest, n = e.Size bytes read from r, as a new file
+// at path with e's owner, mode and mtime, and links it into the store: the
+// file is both a snapshot's entry and the store's copy. The bytes are
+// verified before the file is linked anywhere; a blob that fits buf is
+// verified before anything is written. Owner, mode and times are set on the
+// open file, and only where creating it did not already give them.
+func (s *Store) create(path string, e Entry, r io.Reader, buf []byte) error {
+	d := e.Digest
+	var small []byte
+	if e.Size <= int64(len(buf)) {
+		small = buf[:e.Size]
+		if _, err := io.ReadFull(r, small); err != nil {
+			return fmt.Errorf("blob %s: %w", d, err)
+		}
+		if Sum(small) != d {
+			return fmt.Errorf("blob %s: %w", d, ErrCorrupt)
+		}
+	}
+	if err := s.reserve(e.Size); err != nil {
+		return err
+	}
+	linked := false
+	defer func() {
+		if !linked {
+			s.used.Add(-e.Size)
+		}
+	}()
+	fd, err := openNew(path, e.Mode)
+	if err != nil {
+		return err
+	}
+	if small != nil {
+		err = writeAll(fd, small)
+	} else {
+		h := sha256.New()
+		_, err = io.CopyBuffer(fdWriter(fd), io.TeeReader(io.LimitReader(r, e.Size), h), buf)
+		if err == nil && Digest(h.Sum(nil)) != d {
+			err = fmt.Errorf("blob %s: %w", d, ErrCorrupt)
+		}
+	}
+	if err == nil {
+		err = s.fdMeta(fd, e)
+	}
+	if cerr := unix.Close(fd); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		unix.Unlink(path)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	dst := s.Path(d)
+	err = unix.Link(path, dst)
+	if errors.Is(err, unix.ENOENT) {
+		if err = os.MkdirAll(filepath.Dir(dst), 0o700); err == nil {
+			err = unix.Link(path, dst)
+		}
+	}
+	switch {
+	case err == nil:
+		linked = true
+	case errors.Is(err, unix.EEXIST):
+		// Stored meanwhile by another way in (a commit): the file keeps its
+		// own inode, with the same verified bytes.
+	default:
+		unix.Unlink(path)
+		return fmt.Errorf("store blob %s: %w", d, err)
+	}
+	return nil
+}
+
+// openNew creates the file at path for writing, replacing what a hydration
+// that stopped halfway may have left there.
+func openNew(path string, mode uint32) (int, error) {
+	const flags = unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_CLOEXEC | unix.O_NOFOLLOW
+	fd, err := unix.Open(path, flags, mode&0o777)
+	if errors.Is(err, unix.EEXIST) {
+		if err = unix.Unlink(path); err == nil {
+			fd, err = unix.Open(path, flags, mode&0o777)
+		}
+	}
+	if err != nil {
+		return -1, fmt.Errorf("create %s: %w", path, err)
+	}
+	return fd, nil
+}
+
+// writeAll writes b to fd, however many writes it takes.
+func writeAll(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+// fdWriter writes to a file descriptor; a plain io.Writer, so that
+// io.CopyBuffer uses the buffer it is given.
+type fdWriter int
+
+func (w fdWriter) Write(b []byte) (int, error) {
+	if err := writeAll(int(w), b); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// creator is the owner of the files this process creates.
+var creator = struct{ uid, gid uint32 }{uint32(os.Geteuid()), uint32(os.Getegid())}
+
+// createMask returns the permission bits that creating a file below dir may
+// clear: the process's umask, read from /proc because setting it to read it
+// would race with threads creating files; all bits if dir has a default ACL
+// (which then decides instead of the umask) or the umask is unknown.
+func createMask(dir string) uint32 {
+	if _, err := unix.Getxattr(dir, "system.posix_acl_default", nil); err == nil {
+		return 0o777
+	}
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0o777
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Umask:"); ok {
+			if m, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32); err == nil {
+				return uint32(m)
+			}
+		}
+	}
+	return 0o777
+}
+
+// fdMeta gives the file open as fd e's owner, mode and mtime. The file was
+// created by this process with mode e.Mode&0o777 in a directory without the
+// setgid bit, so owner and mode are changed only where they differ from what
+// creating it gave.
+func (s *Store) fdMeta(fd int, e Entry) error {
+	if e.UID != creator.uid || e.GID != creator.gid {
+		if err := unix.Fchown(fd, int(e.UID), int(e.GID)); err != nil {
+			return fmt.Errorf("chown: %w", err)
+		}
+	}
+	if e.Mode&^0o777 != 0 || e.Mode&s.mask != 0 {
+		if err := unix.Fchmod(fd, e.Mode); err != nil {
+			return fmt.Errorf("chmod: %w", err)
+		}
+	}
+	ts := [2]unix.Timespec{unix.NsecToTimespec(e.Mtime), unix.NsecToTimespec(e.Mtime)}
+	// futimens: utimensat on the descriptor itself (a NULL path).
+	if _, _, errno := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0); errno != 0 {
+		return fmt.Errorf("set times: %w", errno)
 	}
 	return nil
 }

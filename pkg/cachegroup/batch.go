@@ -1,0 +1,193 @@
+package cachegroup
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"io"
+	"slices"
+	"sync"
+)
+
+// Batches: a hydration fetches the blobs it lacks as streams of many blobs
+// (POST /v1/blobs), each from the blob's first source, several streams at
+// once so that members serve while this node writes. A blob a batch cannot
+// deliver (a source down, a copy that fails verification) is fetched alone
+// afterwards, along its whole fallback order.
+const (
+	// batchMax is the largest blob fetched in a batch; bigger ones are
+	// fetched alone, at the same time as the batches.
+	batchMax = 16 << 20
+	// batchBlobs and batchBytes bound one batch, so that each source's
+	// blobs are split into a few streams that run side by side.
+	batchBlobs = 256
+	batchBytes = 32 << 20
+	// batchStreams bounds the batches in flight on one node.
+	batchStreams = 6
+	// smallBlob is the largest blob a batch reads into memory and verifies
+	// before anything is written; bigger ones are verified as they are
+	// written and removed if wrong.
+	smallBlob = 1 << 20
+)
+
+// blobRef names a blob to fetch: its digest, its size if known (0 if not)
+// and, when it is a file's content, the snapshot's files that have it.
+type blobRef struct {
+	Digest Digest
+	Size   int64
+	files  []placed
+}
+
+// putFunc stores a fetched blob: n bytes read from r, in buf if they fit.
+type putFunc func(ref blobRef, n int64, r io.Reader, buf []byte) error
+
+// fetchAll makes sure every blob of refs is on this node, handing each one
+// fetched to put; a blob already here is left alone, unless it has files,
+// which are linked to it.
+func (h *hydration) fetchAll(ctx context.Context, refs []blobRef, put putFunc) error {
+	var (
+		big, alone []blobRef
+		bySource   = map[*Remote][]blobRef{}
+		claims     = map[Digest]*flight{}
+		seen       = map[Digest]bool{}
+	)
+	for _, ref := range refs {
+		if seen[ref.Digest] {
+			continue
+		}
+		seen[ref.Digest] = true
+		if ref.files == nil && h.n.store.Has(ref.Digest) {
+			continue
+		}
+		if ref.Size > batchMax {
+			big = append(big, ref)
+			continue
+		}
+		src := h.sources(ref.Digest)
+		r, ok := Peer(nil), false
+		if len(src) > 0 {
+			r, ok = src[0].(*Remote)
+		}
+		if !ok {
+			alone = append(alone, ref)
+			continue
+		}
+		f, mine := h.n.claim(ref.Digest)
+		if !mine { // another hydration is fetching it: wait for it alone
+			alone = append(alone, ref)
+			continue
+		}
+		claims[ref.Digest] = f
+		bySource[r.(*Remote)] = append(bySource[r.(*Remote)], ref)
+	}
+
+	// The large blobs stream alone while the batches run.
+	var (
+		wg     sync.WaitGroup
+		bigErr error
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		bigErr = parallel(big, batchStreams, noState, func(ref blobRef, _ struct{}) error {
+			return h.fetchAlone(ctx, ref)
+		})
+	}()
+
+	var (
+		mu      sync.Mutex
+		undone  []blobRef
+		failure error // a local failure: the hydration cannot go on
+	)
+	parallel(splitBatches(bySource), batchStreams, func() []byte { return make([]byte, smallBlob) }, func(b batch, buf []byte) error {
+		got := map[Digest]bool{}
+		var local error // why this node could not store a blob
+		err := b.from.FetchBatch(ctx, b.refs, len(h.holders) > 0, func(ref blobRef, n int64, r io.Reader) error {
+			err := put(ref, n, r, buf)
+			switch {
+			case err == nil:
+				got[ref.Digest] = true
+				h.fetched(ref.Digest, n, b.from)
+			case !errors.Is(err, ErrCorrupt): // a wrong copy is fetched again alone
+				local = err
+			}
+			return err
+		})
+		mu.Lock()
+		defer mu.Unlock()
+		if local != nil {
+			failure = cmp.Or(failure, local)
+		} else if err != nil {
+			h.n.group.failed(b.from, err)
+		}
+		for _, ref := range b.refs {
+			h.n.release(ref.Digest, claims[ref.Digest])
+			if !got[ref.Digest] {
+				undone = append(undone, ref)
+			}
+		}
+		return nil
+	})
+	if failure == nil {
+		failure = parallel(append(alone, undone...), hydrateWorkers, noState, func(ref blobRef, _ struct{}) error {
+			return h.fetchAlone(ctx, ref)
+		})
+	}
+	wg.Wait()
+	return errors.Join(failure, bigErr)
+}
+
+// fetchAlone fetches blob ref by itself along its fallback order and links
+// its files, if it has any.
+func (h *hydration) fetchAlone(ctx context.Context, ref blobRef) error {
+	if err := h.fetch(ctx, ref.Digest, ref.Size); err != nil {
+		return err
+	}
+	if len(ref.files) == 0 {
+		return nil
+	}
+	if err := h.linkFile(ref.files[0].e, ref.files[0].path); err != nil {
+		return err
+	}
+	return h.linkRest(ref.files)
+}
+
+// batch is one stream of blobs from one member.
+type batch struct {
+	from *Remote
+	refs []blobRef
+}
+
+// splitBatches cuts each member's blobs into batches of at most batchBlobs
+// blobs and batchBytes bytes, taking turns between members so that every
+// member serves from the start.
+func splitBatches(bySource map[*Remote][]blobRef) []batch {
+	var per [][]batch
+	for r, refs := range bySource {
+		var bs []batch
+		cur := batch{from: r}
+		var bytes int64
+		for _, ref := range refs {
+			if len(cur.refs) == batchBlobs || (len(cur.refs) > 0 && bytes+ref.Size > batchBytes) {
+				bs = append(bs, cur)
+				cur, bytes = batch{from: r}, 0
+			}
+			cur.refs = append(cur.refs, ref)
+			bytes += ref.Size
+		}
+		if len(cur.refs) > 0 {
+			bs = append(bs, cur)
+		}
+		per = append(per, bs)
+	}
+	slices.SortFunc(per, func(a, b []batch) int { return len(b) - len(a) })
+	var out []batch
+	for i := 0; len(per) > 0 && i < len(per[0]); i++ {
+		for _, bs := range per {
+			if i < len(bs) {
+				out = append(out, bs[i])
+			}
+		}
+	}
+	return out
+}
