@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime/pprof"
 	"testing"
 	"time"
 
@@ -83,11 +82,6 @@ func BenchmarkHydrate(b *testing.B) {
 	head, err := a.group.Volume(ctx, vol.ID)
 	if err != nil {
 		b.Fatal(err)
-	}
-	if p := os.Getenv("HYD_PROF"); p != "" { // TEMP
-		f, _ := os.Create(p)
-		pprof.StartCPUProfile(f)
-		defer pprof.StopCPUProfile()
 	}
 	b.ResetTimer()
 	for range b.N {

@@ -164,19 +164,55 @@ func memberByName(ms []*member, name string) *member {
 }
 
 func TestGroupNeverServesWrongBytes(t *testing.T) {
+	t.Run("small blob", func(t *testing.T) { testWrongBytes(t, []byte("the right bytes"), false) })
+	t.Run("large blob in ranges", func(t *testing.T) {
+		defer func(m int64) { rangedMin = m }(rangedMin)
+		rangedMin = 1 << 20
+		content := make([]byte, 3<<20+17)
+		for i := range content {
+			content[i] = byte(i * 7 / 3)
+		}
+		testWrongBytes(t, content, true)
+	})
+}
+
+// testWrongBytes stores content at its two owners, flips bytes of the first
+// owner's copy and checks that a reader gets the right bytes, counts the bad
+// copy once and has it repaired. A large blob is first fetched in ranges by a
+// client while both copies are good (both owners serve a part), then, after
+// the flip, the ranges fail verification and the reader falls back to one
+// owner after the other.
+func testWrongBytes(t *testing.T, content []byte, ranged bool) {
 	ms := newGroup(t, 3)
 	ctx := context.Background()
-	content := []byte("the right bytes")
 	d := Sum(content)
+	size := int64(len(content))
 	owners := ms[0].group.Owners(d)
 	for _, o := range owners {
 		if _, err := memberByName(ms, o.Name()).local.Store().Put(bytesReader(content), d); err != nil {
 			t.Fatal(err)
 		}
 	}
-	// Flip the bytes of the first owner's copy.
+	if ranged {
+		c := newClient(t, ms)
+		if _, err := c.fetch(ctx, d, size, c.group.Sources(d)); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := os.ReadFile(c.store.Path(d)); err != nil || !bytes.Equal(got, content) {
+			t.Fatalf("client got %d bytes, %v", len(got), err)
+		}
+		for _, o := range owners {
+			m := memberByName(ms, o.Name())
+			if v := counterValue(t, m.group.Metrics(), "cachegroup_served_bytes_total"); v <= 0 || v >= float64(size) {
+				t.Fatalf("owner %s served %v bytes of %d: not a share", m.name, v, size)
+			}
+		}
+	}
+	// Flip bytes of the first owner's copy, keeping its size.
 	first := memberByName(ms, owners[0].Name())
-	if err := os.WriteFile(first.local.Store().Path(d), []byte("THE WRONG BYTES"), 0o444); err != nil {
+	wrong := bytes.ToUpper(content)
+	wrong[len(wrong)/2]++
+	if err := os.WriteFile(first.local.Store().Path(d), wrong, 0o444); err != nil {
 		t.Fatal(err)
 	}
 	var reader *member
@@ -185,12 +221,12 @@ func TestGroupNeverServesWrongBytes(t *testing.T) {
 			reader = m
 		}
 	}
-	if err := reader.group.Fetch(ctx, d); err != nil {
+	if _, err := reader.node.fetch(ctx, d, size, reader.group.Sources(d)); err != nil {
 		t.Fatal(err)
 	}
-	got, err := reader.local.Store().ReadAll(d)
-	if err != nil || string(got) != string(content) {
-		t.Fatalf("reader got %q, %v", got, err)
+	got, err := os.ReadFile(reader.local.Store().Path(d))
+	if err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("reader got %d wrong bytes, %v", len(got), err)
 	}
 	if v := counterValue(t, reader.group.Metrics(), "cachegroup_corrupt_blobs_total"); v != 1 {
 		t.Fatalf("corrupt counter %v, want 1", v)
@@ -198,12 +234,12 @@ func TestGroupNeverServesWrongBytes(t *testing.T) {
 	// The reader has the owner drop its bad copy and gives it the good one.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		got, err := first.local.Store().ReadAll(d)
-		if err == nil && string(got) == string(content) {
+		got, err := os.ReadFile(first.local.Store().Path(d))
+		if err == nil && bytes.Equal(got, content) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("bad copy not repaired: %q %v", got, err)
+			t.Fatalf("bad copy not repaired: %d bytes, %v", len(got), err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

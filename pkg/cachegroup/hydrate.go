@@ -89,6 +89,7 @@ func (n *Node) hydrate(root Digest, want Want) error {
 	h := &hydration{
 		sourcing: sourcing{n: n, private: !want.Sharing},
 		work:     filepath.Join(n.dir, "snaps", ".work-"+root.String()),
+		trees:    map[Digest]*Tree{},
 	}
 	if want.Sharing {
 		h.holders = n.announce(ctx, want.VolumeID, root)
@@ -126,9 +127,10 @@ type hydration struct {
 	sourcing
 	work string
 
-	files []placed   // the snapshot's files, found by walk
-	dirs  []placed   // its directories, whose metadata is set last
-	mu    sync.Mutex // guards files and dirs while walk runs in parallel
+	mu    sync.Mutex       // guards what follows while walk runs in parallel
+	trees map[Digest]*Tree // the tree objects walk fetched, decoded
+	files []placed         // the snapshot's files, found by walk
+	dirs  []placed         // its directories, whose metadata is set last
 }
 
 // placed is one entry of the snapshot and where it goes.
@@ -168,9 +170,14 @@ func (h *hydration) walk(ctx context.Context, root Digest) error {
 // makeDir fills directory d with its subdirectories (returned, to be filled
 // next) and symlinks, and lists its files.
 func (h *hydration) makeDir(d placed) ([]placed, error) {
-	t, err := loadTree(h.n.store, d.e.Digest)
-	if err != nil {
-		return nil, err
+	h.mu.Lock()
+	t := h.trees[d.e.Digest]
+	h.mu.Unlock()
+	if t == nil {
+		var err error
+		if t, err = loadTree(h.n.store, d.e.Digest); err != nil {
+			return nil, err
+		}
 	}
 	var sub, files []placed
 	for _, e := range t.Entries {
@@ -196,10 +203,26 @@ func (h *hydration) makeDir(d placed) ([]placed, error) {
 	return sub, nil
 }
 
-// putTree stores a fetched tree object.
+// putTree stores a fetched tree object and keeps it decoded for makeDir.
 func (h *hydration) putTree(ref blobRef, n int64, r io.Reader, _ []byte) error {
-	_, err := h.n.store.Put(r, ref.Digest)
-	return err
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return fmt.Errorf("tree %s: %w", ref.Digest, err)
+	}
+	if Sum(b) != ref.Digest {
+		return fmt.Errorf("tree %s: %w", ref.Digest, ErrCorrupt)
+	}
+	t, err := DecodeTree(b)
+	if err != nil {
+		return fmt.Errorf("tree %s: %w", ref.Digest, err)
+	}
+	if _, err := h.n.store.PutBytes(b); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	h.trees[ref.Digest] = t
+	h.mu.Unlock()
+	return nil
 }
 
 // link puts every file of the snapshot in place: files whose blob is here
@@ -281,7 +304,7 @@ type sourcing struct {
 // fetch makes sure blob d (of size bytes, if known) is in the local store,
 // fetching it alone along its sources.
 func (s sourcing) fetch(ctx context.Context, d Digest, size int64) error {
-	from, err := s.n.fetch(ctx, d, s.sources(d))
+	from, err := s.n.fetch(ctx, d, size, s.sources(d))
 	if err != nil {
 		return err
 	}
@@ -295,11 +318,12 @@ func (s sourcing) fetched(d Digest, size int64, from Peer) {
 	g := s.n.group
 	label := "local"
 	if from != nil {
+		owners := g.Owners(d)
 		label = "peer"
-		if slices.Contains(g.Owners(d), from) {
+		if slices.Contains(owners, from) {
 			label = "owner"
 		}
-		if s.private && !g.IsOwner(d) {
+		if s.private && !slices.Contains(owners, Peer(g.local)) {
 			s.n.markPrivate(d)
 		}
 	}
@@ -344,17 +368,17 @@ func (s sourcing) sources(d Digest) []Peer {
 	return out
 }
 
-// fetch makes sure blob d is in the local store; concurrent misses of one
-// blob on this node become one fetch. It returns the member that served it,
+// fetch makes sure blob d, of size bytes (0 if not known), is in the local
+// store; concurrent misses of one blob on this node become one fetch. It returns the member that served it,
 // nil if the blob was here or another fetch brought it.
-func (n *Node) fetch(ctx context.Context, d Digest, sources []Peer) (Peer, error) {
+func (n *Node) fetch(ctx context.Context, d Digest, size int64, sources []Peer) (Peer, error) {
 	for !n.store.Has(d) {
 		f, mine := n.claim(d)
 		if !mine {
 			<-f.done // then look again: that fetch may have failed
 			continue
 		}
-		from, err := n.group.FetchFrom(ctx, d, sources)
+		from, err := n.group.fetchLarge(ctx, d, size, sources)
 		n.release(d, f)
 		return from, err
 	}

@@ -555,6 +555,20 @@ func (r *Remote) fetch(ctx context.Context, d Digest, through bool) (io.ReadClos
 	return resp.Body, nil
 }
 
+// FetchRange streams n bytes of blob d from offset off; the caller verifies
+// the whole blob.
+func (r *Remote) FetchRange(ctx context.Context, d Digest, off, n int64) (io.ReadCloser, error) {
+	resp, err := r.do(ctx, "GET", "/v1/blobs/"+d.String(), nil, nil, "Range", fmt.Sprintf("bytes=%d-%d", off, off+n-1))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusPartialContent || resp.ContentLength != n {
+		resp.Body.Close()
+		return nil, fmt.Errorf("member %s: range %d-%d of blob %s: got %s, %d bytes", r.name, off, off+n-1, d, resp.Status, resp.ContentLength)
+	}
+	return resp.Body, nil
+}
+
 // FetchBatch streams the blobs refs from the member and hands each to put
 // with its length and a reader of exactly its bytes; put must read them all
 // or fail. A blob the member does not serve is skipped; a put failing with

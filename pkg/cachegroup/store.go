@@ -1,6 +1,7 @@
 package cachegroup
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -51,7 +52,8 @@ type Store struct {
 	limits Limits
 	used   atomic.Int64 // bytes of blobs, approximate across crashes
 	locks  [64]sync.Mutex
-	mask   uint32 // permission bits file creation may clear (see createMask)
+	mask   uint32       // permission bits file creation may clear (see createMask)
+	seq    atomic.Int64 // names temporary files
 
 	freeMu    sync.Mutex // guards the cached free-space reading
 	lastFree  int64
@@ -121,18 +123,38 @@ func (s *Store) Open(d Digest) (*os.File, error) {
 // ReadAll returns the content of blob d, verified against its digest; small
 // blobs only (tree objects).
 func (s *Store) ReadAll(d Digest) ([]byte, error) {
-	b, err := os.ReadFile(s.Path(d))
-	if errors.Is(err, fs.ErrNotExist) {
+	b, err := readFile(s.Path(d))
+	if errors.Is(err, unix.ENOENT) {
 		return nil, fmt.Errorf("blob %s: %w", d, ErrNotFound)
 	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("blob %s: %w", d, err)
 	}
 	if Sum(b) != d {
 		s.Remove(d)
 		return nil, fmt.Errorf("blob %s: %w (removed)", d, ErrCorrupt)
 	}
 	return b, nil
+}
+
+// readFile reads a whole regular file with the fewest system calls (os
+// functions would also register it with the poller, five calls more).
+func readFile(path string) ([]byte, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, err
+	}
+	b := make([]byte, st.Size+1) // one more: a file that grew is read whole
+	n, err := readFull(fd, b)
+	if err == nil && n == len(b) {
+		return io.ReadAll(io.MultiReader(bytes.NewReader(b), fdReader(fd)))
+	}
+	return b[:n], err
 }
 
 // copyBufs holds the buffers of Put: large, because Put takes blobs of any
@@ -143,24 +165,22 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b
 // zero the content must hash to it, or nothing is stored and ErrCorrupt is
 // returned.
 func (s *Store) Put(r io.Reader, want Digest) (Digest, error) {
-	f, err := os.CreateTemp(s.tmpDir(), "put-")
+	tmp := s.tempPath()
+	fd, err := openNew(tmp, 0o600)
 	if err != nil {
 		return Digest{}, err
 	}
-	tmp := f.Name()
 	placed := false
 	defer func() {
 		if !placed {
-			os.Remove(tmp)
+			unix.Unlink(tmp)
 		}
 	}()
 	h := sha256.New()
 	buf := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(buf)
-	// A plain io.Writer, so the copy goes through the large buffer rather
-	// than the file's small generic ReadFrom one.
-	n, err := io.CopyBuffer(struct{ io.Writer }{f}, io.TeeReader(r, h), *buf)
-	if cerr := f.Close(); err == nil {
+	n, err := io.CopyBuffer(fdWriter(fd), io.TeeReader(r, h), *buf)
+	if cerr := unix.Close(fd); err == nil {
 		err = cerr
 	}
 	if err != nil {
@@ -178,26 +198,34 @@ func (s *Store) Put(r io.Reader, want Digest) (Digest, error) {
 	return d, nil
 }
 
+// tempPath returns a new name for a temporary file in the store.
+func (s *Store) tempPath() string {
+	return filepath.Join(s.tmpDir(), fmt.Sprintf("put-%d", s.seq.Add(1)))
+}
+
 // PutBytes stores b and returns its digest.
 func (s *Store) PutBytes(b []byte) (Digest, error) {
 	d := Sum(b)
 	if s.Has(d) {
 		return d, nil
 	}
-	f, err := os.CreateTemp(s.tmpDir(), "put-")
+	tmp := s.tempPath()
+	fd, err := openNew(tmp, 0o600)
 	if err != nil {
 		return Digest{}, err
 	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	_, err = f.Write(b)
-	if cerr := f.Close(); err == nil {
+	err = writeAll(fd, b)
+	if cerr := unix.Close(fd); err == nil {
 		err = cerr
 	}
+	if err == nil {
+		err = s.place(tmp, d, int64(len(b)))
+	}
 	if err != nil {
+		unix.Unlink(tmp)
 		return Digest{}, fmt.Errorf("store blob: %w", err)
 	}
-	return d, s.place(tmp, d, int64(len(b)))
+	return d, nil
 }
 
 // Adopt moves the regular file at path into the store as blob d of size n, by

@@ -1,0 +1,187 @@
+package cachegroup
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+)
+
+// A large blob is fetched as ranges from several of its sources at once,
+// written into one file as they arrive, and hashed in order behind them: one
+// stream per blob leaves a large file's fetch to a single core and a single
+// member, and it is the last thing a hydration waits for.
+const (
+	// rangedParts is how many ranges a large blob is cut into; they are
+	// dealt out to its sources in turn.
+	rangedParts = 4
+)
+
+// rangedMin is the smallest blob fetched in ranges (a variable for tests).
+var rangedMin int64 = 64 << 20
+
+// fetchLarge stores blob d of size bytes from sources: in ranges from the
+// first two of them if it is large, or (if that fails, say because a source
+// is down or sent wrong bytes) as FetchFrom does, one source after another,
+// which finds and repairs a bad copy. It returns the member that served it
+// (for ranges, the first).
+func (g *Group) fetchLarge(ctx context.Context, d Digest, size int64, sources []Peer) (Peer, error) {
+	var remotes []*Remote
+	for _, p := range sources {
+		if r, ok := p.(*Remote); ok && len(remotes) < 2 && g.Live(p.Name()) {
+			remotes = append(remotes, r)
+		}
+	}
+	if size >= rangedMin && len(remotes) == 2 {
+		err := g.fetchRanges(ctx, d, size, remotes)
+		if err == nil {
+			return remotes[0], nil
+		}
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		klog.V(1).InfoS("Fetching in ranges failed; fetching the whole blob", "blob", d, "err", err)
+	}
+	return g.FetchFrom(ctx, d, sources)
+}
+
+// fetchRanges fetches blob d of size bytes in rangedParts ranges from
+// remotes at once into a temporary file and places it in the store if it
+// hashes to d.
+func (g *Group) fetchRanges(ctx context.Context, d Digest, size int64, remotes []*Remote) error {
+	st := g.local.Store()
+	f, err := os.CreateTemp(st.tmpDir(), "ranges-")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer func() {
+		f.Close()
+		if tmp != "" {
+			os.Remove(tmp)
+		}
+	}()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	part := (size + rangedParts - 1) / rangedParts
+	w := &rangeWriter{written: make([]int64, rangedParts)}
+	w.cond = sync.NewCond(&w.mu)
+	var wg sync.WaitGroup
+	for i := range rangedParts {
+		off := int64(i) * part
+		n := min(part, size-off)
+		if n <= 0 {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := w.fetch(ctx, f, remotes[i%len(remotes)], d, i, off, n)
+			if err != nil {
+				w.fail(err)
+				cancel()
+			}
+		}()
+	}
+	sum, herr := w.hash(f, size, part)
+	if herr != nil {
+		w.fail(herr)
+		cancel()
+	}
+	wg.Wait()
+	if w.err != nil {
+		return fmt.Errorf("fetch blob %s in ranges: %w", d, w.err)
+	}
+	if sum != d {
+		return fmt.Errorf("fetch blob %s in ranges: %w", d, ErrCorrupt)
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := st.place(tmp, d, size); err != nil {
+		return err
+	}
+	tmp = ""
+	return nil
+}
+
+// rangeWriter tracks the ranges of one blob being written.
+type rangeWriter struct {
+	mu      sync.Mutex
+	cond    *sync.Cond
+	written []int64 // bytes of each range in the file
+	err     error
+}
+
+func (w *rangeWriter) fail(err error) {
+	w.mu.Lock()
+	if w.err == nil {
+		w.err = err
+	}
+	w.cond.Broadcast()
+	w.mu.Unlock()
+}
+
+// fetch writes range i of blob d, n bytes at off, from r into f.
+func (w *rangeWriter) fetch(ctx context.Context, f *os.File, r *Remote, d Digest, i int, off, n int64) error {
+	body, err := r.FetchRange(ctx, d, off, n)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	buf := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(buf)
+	for done := int64(0); done < n; {
+		k, err := io.ReadAtLeast(body, (*buf)[:min(int64(len(*buf)), n-done)], 1)
+		if k > 0 {
+			if _, werr := f.WriteAt((*buf)[:k], off+done); werr != nil {
+				return werr
+			}
+			done += int64(k)
+			w.mu.Lock()
+			w.written[i] = done
+			w.cond.Broadcast()
+			w.mu.Unlock()
+		}
+		if err != nil && done < n {
+			return fmt.Errorf("member %s: range %d-%d: %w", r.Name(), off, off+n-1, err)
+		}
+	}
+	return nil
+}
+
+// hash reads the file in order as the ranges fill it and returns its digest.
+func (w *rangeWriter) hash(f *os.File, size, part int64) (Digest, error) {
+	h := sha256.New()
+	buf := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(buf)
+	for pos := int64(0); pos < size; {
+		i := pos / part
+		w.mu.Lock()
+		for w.err == nil && i*part+w.written[i] <= pos {
+			w.cond.Wait()
+		}
+		end, err := i*part+w.written[i], w.err
+		w.mu.Unlock()
+		if err != nil {
+			return Digest{}, err
+		}
+		k, rerr := unix.Pread(int(f.Fd()), (*buf)[:min(int64(len(*buf)), end-pos)], pos)
+		if rerr != nil {
+			return Digest{}, rerr
+		}
+		if k == 0 {
+			return Digest{}, errors.New("range file shorter than written")
+		}
+		h.Write((*buf)[:k])
+		pos += int64(k)
+	}
+	return Digest(h.Sum(nil)), nil
+}
