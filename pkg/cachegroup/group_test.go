@@ -367,3 +367,41 @@ func newClient(t testing.TB, ms []*member) *Node {
 	}
 	return node
 }
+
+func TestReconcileKeepsTheBlobsOfCommitsInProgress(t *testing.T) {
+	ms := newGroup(t, 3)
+	ctx := context.Background()
+	// A blob on a member that does not own it, already at both owners:
+	// re-replication would drop this copy.
+	var x *member
+	var content []byte
+	for i := 0; x == nil; i++ {
+		content = []byte(fmt.Sprintf("blob %d", i))
+		for _, m := range ms {
+			if !m.group.IsOwner(Sum(content)) {
+				x = m
+			}
+		}
+	}
+	d := Sum(content)
+	for _, m := range append([]*member{x}, ms...) {
+		if _, err := m.local.Store().Put(bytesReader(content), d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	x.node.pin([]Digest{d})
+	if _, err := x.group.Reconcile(ctx, x.node.Pinned); err != nil {
+		t.Fatal(err)
+	}
+	if !x.local.Store().Has(d) {
+		t.Fatal("a pinned blob was dropped")
+	}
+	x.node.unpin([]Digest{d})
+	p, err := x.group.Reconcile(ctx, x.node.Pinned)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x.local.Store().Has(d) || p.Dropped == 0 {
+		t.Fatalf("the unpinned copy was kept (pass %+v)", p)
+	}
+}

@@ -59,6 +59,7 @@ type Node struct {
 	flights map[Digest]*flight // hydrations in progress
 	fetches map[Digest]*flight // blob fetches in progress
 	private map[Digest]bool    // node copies of no-sharing mounts: never served
+	pinned  map[Digest]int     // blobs of commits in progress: kept here
 	sharing atomic.Int64       // hydrations of shared snapshots in progress
 	layerMu sync.Mutex         // serialises layer creation and submission
 
@@ -73,7 +74,7 @@ type Node struct {
 func OpenNode(dir string, g *Group) (*Node, error) {
 	n := &Node{dir: dir, store: g.Local().Store(), group: g,
 		flights: map[Digest]*flight{}, fetches: map[Digest]*flight{}, private: map[Digest]bool{},
-		wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1)}
+		pinned: map[Digest]int{}, wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1)}
 	for _, sub := range []string{"snaps", "pods", "outbox", "trash", "staged"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("open node tier: %w", err)
@@ -397,4 +398,33 @@ func (n *Node) WaitIdle(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// pin keeps blobs ds on this node until unpin: see Pinned.
+func (n *Node) pin(ds []Digest) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, d := range ds {
+		n.pinned[d]++
+	}
+}
+
+func (n *Node) unpin(ds []Digest) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, d := range ds {
+		if n.pinned[d]--; n.pinned[d] <= 0 {
+			delete(n.pinned, d)
+		}
+	}
+}
+
+// Pinned reports whether blob d belongs to a commit this node is making;
+// re-replication keeps such a blob here even where placement says it may go,
+// because the commit pushes it from here and, until the commit is applied,
+// this copy may be the only one.
+func (n *Node) Pinned(d Digest) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.pinned[d] > 0
 }

@@ -66,6 +66,16 @@ func (n *Node) commitEntry(ctx context.Context, entry string) error {
 			klog.InfoS("Dropped device files, FIFOs and sockets from a commit", "volume", l.VolumeID, "count", m.Dropped)
 		}
 	}
+	// The commit's blobs stay on this node until the commit is applied:
+	// re-replication must not hand them over halfway.
+	var blobs []Digest
+	for _, op := range m.Commit.Ops {
+		if op.Kind == OpUpsert && op.Entry.Type == TypeFile {
+			blobs = append(blobs, op.Entry.Digest)
+		}
+	}
+	n.pin(blobs)
+	defer n.unpin(blobs)
 	// Move each new file into the store (a rename: no copy).
 	for _, op := range m.Commit.Ops {
 		if op.Kind != OpUpsert || op.Entry.Type != TypeFile {
@@ -75,20 +85,24 @@ func (n *Node) commitEntry(ctx context.Context, entry string) error {
 		if n.store.Has(d) {
 			continue
 		}
-		if _, err := n.store.Adopt(filepath.Join(upper, filepath.FromSlash(op.Path)), d, op.Entry.Size); err != nil {
+		src := filepath.Join(upper, filepath.FromSlash(op.Path))
+		_, err := n.store.Adopt(src, d, op.Entry.Size)
+		if errors.Is(err, fs.ErrNotExist) && n.group.Fetch(ctx, d) == nil {
+			// Moved into the store by an earlier attempt and dropped since
+			// (by a process without the pin): the group had it, and has
+			// given it back.
+			err = nil
+		}
+		if err != nil {
 			return fmt.Errorf("commit %s: %w", op.Path, err)
 		}
 	}
 	if err := n.store.Sync(); err != nil {
 		return err
 	}
-	var blobs []Digest
-	for _, op := range m.Commit.Ops {
-		if op.Kind == OpUpsert && op.Entry.Type == TypeFile {
-			blobs = append(blobs, op.Entry.Digest)
-			if !l.Sharing && !n.group.IsOwner(op.Entry.Digest) {
-				n.markPrivate(op.Entry.Digest)
-			}
+	for _, d := range blobs {
+		if !l.Sharing && !n.group.IsOwner(d) {
+			n.markPrivate(d)
 		}
 	}
 	if err := n.group.PushAll(ctx, blobs); err != nil {

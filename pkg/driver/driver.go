@@ -391,7 +391,11 @@ func (d *Driver) startGroup(ctx context.Context) error {
 		d.done.Add(1)
 		go func() {
 			defer d.done.Done()
-			d.group.RunReconciler(ctx, reconcileInterval, nil)
+			var pinned func(cachegroup.Digest) bool
+			if d.node != nil {
+				pinned = d.node.Pinned
+			}
+			d.group.RunReconciler(ctx, reconcileInterval, pinned)
 		}()
 	}
 	return nil
