@@ -279,7 +279,9 @@ const refLen = len(Digest{}) + 8
 // serveBatch streams many blobs in one response. The request names each blob
 // by digest and expected size; the response frames each as its digest, its
 // length (-1: not served here) and its bytes. One round trip for many blobs
-// and a known size (no stat) make small-file hydration fast.
+// and a known size (no stat) make small-file hydration fast. Small blobs are
+// read a few at a time ahead of the one being sent, so that a cold page cache
+// costs one disk wait for several of them, not one each.
 func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, int64(maxBatch*refLen+1)))
 	if err != nil || len(body)%refLen != 0 || len(body) > maxBatch*refLen {
@@ -287,25 +289,49 @@ func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	through := r.Header.Get("X-Cachegroup-Through") != ""
+	items := make([]*outgoing, len(body)/refLen)
+	for i := range items {
+		ref := body[i*refLen : (i+1)*refLen]
+		items[i] = &outgoing{d: Digest(ref[:len(Digest{})]), size: int64(binary.BigEndian.Uint64(ref[len(Digest{}):])), ready: make(chan struct{})}
+	}
+	quit := make(chan struct{})
+	defer close(quit)
+	ahead := make(chan struct{}, readAhead)
+	go func() {
+		for _, it := range items {
+			select {
+			case ahead <- struct{}{}:
+			case <-quit:
+				return
+			}
+			go s.prepare(r.Context(), it, through)
+		}
+	}()
+
 	w.Header().Set("Content-Type", "application/octet-stream")
 	cw := &countingWriter{ResponseWriter: w}
 	bw := bufio.NewWriterSize(cw, 256<<10)
 	buf := make([]byte, 64<<10)
 	served := map[string]int64{}
-	for off := 0; off < len(body); off += refLen {
-		d := Digest(body[off : off+len(Digest{})])
-		size := int64(binary.BigEndian.Uint64(body[off+len(d) : off+refLen]))
-		as, err := s.mayServe(r.Context(), d, through)
+	for _, it := range items {
+		<-it.ready
+		<-ahead
 		var n int64
-		if err == nil {
-			n, buf, err = s.writeFrame(bw, d, size, buf)
-		} else {
-			err = writeHeader(bw, d, -1)
+		switch {
+		case it.err != nil:
+			err = writeHeader(bw, it.d, -1)
+		case it.data != nil:
+			if err = writeHeader(bw, it.d, int64(len(it.data))); err == nil {
+				_, err = bw.Write(it.data)
+				n = int64(len(it.data))
+			}
+		default:
+			n, err = s.writeFrame(bw, it.d, buf)
 		}
 		if err != nil {
 			return // the client sees a short frame and fails this batch
 		}
-		served[as] += n
+		served[it.as] += n
 	}
 	bw.Flush()
 	for as, n := range served {
@@ -313,43 +339,64 @@ func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// writeFrame writes blob d, expected to be size bytes (0: unknown), as one
-// frame of a batch response, or a "not here" frame if this member lacks it.
-// A blob of known, modest size is read whole with one read of size+1 bytes:
-// a file of the expected size reads short, so no stat is needed, and a file
-// of another size is sent as it is for the client to reject.
-func (s *Server) writeFrame(w *bufio.Writer, d Digest, size int64, buf []byte) (int64, []byte, error) {
-	fd, err := unix.Open(s.group.Local().Store().Path(d), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+// readAhead bounds the blobs a batch prepares ahead of the one it sends;
+// aheadMax is the largest blob read ahead into memory (larger ones are
+// streamed when their turn comes).
+const (
+	readAhead = 16
+	aheadMax  = 256 << 10
+)
+
+// outgoing is one blob of a batch response being prepared.
+type outgoing struct {
+	d     Digest
+	size  int64         // as the asker expects it; 0 if unknown
+	ready chan struct{} // closed when what follows is set
+	as    string        // served as owner or peer
+	err   error         // not served
+	data  []byte        // the blob, read ahead; nil to stream it
+}
+
+// prepare decides whether it may be served and, if it is small, reads it.
+// A file of the expected size reads short with one read of size+1 bytes, so
+// no stat is needed; a file of another size is sent as it is, for the
+// asker to reject.
+func (s *Server) prepare(ctx context.Context, it *outgoing, through bool) {
+	defer close(it.ready)
+	if it.as, it.err = s.mayServe(ctx, it.d, through); it.err != nil || it.size <= 0 || it.size > aheadMax {
+		return
+	}
+	fd, err := unix.Open(s.group.Local().Store().Path(it.d), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return 0, buf, writeHeader(w, d, -1)
+		it.err = err
+		return
 	}
 	defer unix.Close(fd)
-	if size > 0 && size < smallBlob {
-		if int64(cap(buf)) <= size {
-			buf = make([]byte, size+1)
-		}
-		n, err := readFull(fd, buf[:size+1])
-		if err != nil {
-			return 0, buf, writeHeader(w, d, -1)
-		}
-		if err := writeHeader(w, d, int64(n)); err != nil {
-			return 0, buf, err
-		}
-		_, err = w.Write(buf[:n])
-		return int64(n), buf, err
+	b := make([]byte, it.size+1)
+	n, err := readFull(fd, b)
+	it.data, it.err = b[:n], err
+}
+
+// writeFrame streams blob d as one frame of a batch response, or a "not
+// here" frame if this member lacks it.
+func (s *Server) writeFrame(w *bufio.Writer, d Digest, buf []byte) (int64, error) {
+	fd, err := unix.Open(s.group.Local().Store().Path(d), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, writeHeader(w, d, -1)
 	}
+	defer unix.Close(fd)
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return 0, buf, writeHeader(w, d, -1)
+		return 0, writeHeader(w, d, -1)
 	}
 	if err := writeHeader(w, d, st.Size); err != nil {
-		return 0, buf, err
+		return 0, err
 	}
-	n, err := io.CopyBuffer(w, io.LimitReader(fdReader(fd), st.Size), buf[:cap(buf)])
+	n, err := io.CopyBuffer(w, io.LimitReader(fdReader(fd), st.Size), buf)
 	if err == nil && n != st.Size {
 		err = io.ErrUnexpectedEOF
 	}
-	return n, buf, err
+	return n, err
 }
 
 func writeHeader(w io.Writer, d Digest, size int64) error {
