@@ -320,12 +320,7 @@ func (c *Cluster) AddHost(short string) (*Member, error) {
 			return nil, err
 		}
 	}
-	// nsenter, not `ip netns exec`: the latter unshares the mount namespace,
-	// which would hide the driver's mounts from the caller (and the
-	// kubelet). nsenter enters the network namespace and execs the driver,
-	// so the PID the harness sees is the driver's.
-	script := fmt.Sprintf("#!/bin/sh\nexec nsenter --net=/run/netns/%s -- %s \"$@\"\n", m.NS, c.Bin)
-	if err := os.WriteFile(m.Wrapper, []byte(script), 0o755); err != nil {
+	if err := m.writeWrapper(""); err != nil {
 		return nil, err
 	}
 	for _, d := range []string{m.Store, m.Kubelet} {
@@ -335,6 +330,29 @@ func (c *Cluster) AddHost(short string) (*Member, error) {
 	}
 	return m, nil
 }
+
+// writeWrapper writes the script that runs the driver in m's network
+// namespace. With a hosts file, the driver also gets a mount namespace of its
+// own in which that file is /etc/hosts: the names it resolves are the test's
+// (its mounts then stay inside, invisible to the caller).
+func (m *Member) writeWrapper(hosts string) error {
+	// nsenter, not `ip netns exec`: the latter unshares the mount namespace,
+	// which would hide the driver's mounts from the caller (and the
+	// kubelet). nsenter enters the network namespace and execs the driver,
+	// so the PID the harness sees is the driver's.
+	script := fmt.Sprintf("#!/bin/sh\nexec nsenter --net=/run/netns/%s -- %s \"$@\"\n", m.NS, m.c.Bin)
+	if hosts != "" {
+		// unshare without --fork execs: the PID stays the driver's.
+		script = fmt.Sprintf("#!/bin/sh\nexec nsenter --net=/run/netns/%s -- unshare --mount --propagation slave -- "+
+			"/bin/sh -c 'mount --bind \"$0\" /etc/hosts && exec \"$@\"' %s %s \"$@\"\n", m.NS, hosts, m.c.Bin)
+	}
+	return os.WriteFile(m.Wrapper, []byte(script), 0o755)
+}
+
+// UseHostsFile makes m's driver, from its next start, resolve names with
+// hosts as its /etc/hosts. Rewrite the file in place to change what it
+// resolves: the bind mount holds the file's inode.
+func (m *Member) UseHostsFile(hosts string) error { return m.writeWrapper(hosts) }
 
 // Close stops every driver, unmounts everything below the run's directory,
 // removes the links, the bridge and the namespaces, and removes the

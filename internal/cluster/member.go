@@ -79,20 +79,23 @@ func ByName(name string, ms ...*Member) *Member {
 }
 
 // Start runs m's driver in its namespace with the static member list
-// members, the shared secret in secretFile and extra flags (such as
+// members (none if empty: extra then names the source), the shared secret in secretFile and extra flags (such as
 // --client-only or --weight=W), and waits until it answers CSI calls.
 func (m *Member) Start(ctx context.Context, members, secretFile string, extra ...string) error {
 	if m.D != nil {
 		return fmt.Errorf("%s is already running", m.Name)
 	}
-	args := []string{
-		"--members=" + members,
-		"--peer-address=" + m.PeerAddr,
-		"--peer-secret-file=" + secretFile,
-		"--replicas=" + strconv.Itoa(m.replicas),
-		"--metrics-address=" + m.MetricsAddr,
-		fmt.Sprintf("-v=%d", m.LogLevel),
+	var args []string
+	if members != "" { // else extra names the member source
+		args = append(args, "--members="+members)
 	}
+	args = append(args,
+		"--peer-address="+m.PeerAddr,
+		"--peer-secret-file="+secretFile,
+		"--replicas="+strconv.Itoa(m.replicas),
+		"--metrics-address="+m.MetricsAddr,
+		fmt.Sprintf("-v=%d", m.LogLevel),
+	)
 	args = append(args, extra...)
 	if f, err := os.OpenFile(m.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err == nil {
 		fmt.Fprintf(f, "===== cluster: %s start %s in %s: %s\n", time.Now().Format(time.RFC3339Nano), m.Name, m.NS, strings.Join(args, " "))
