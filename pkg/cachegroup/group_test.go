@@ -3,15 +3,18 @@ package cachegroup
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	discoveryv1 "k8s.io/api/discovery/v1"
 )
 
@@ -28,8 +31,9 @@ type member struct {
 
 var testSecret = []byte("0123456789abcdef-test-secret")
 
-// newGroup starts n members on loopback that know each other, with R=2.
-func newGroup(t testing.TB, n int) []*member {
+// newGroup starts n members on loopback that know each other, with R=2;
+// weights, if given, are the members' placement weights in order.
+func newGroup(t testing.TB, n int, weights ...float64) []*member {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for ownership of materialised files")
@@ -48,6 +52,9 @@ func newGroup(t testing.TB, n int) []*member {
 			t.Fatal(err)
 		}
 		g := NewGroup("g", l, 2, nil, false)
+		if i < len(weights) {
+			g.SetWeight(weights[i])
+		}
 		node, err := OpenNode(filepath.Join(base, "node"), g)
 		if err != nil {
 			t.Fatal(err)
@@ -320,7 +327,7 @@ func TestPlacementMovesOnlyTheNewMembersShare(t *testing.T) {
 	}
 }
 
-func counterValue(t *testing.T, m *Metrics, name string) float64 {
+func counterValue(t *testing.T, m *Metrics, name string, label ...string) float64 {
 	t.Helper()
 	mfs, err := m.reg.Gather()
 	if err != nil {
@@ -330,7 +337,9 @@ func counterValue(t *testing.T, m *Metrics, name string) float64 {
 	for _, mf := range mfs {
 		if mf.GetName() == name {
 			for _, x := range mf.GetMetric() {
-				sum += x.GetCounter().GetValue()
+				if len(label) == 0 || slices.ContainsFunc(x.GetLabel(), func(l *dto.LabelPair) bool { return l.GetValue() == label[0] }) {
+					sum += x.GetCounter().GetValue()
+				}
 			}
 		}
 	}
@@ -404,4 +413,78 @@ func TestReconcileKeepsTheBlobsOfCommitsInProgress(t *testing.T) {
 	if x.local.Store().Has(d) || p.Dropped == 0 {
 		t.Fatalf("the unpinned copy was kept (pass %+v)", p)
 	}
+}
+
+func TestSharingOffersNodeCopiesNoSharingNever(t *testing.T) {
+	// A, B and C hold the data; D, E, F and G are build nodes that own
+	// nothing (a weight too small to win any blob).
+	const none = 1e-9
+	ms := newGroup(t, 7, 1, 1, 1, none, none, none, none)
+	a, d, e, f, g := ms[0], ms[3], ms[4], ms[5], ms[6]
+	ctx := context.Background()
+	vol, err := a.group.CreateVolume(ctx, VolumeSpec{Name: "shared", Quota: 1 << 30}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]string{}
+	for i := range 200 {
+		files[fmt.Sprintf("lib%d/lib.jar", i)] = fmt.Sprintf("jar %d %s", i, bytes.Repeat([]byte{'x'}, i*13))
+	}
+	commitFiles(t, a, vol, files)
+	head, err := a.group.Volume(ctx, vol.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stage := func(m *member, sharing bool) {
+		t.Helper()
+		dir, err := m.node.Snapshot(ctx, head.Root, Want{VolumeID: vol.ID, Sharing: sharing})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for p, want := range files {
+			if got, err := os.ReadFile(filepath.Join(dir, p)); err != nil || string(got) != want {
+				t.Fatalf("%s on %s: %q, %v", p, m.name, got, err)
+			}
+		}
+	}
+	servedAsPeer := func(ms ...*member) (n float64) {
+		for _, m := range ms {
+			n += counterValue(t, m.group.Metrics(), "cachegroup_served_bytes_total", "peer")
+		}
+		return n
+	}
+
+	// no-sharing: D and E fetch everything from the owners, and their
+	// copies are private: nobody is offered them.
+	stage(d, false)
+	stage(e, false)
+	if n := servedAsPeer(ms...); n != 0 {
+		t.Fatalf("no-sharing: %v bytes served as peer", n)
+	}
+	if n := counterValue(t, e.group.Metrics(), "cachegroup_fetch_bytes_total", "peer"); n != 0 {
+		t.Fatalf("no-sharing: E fetched %v bytes from peers", n)
+	}
+	some := Sum([]byte(files["lib7/lib.jar"]))
+	remote := NewRemote(d.name, d.addr, e.name, NewSecretAuth(testSecret))
+	if _, err := remote.Fetch(ctx, some); !errors.Is(err, errNotOffered) {
+		t.Fatalf("D served a private copy: %v", err)
+	}
+
+	// sharing: F stages first and holds every blob; G, staging after it,
+	// fetches from F the blobs F ranks first for among the two, and only
+	// the rest from the owners.
+	stage(f, true)
+	stage(g, true)
+	fromPeer := counterValue(t, g.group.Metrics(), "cachegroup_fetch_bytes_total", "peer")
+	fromOwner := counterValue(t, g.group.Metrics(), "cachegroup_fetch_bytes_total", "owner")
+	if fromPeer == 0 || servedAsPeer(f) != fromPeer {
+		t.Fatalf("sharing: G fetched %v bytes from peers, F served %v as peer", fromPeer, servedAsPeer(f))
+	}
+	if fromOwner == 0 {
+		t.Fatal("sharing: G fetched nothing from the owners: the ranking is not shared")
+	}
+	if n := servedAsPeer(d, e); n != 0 {
+		t.Fatalf("no-sharing copies on D and E were served: %v bytes", n)
+	}
+	t.Logf("G fetched %.0f bytes from its peer F and %.0f from the owners", fromPeer, fromOwner)
 }

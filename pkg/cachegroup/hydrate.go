@@ -331,10 +331,13 @@ func (s sourcing) fetched(d Digest, size int64, from Peer) {
 	g.metrics.FetchBytes.WithLabelValues(label).Add(float64(size))
 }
 
-// sources orders where blob d is fetched from. With sharing nodes, the
-// owners and the sharers are ranked together by rendezvous on the blob, so a
-// burst of nodes asks one member for each blob, which fetches it once from
-// the owners and serves the rest; the owners follow as fallbacks.
+// sources orders where blob d is fetched from. With other nodes sharing the
+// snapshot, the sharers (this node included) are ranked by rendezvous on the
+// blob: the first fetches it from the owners, and the others ask it, so a
+// burst of nodes costs the owners about one copy of each blob instead of
+// one per node. A node asks only a sharer that ranks above itself, which
+// asks the owners or one ranking higher still: requests never go round in
+// a circle. The owners follow as fallbacks.
 func (s sourcing) sources(d Digest) []Peer {
 	g := s.n.group
 	base := g.Sources(d)
@@ -342,30 +345,16 @@ func (s sourcing) sources(d Digest) []Peer {
 		return base
 	}
 	key := "blob/" + d.String()
-	// This node ranks too: of two sharers, only the lower one asks the
-	// higher, so requests never go round in a circle.
-	cand := append(append(slices.Clone(g.Owners(d)), g.local), s.holders...)
-	best, bestScore := Peer(nil), -1.0
-	seen := map[string]bool{}
-	for _, p := range cand {
-		if seen[p.Name()] || !g.Live(p.Name()) {
-			continue
-		}
-		seen[p.Name()] = true
-		if sc := Score(key, p.Name(), 1); sc > bestScore {
+	best, bestScore := Peer(g.local), Score(key, g.local.Name(), 1)
+	for _, p := range s.holders {
+		if sc := Score(key, p.Name(), 1); sc > bestScore && g.Live(p.Name()) {
 			best, bestScore = p, sc
 		}
 	}
-	if best == nil || best == Peer(g.local) {
+	if best == Peer(g.local) {
 		return base // this node is the one the others ask: straight to the owners
 	}
-	out := []Peer{best}
-	for _, p := range base {
-		if p != best {
-			out = append(out, p)
-		}
-	}
-	return out
+	return append([]Peer{best}, slices.DeleteFunc(base, func(p Peer) bool { return p == best })...)
 }
 
 // fetch makes sure blob d, of size bytes (0 if not known), is in the local
@@ -375,7 +364,11 @@ func (n *Node) fetch(ctx context.Context, d Digest, size int64, sources []Peer) 
 	for !n.store.Has(d) {
 		f, mine := n.claim(d)
 		if !mine {
-			<-f.done // then look again: that fetch may have failed
+			select {
+			case <-f.done: // then look again: that fetch may have failed
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
 			continue
 		}
 		from, err := n.group.fetchLarge(ctx, d, size, sources)
@@ -452,13 +445,13 @@ func (n *Node) Offer(d Digest) bool {
 }
 
 // Through fetches blob d from its owners for a peer that shares a snapshot
-// with this node, if this node is hydrating a shared snapshot now.
+// with this node, if this node is hydrating a shared snapshot now. A fetch
+// of d already under way here is joined: it goes to the owners, since the
+// peer asked this node only because it ranks first among the sharers.
 func (n *Node) Through(ctx context.Context, d Digest) bool {
 	if n.sharing.Load() == 0 {
 		return false
 	}
-	// Straight from the owners, never by joining this node's own fetch,
-	// which may be waiting on the very peer asking.
 	var owners []Peer
 	for _, p := range n.group.Owners(d) {
 		if p != Peer(n.group.local) {
@@ -467,7 +460,7 @@ func (n *Node) Through(ctx context.Context, d Digest) bool {
 	}
 	ctx, cancel := context.WithTimeout(ctx, throughTimeout)
 	defer cancel()
-	_, err := n.group.FetchFrom(ctx, d, owners)
+	_, err := n.fetch(ctx, d, 0, owners)
 	return err == nil
 }
 
