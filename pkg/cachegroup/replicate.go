@@ -32,11 +32,19 @@ const haveBatch = 2000
 // owns are dropped once the owners have them (unless a snapshot on this node
 // links them). Only what placement moved is moved.
 func (g *Group) Reconcile(ctx context.Context, inUse func(Digest) bool) (Pass, error) {
+	return g.reconcile(ctx, inUse, true)
+}
+
+// reconcile exchanges heads and, with blobs, checks every blob of the store.
+func (g *Group) reconcile(ctx context.Context, inUse func(Digest) bool, blobs bool) (Pass, error) {
 	var p Pass
 	if len(g.Members()) < 2 {
 		return p, nil
 	}
 	p.Heads = g.reconcileHeads(ctx)
+	if !blobs {
+		return p, nil
+	}
 	err := g.reconcileBlobs(ctx, &p, inUse)
 	return p, err
 }
@@ -220,27 +228,43 @@ func (g *Group) pushTo(ctx context.Context, t Peer, d Digest) error {
 	return nil
 }
 
-// RunReconciler reconciles after every membership change and every interval
-// until ctx ends.
+// fullPass is how often the blobs of the store are checked against
+// placement when nothing changed: every blob a commit makes reaches its
+// owners when it is made, so between membership changes the check only
+// catches what went wrong unseen. Checking every blob with every owner each
+// interval would keep the disks and the network of a large group busy.
+const fullPass = 10 * time.Minute
+
+// RunReconciler reconciles until ctx ends: heads every interval, and the
+// blobs of the store after every membership change, after a pass that
+// failed somewhere, and every fullPass.
 func (g *Group) RunReconciler(ctx context.Context, interval time.Duration, inUse func(Digest) bool) {
+	var lastFull time.Time
+	blobs := true
 	for {
 		changed := g.Changed()
 		start := time.Now()
-		p, err := g.Reconcile(ctx, inUse)
+		full := blobs || start.Sub(lastFull) >= fullPass
+		if full {
+			lastFull = start
+		}
+		p, err := g.reconcile(ctx, inUse, full)
 		if err != nil {
 			klog.ErrorS(err, "Reconcile")
 		} else if p.Pushed+p.Dropped+p.Heads+p.Failed > 0 {
 			klog.InfoS("Reconciled", "heads", p.Heads, "checked", p.Checked, "pushed", p.Pushed,
 				"dropped", p.Dropped, "owned", p.Owned, "failed", p.Failed, "duration", time.Since(start))
 		}
+		blobs = err != nil || p.Failed > 0
 		wait := interval
-		if p.Failed > 0 {
+		if blobs {
 			wait = min(interval, 5*time.Second)
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-changed:
+			blobs = true
 			// Let a burst of changes settle before the next pass.
 			select {
 			case <-ctx.Done():
