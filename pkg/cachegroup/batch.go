@@ -23,7 +23,7 @@ const (
 	batchBlobs = 256
 	batchBytes = 32 << 20
 	// batchStreams bounds the batches in flight on one node.
-	batchStreams = 6
+	batchStreams = 4
 	// smallBlob is the largest blob a batch reads into memory and verifies
 	// before anything is written; bigger ones are verified as they are
 	// written and removed if wrong.

@@ -105,7 +105,7 @@ func (n *Node) hydrate(root Digest, want Want) error {
 	}
 	// Directory metadata last: creating entries would change the mtimes.
 	for _, d := range h.dirs {
-		if err := setMeta(d.path, d.e, false); err != nil {
+		if err := n.store.setDirMeta(d.path, d.e); err != nil {
 			return fmt.Errorf("hydrate %s: %w", root, err)
 		}
 	}
@@ -184,8 +184,8 @@ func (h *hydration) makeDir(d placed) ([]placed, error) {
 		p := filepath.Join(d.path, e.Name)
 		switch e.Type {
 		case TypeDir:
-			if err := os.Mkdir(p, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-				return sub, err
+			if err := unix.Mkdir(p, dirMode(e)); err != nil && !errors.Is(err, unix.EEXIST) {
+				return sub, fmt.Errorf("mkdir %s: %w", p, err)
 			}
 			sub = append(sub, placed{p, e})
 		case TypeFile:

@@ -517,3 +517,28 @@ func (s *Store) fdMeta(fd int, e Entry) error {
 	}
 	return nil
 }
+
+// dirMode is the mode a snapshot's directory is created with: its own with
+// the owner's bits added, so that its entries can be made in it.
+func dirMode(e Entry) uint32 { return (e.Mode | 0o700) & 0o777 }
+
+// setDirMeta gives directory path, made with dirMode(e) by this process and
+// now filled, e's owner, mode and mtime, changing owner and mode only where
+// creating it did not already give them.
+func (s *Store) setDirMeta(path string, e Entry) error {
+	if e.UID != creator.uid || e.GID != creator.gid {
+		if err := unix.Lchown(path, int(e.UID), int(e.GID)); err != nil {
+			return fmt.Errorf("chown %s: %w", path, err)
+		}
+	}
+	if dirMode(e)&^s.mask != e.Mode {
+		if err := unix.Chmod(path, e.Mode); err != nil {
+			return fmt.Errorf("chmod %s: %w", path, err)
+		}
+	}
+	ts := []unix.Timespec{unix.NsecToTimespec(e.Mtime), unix.NsecToTimespec(e.Mtime)}
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("utimes %s: %w", path, err)
+	}
+	return nil
+}
