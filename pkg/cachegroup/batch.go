@@ -48,7 +48,6 @@ func (h *hydration) fetchAll(ctx context.Context, refs []blobRef, put putFunc) e
 	var (
 		big, alone []blobRef
 		bySource   = map[*Remote][]blobRef{}
-		claims     = map[Digest]*flight{}
 		seen       = map[Digest]bool{}
 	)
 	for _, ref := range refs {
@@ -72,12 +71,6 @@ func (h *hydration) fetchAll(ctx context.Context, refs []blobRef, put putFunc) e
 			alone = append(alone, ref)
 			continue
 		}
-		f, mine := h.n.claim(ref.Digest)
-		if !mine { // another hydration is fetching it: wait for it alone
-			alone = append(alone, ref)
-			continue
-		}
-		claims[ref.Digest] = f
 		bySource[r.(*Remote)] = append(bySource[r.(*Remote)], ref)
 	}
 
@@ -100,19 +93,44 @@ func (h *hydration) fetchAll(ctx context.Context, refs []blobRef, put putFunc) e
 		failure error // a local failure: the hydration cannot go on
 	)
 	parallel(splitBatches(bySource), batchStreams, func() []byte { return make([]byte, smallBlob) }, func(b batch, buf []byte) error {
+		// Claimed when the batch starts, not before: a peer pulling a blob
+		// through this node waits only for fetches under way, never for a
+		// batch queued behind others that may be waiting on that peer.
+		claims := map[Digest]*flight{}
+		var refs, later []blobRef
+		for _, ref := range b.refs {
+			f, mine := h.n.claim(ref.Digest)
+			if mine && !h.private && h.n.store.Has(ref.Digest) {
+				// Pulled through for a peer meanwhile.
+				h.n.release(ref.Digest, f)
+				mine = false
+			}
+			if !mine {
+				later = append(later, ref) // another fetch has it or brought it
+				continue
+			}
+			claims[ref.Digest] = f
+			refs = append(refs, ref)
+		}
 		got := map[Digest]bool{}
 		var local error // why this node could not store a blob
-		err := b.from.FetchBatch(ctx, b.refs, len(h.holders) > 0, func(ref blobRef, n int64, r io.Reader) error {
-			err := put(ref, n, r, buf)
-			switch {
-			case err == nil:
-				got[ref.Digest] = true
-				h.fetched(ref.Digest, n, b.from)
-			case !errors.Is(err, ErrCorrupt): // a wrong copy is fetched again alone
-				local = err
-			}
-			return err
-		})
+		var err error
+		if len(refs) > 0 {
+			err = b.from.FetchBatch(ctx, refs, len(h.holders) > 0, func(ref blobRef, n int64, r io.Reader) error {
+				err := put(ref, n, r, buf)
+				switch {
+				case err == nil:
+					got[ref.Digest] = true
+					h.fetched(ref.Digest, n, b.from)
+				case !errors.Is(err, ErrCorrupt): // a wrong copy is fetched again alone
+					local = err
+				}
+				return err
+			})
+		}
+		for d, f := range claims {
+			h.n.release(d, f)
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		if local != nil {
@@ -120,8 +138,8 @@ func (h *hydration) fetchAll(ctx context.Context, refs []blobRef, put putFunc) e
 		} else if err != nil {
 			h.n.group.failed(b.from, err)
 		}
-		for _, ref := range b.refs {
-			h.n.release(ref.Digest, claims[ref.Digest])
+		undone = append(undone, later...)
+		for _, ref := range refs {
 			if !got[ref.Digest] {
 				undone = append(undone, ref)
 			}

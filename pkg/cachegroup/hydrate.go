@@ -100,6 +100,11 @@ func (n *Node) hydrate(root Digest, want Want) error {
 	if err := h.walk(ctx, root); err != nil {
 		return fmt.Errorf("hydrate %s: %w", root, err)
 	}
+	if want.Sharing {
+		// Again: nodes of a burst start together, and those that announced
+		// after this one are sharers for the files too.
+		h.holders = n.announce(ctx, want.VolumeID, root)
+	}
 	if err := h.link(ctx); err != nil {
 		return fmt.Errorf("hydrate %s: %w", root, err)
 	}
