@@ -603,10 +603,18 @@ func metaMatches(st *unix.Stat_t, e Entry) bool {
 
 // setMeta gives path e's owner, mode and mtime, never following a symlink.
 func setMeta(path string, e Entry, symlink bool) error {
-	if err := unix.Lchown(path, int(e.UID), int(e.GID)); err != nil {
-		return fmt.Errorf("chown %s: %w", path, err)
+	return changeMeta(path, e, true, !symlink)
+}
+
+// changeMeta gives path e's mtime and, as asked, its owner and mode, never
+// following a symlink.
+func changeMeta(path string, e Entry, chown, chmod bool) error {
+	if chown {
+		if err := unix.Lchown(path, int(e.UID), int(e.GID)); err != nil {
+			return fmt.Errorf("chown %s: %w", path, err)
+		}
 	}
-	if !symlink {
+	if chmod {
 		// After chown, which clears setuid/setgid bits anyway.
 		if err := unix.Chmod(path, e.Mode); err != nil {
 			return fmt.Errorf("chmod %s: %w", path, err)

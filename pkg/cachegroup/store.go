@@ -526,19 +526,5 @@ func dirMode(e Entry) uint32 { return (e.Mode | 0o700) & 0o777 }
 // now filled, e's owner, mode and mtime, changing owner and mode only where
 // creating it did not already give them.
 func (s *Store) setDirMeta(path string, e Entry) error {
-	if e.UID != creator.uid || e.GID != creator.gid {
-		if err := unix.Lchown(path, int(e.UID), int(e.GID)); err != nil {
-			return fmt.Errorf("chown %s: %w", path, err)
-		}
-	}
-	if dirMode(e)&^s.mask != e.Mode {
-		if err := unix.Chmod(path, e.Mode); err != nil {
-			return fmt.Errorf("chmod %s: %w", path, err)
-		}
-	}
-	ts := []unix.Timespec{unix.NsecToTimespec(e.Mtime), unix.NsecToTimespec(e.Mtime)}
-	if err := unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return fmt.Errorf("utimes %s: %w", path, err)
-	}
-	return nil
+	return changeMeta(path, e, e.UID != creator.uid || e.GID != creator.gid, dirMode(e)&^s.mask != e.Mode)
 }
