@@ -292,7 +292,8 @@ func errStatus(err error, format string, args ...any) error {
 // membershipInterval is how often members are listed and health-checked.
 const membershipInterval = 2 * time.Second
 
-// reconcileInterval is how often re-replication runs without a membership change.
+// reconcileInterval is how often heads are exchanged between homes (blobs are
+// checked on membership changes and every few minutes, see RunReconciler).
 const reconcileInterval = 30 * time.Second
 
 // memberSource returns the configured source of members, or nil for a group
