@@ -42,8 +42,9 @@ type blobRef struct {
 type putFunc func(ref blobRef, n int64, r io.Reader, buf []byte) error
 
 // fetchAll makes sure every blob of refs is on this node, handing each one
-// fetched to put; a blob already here is left alone, unless it has files,
-// which are linked to it.
+// it fetches in a batch to put. A tree object already here is skipped; the
+// refs with files are blobs link found missing, and a blob fetched alone has
+// its files linked by fetchAlone.
 func (h *hydration) fetchAll(ctx context.Context, refs []blobRef, put putFunc) error {
 	var (
 		big, alone []blobRef
