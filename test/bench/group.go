@@ -14,7 +14,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -359,16 +358,6 @@ func (gb *groupBench) hydrationRound(ctx context.Context, r int, owners []*clust
 		return hr, err
 	}
 	return hr, d.Stop()
-}
-
-// median returns the median of xs.
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 func fmtRatios(xs []float64) string {
@@ -981,17 +970,9 @@ func (gb *groupBench) cleanup(failed bool) {
 func (gb *groupBench) printTable() {
 	b := gb.b
 	fmt.Printf("\ngroup results (%s tree: %s; members in network namespaces on one bridge, R=%d)\n\n", b.cfg.specName, describe(b.stats), cluster.DefaultReplicas)
-	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "measurement\tbaseline\tcachegroup\tratio\ttarget\tresult")
-	fmt.Fprintln(tw, "-----------\t--------\t----------\t-----\t------\t------")
-	for _, r := range gb.rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.name, dash(r.raw), r.got, dash(r.ratio), dash(r.target), r.result)
-	}
-	tw.Flush()
+	printRows("baseline", gb.rows)
 	fmt.Println()
-	for _, n := range gb.notes {
-		fmt.Printf("note: %s\n", n)
-	}
+	printNotes(gb.notes)
 }
 
 // parallel runs fn for every member at once and returns their errors.

@@ -28,7 +28,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
-	"sort"
+	"slices"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -672,16 +672,25 @@ func (b *bench) printMachine(work string) {
 
 func (b *bench) printTable() {
 	fmt.Printf("\nresults (%s tree: %s)\n\n", b.cfg.specName, describe(b.stats))
+	printRows("raw disk", b.rows)
+	fmt.Printf("\ncold figures: caches dropped before each walk and each read; times are medians of %d round(s),\n", b.cfg.rounds)
+	fmt.Printf("ratios the median of the per-round ratios (runs of one round are moments apart, in rotating order)\n")
+	printNotes(b.notes)
+}
+
+// printRows prints a results table whose baseline column is called baseline.
+func printRows(baseline string, rows []row) {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "measurement\traw disk\tcachegroup\tratio\ttarget\tresult")
-	fmt.Fprintln(tw, "-----------\t--------\t----------\t-----\t------\t------")
-	for _, r := range b.rows {
+	fmt.Fprintf(tw, "measurement\t%s\tcachegroup\tratio\ttarget\tresult\n", baseline)
+	fmt.Fprintf(tw, "-----------\t%s\t----------\t-----\t------\t------\n", strings.Repeat("-", len(baseline)))
+	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.name, dash(r.raw), r.got, dash(r.ratio), dash(r.target), r.result)
 	}
 	tw.Flush()
-	fmt.Printf("\ncold figures: caches dropped before each walk and each read; times are medians of %d round(s),\n", b.cfg.rounds)
-	fmt.Printf("ratios the median of the per-round ratios (runs of one round are moments apart, in rotating order)\n")
-	for _, n := range b.notes {
+}
+
+func printNotes(notes []string) {
+	for _, n := range notes {
 		fmt.Printf("note: %s\n", n)
 	}
 }
@@ -715,14 +724,20 @@ func pairedRatio(got, base []treeCount) float64 {
 			rs = append(rs, float64(got[r].Dur)/float64(base[r].Dur))
 		}
 	}
-	if len(rs) == 0 {
+	return median(rs)
+}
+
+// median returns the median of xs, 0 if there are none.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
 		return 0
 	}
-	sort.Float64s(rs)
-	if len(rs)%2 == 1 {
-		return rs[len(rs)/2]
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
 	}
-	return (rs[len(rs)/2-1] + rs[len(rs)/2]) / 2
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 func secs(d time.Duration) string {
