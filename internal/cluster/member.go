@@ -68,19 +68,10 @@ func Names(ms ...*Member) []string {
 	return out
 }
 
-// ByName returns the member called name among ms, or nil.
-func ByName(name string, ms ...*Member) *Member {
-	for _, m := range ms {
-		if m.Name == name {
-			return m
-		}
-	}
-	return nil
-}
-
 // Start runs m's driver in its namespace with the static member list
-// members (none if empty: extra then names the source), the shared secret in secretFile and extra flags (such as
-// --client-only or --weight=W), and waits until it answers CSI calls.
+// members (none if empty: extra then names the source), the shared secret in
+// secretFile and extra flags (such as --client-only or --weight=W), and waits
+// until it answers CSI calls.
 func (m *Member) Start(ctx context.Context, members, secretFile string, extra ...string) error {
 	if m.D != nil {
 		return fmt.Errorf("%s is already running", m.Name)

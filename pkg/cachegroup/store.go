@@ -1,7 +1,6 @@
 package cachegroup
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -149,11 +148,8 @@ func readFile(path string) ([]byte, error) {
 	if err := unix.Fstat(fd, &st); err != nil {
 		return nil, err
 	}
-	b := make([]byte, st.Size+1) // one more: a file that grew is read whole
+	b := make([]byte, st.Size) // blobs never change; the caller verifies
 	n, err := readFull(fd, b)
-	if err == nil && n == len(b) {
-		return io.ReadAll(io.MultiReader(bytes.NewReader(b), fdReader(fd)))
-	}
 	return b[:n], err
 }
 
