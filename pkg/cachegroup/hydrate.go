@@ -19,12 +19,11 @@ import (
 // metadata syscalls, so a few more workers than cores keeps the disk busy.
 const hydrateWorkers = 8
 
-// flight is one hydration in progress; concurrent and retried callers wait on
-// the same one.
+// flight is one hydration or blob fetch in progress; concurrent and retried
+// callers wait on the same one.
 type flight struct {
 	done chan struct{}
-	from Peer
-	err  error
+	err  error // the hydration's; a blob fetch's waiters look at the store
 }
 
 // Want says for what a snapshot is materialised.
