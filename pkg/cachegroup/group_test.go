@@ -41,23 +41,11 @@ func newGroup(t testing.TB, n int, weights ...float64) []*member {
 	auth := NewSecretAuth(testSecret)
 	ms := make([]*member, n)
 	for i := range ms {
-		base := t.TempDir()
-		s, err := OpenStore(filepath.Join(base, "store"), Limits{})
-		if err != nil {
-			t.Fatal(err)
-		}
 		name := fmt.Sprintf("node-%c", 'a'+i)
-		l, err := OpenLocal(name, s, filepath.Join(base, "meta"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		g := NewGroup("g", l, 2, nil, false)
+		node := openMember(t, name, 2, false)
+		g, l := node.group, node.group.Local()
 		if i < len(weights) {
 			g.SetWeight(weights[i])
-		}
-		node, err := OpenNode(filepath.Join(base, "node"), g)
-		if err != nil {
-			t.Fatal(err)
 		}
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -352,20 +340,8 @@ func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
 // that reaches the members ms.
 func newClient(t testing.TB, ms []*member) *Node {
 	t.Helper()
-	base := t.TempDir()
-	s, err := OpenStore(filepath.Join(base, "store"), Limits{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := OpenLocal("client", s, filepath.Join(base, "meta"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := NewGroup("g", l, 2, nil, true)
-	node, err := OpenNode(filepath.Join(base, "node"), g)
-	if err != nil {
-		t.Fatal(err)
-	}
+	node := openMember(t, "client", 2, true)
+	g := node.group
 	var st Static
 	for _, m := range ms {
 		st = append(st, Endpoint{Name: m.name, Addr: m.addr})

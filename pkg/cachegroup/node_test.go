@@ -15,20 +15,29 @@ func newNode(t testing.TB) (*Node, *Local) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for ownership and whiteouts")
 	}
+	n := openMember(t, "m1", 1, false)
+	return n, n.group.Local()
+}
+
+// openMember opens, below a fresh directory, an empty store, member name of
+// a group "g" with replicas copies (a client of it if clientOnly), and the
+// member's node tier.
+func openMember(t testing.TB, name string, replicas int, clientOnly bool) *Node {
+	t.Helper()
 	base := t.TempDir()
 	s, err := OpenStore(filepath.Join(base, "store"), Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := OpenLocal("m1", s, filepath.Join(base, "meta"))
+	l, err := OpenLocal(name, s, filepath.Join(base, "meta"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := OpenNode(filepath.Join(base, "node"), NewGroup("g", l, 1, nil, false))
+	n, err := OpenNode(filepath.Join(base, "node"), NewGroup("g", l, replicas, nil, clientOnly))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return n, l
+	return n
 }
 
 // layerWith creates a layer for vol whose upper directory holds what fill
