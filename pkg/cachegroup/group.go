@@ -228,15 +228,39 @@ func Score(key, member string, weight float64) float64 {
 }
 
 func (g *Group) liveOnly(ps []Peer) []Peer {
+	live, _ := g.byLiveness(ps)
+	return live
+}
+
+// byLiveness splits ps, in order, into the members thought up and those
+// thought down. Liveness is a probe's view a few seconds old (a member
+// started together with the others may still think them down), so requests
+// ask the members thought down when those thought up could not answer;
+// background passes skip them.
+func (g *Group) byLiveness(ps []Peer) (live, down []Peer) {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
-	out := ps[:0:0]
 	for _, p := range ps {
-		if !g.down[p.Name()] {
-			out = append(out, p)
+		if g.down[p.Name()] {
+			down = append(down, p)
+		} else {
+			live = append(live, p)
 		}
 	}
-	return out
+	return live, down
+}
+
+// liveFirst returns ps with the members thought down moved to the end.
+func (g *Group) liveFirst(ps []Peer) []Peer {
+	live, down := g.byLiveness(ps)
+	return append(live, down...)
+}
+
+// answered records that p, thought down, answered a request.
+func (g *Group) answered(p Peer) {
+	if !g.Live(p.Name()) {
+		g.SetLive(p.Name(), true)
+	}
 }
 
 // Homes returns the R members that keep volume (or snapshot) id's head,
@@ -269,9 +293,10 @@ func (g *Group) targets(d Digest) []Peer {
 // home if a home cannot be reached.
 func (g *Group) onPrimary(ctx context.Context, id string, fn func(Home) error) error {
 	var errs []error
-	for _, h := range g.liveOnly(g.Homes(id)) {
+	for _, h := range g.liveFirst(g.Homes(id)) {
 		err := fn(h)
 		if err == nil {
+			g.answered(h)
 			return nil
 		}
 		var re *errRemote
@@ -290,31 +315,38 @@ func (g *Group) onPrimary(ctx context.Context, id string, fn func(Home) error) e
 	return fmt.Errorf("%s: %w: %w", id, ErrUnavailable, errors.Join(errs...))
 }
 
-// Volume returns volume id's newest head among its live homes.
+// Volume returns volume id's newest head among its homes: those thought up
+// first, the others only if none of those has it. It is ErrNotFound if a
+// home answered and none has it, ErrUnavailable if no home answered.
 func (g *Group) Volume(ctx context.Context, id string) (Volume, error) {
 	var (
-		best  *Volume
-		errs  []error
-		found bool
+		best     *Volume
+		errs     []error
+		answered bool
 	)
-	for _, h := range g.liveOnly(g.Homes(id)) {
-		v, err := h.Volume(ctx, id)
-		switch {
-		case err == nil:
-			found = true
-			if best == nil || newer(v, *best) {
-				best = &v
+	live, down := g.byLiveness(g.Homes(id))
+	for _, homes := range [][]Peer{live, down} {
+		for _, h := range homes {
+			v, err := h.Volume(ctx, id)
+			switch {
+			case err == nil:
+				if best == nil || newer(v, *best) {
+					best = &v
+				}
+			case errors.Is(err, ErrNotFound):
+			default:
+				g.failed(h, err)
+				errs = append(errs, err)
+				continue
 			}
-		case errors.Is(err, ErrNotFound):
-		default:
-			g.failed(h, err)
-			errs = append(errs, err)
+			answered = true
+			g.answered(h)
+		}
+		if best != nil {
+			return *best, nil
 		}
 	}
-	if found {
-		return *best, nil
-	}
-	if len(errs) > 0 {
+	if !answered {
 		return Volume{}, fmt.Errorf("volume %s: %w: %w", id, ErrUnavailable, errors.Join(errs...))
 	}
 	return Volume{}, fmt.Errorf("volume %s: %w", id, ErrNotFound)
@@ -408,20 +440,28 @@ func (g *Group) Volumes(ctx context.Context) ([]Volume, error) {
 	return all, nil
 }
 
-// Snapshot returns snapshot id from its homes.
+// Snapshot returns snapshot id from its homes, those thought up first. It is
+// ErrNotFound if a home answered and none has it, ErrUnavailable if no home
+// answered.
 func (g *Group) Snapshot(ctx context.Context, id string) (Snapshot, error) {
-	var errs []error
-	for _, h := range g.liveOnly(g.Homes(id)) {
+	var (
+		errs     []error
+		answered bool
+	)
+	for _, h := range g.liveFirst(g.Homes(id)) {
 		s, err := h.Snapshot(ctx, id)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			g.failed(h, err)
+			errs = append(errs, err)
+			continue
+		}
+		answered = true
+		g.answered(h)
 		if err == nil {
 			return s, nil
 		}
-		if !errors.Is(err, ErrNotFound) {
-			g.failed(h, err)
-			errs = append(errs, err)
-		}
 	}
-	if len(errs) > 0 {
+	if !answered {
 		return Snapshot{}, fmt.Errorf("snapshot %s: %w: %w", id, ErrUnavailable, errors.Join(errs...))
 	}
 	return Snapshot{}, fmt.Errorf("snapshot %s: %w", id, ErrNotFound)

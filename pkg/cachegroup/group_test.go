@@ -464,3 +464,50 @@ func TestSharingOffersNodeCopiesNoSharingNever(t *testing.T) {
 	}
 	t.Logf("G fetched %.0f bytes from its peer F and %.0f from the owners", fromPeer, fromOwner)
 }
+
+// A member's view of who is up lags (a member started with the others may
+// have probed them before they listened): a volume whose homes it thinks
+// down is still found, and only homes that cannot be asked make it
+// unavailable, never "not found".
+func TestStaleLivenessDoesNotHideVolumes(t *testing.T) {
+	ms := newGroup(t, 3)
+	ctx := context.Background()
+	vol, err := ms[0].group.CreateVolume(ctx, VolumeSpec{Name: "v", Quota: 1 << 20}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := ms[0].group.CreateSnapshot(ctx, "s", vol.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var client *member // the member that is not one of the homes
+	for _, m := range ms {
+		if !slices.ContainsFunc(m.group.Homes(vol.ID), func(p Peer) bool { return p.Name() == m.name }) {
+			client = m
+		}
+	}
+	for _, m := range ms {
+		if m != client {
+			client.group.SetLive(m.name, false)
+		}
+	}
+	if _, err := client.group.Volume(ctx, vol.ID); err != nil {
+		t.Fatalf("volume with its homes thought down: %v", err)
+	}
+	if _, err := client.group.Snapshot(ctx, snap.ID); err != nil {
+		t.Fatalf("snapshot with its homes thought down: %v", err)
+	}
+	for _, h := range client.group.Homes(vol.ID) {
+		if !client.group.Live(h.Name()) {
+			t.Errorf("home %s answered but is still thought down", h.Name())
+		}
+	}
+
+	for _, h := range client.group.Homes(vol.ID) {
+		memberByName(ms, h.Name()).srv.Close()
+	}
+	_, err = client.group.Volume(ctx, vol.ID)
+	if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrNotFound) {
+		t.Fatalf("volume with every home stopped: %v, want unavailable", err)
+	}
+}

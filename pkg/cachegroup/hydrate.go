@@ -411,7 +411,7 @@ func (n *Node) announce(ctx context.Context, id string, root Digest) []Peer {
 		return nil
 	}
 	var names []string
-	for _, h := range g.liveOnly(g.Homes(id)) {
+	for _, h := range g.liveFirst(g.Homes(id)) {
 		var err error
 		switch h := h.(type) {
 		case *Local:

@@ -124,7 +124,8 @@ func (gb *groupBench) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := cluster.WaitLive(30*time.Second, len(all), all...); err != nil {
+	// D too: it is not a member, but it routes to them.
+	if err := cluster.WaitLive(30*time.Second, len(all), append(slices.Clone(all), gb.d)...); err != nil {
 		return err
 	}
 	gb.logf("members %s (R=%d) and %s (weight %s), client-only %s: started", strings.Join(cluster.Names(owners...), ", "),
