@@ -485,15 +485,22 @@ func (g *Group) CreateSnapshot(ctx context.Context, name, volumeID string) (Snap
 	}
 	s := Snapshot{ID: id, Name: name, VolumeID: volumeID, Root: v.Root, Size: v.Size, Count: v.Count, Created: time.Now().UTC()}
 	stored := 0
-	for _, h := range g.liveOnly(g.Homes(id)) {
-		if err := h.PutSnapshot(ctx, s); err != nil {
-			if errors.Is(err, ErrExists) {
-				return Snapshot{}, err
+	live, down := g.byLiveness(g.Homes(id))
+	for _, homes := range [][]Peer{live, down} {
+		for _, h := range homes {
+			if err := h.PutSnapshot(ctx, s); err != nil {
+				if errors.Is(err, ErrExists) {
+					return Snapshot{}, err
+				}
+				g.failed(h, err)
+				continue
 			}
-			g.failed(h, err)
-			continue
+			g.answered(h)
+			stored++
 		}
-		stored++
+		if stored > 0 {
+			break // a home thought down catches up by anti-entropy
+		}
 	}
 	if stored == 0 {
 		return Snapshot{}, fmt.Errorf("snapshot %q: %w", name, ErrUnavailable)

@@ -502,6 +502,14 @@ func TestStaleLivenessDoesNotHideVolumes(t *testing.T) {
 			t.Errorf("home %s answered but is still thought down", h.Name())
 		}
 	}
+	for _, m := range ms {
+		if m != client {
+			client.group.SetLive(m.name, false)
+		}
+	}
+	if _, err := client.group.CreateSnapshot(ctx, "s2", vol.ID); err != nil {
+		t.Fatalf("create a snapshot with its homes thought down: %v", err)
+	}
 
 	for _, h := range client.group.Homes(vol.ID) {
 		memberByName(ms, h.Name()).srv.Close()
