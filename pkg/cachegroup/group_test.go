@@ -486,11 +486,14 @@ func TestStaleLivenessDoesNotHideVolumes(t *testing.T) {
 			client = m
 		}
 	}
-	for _, m := range ms {
-		if m != client {
-			client.group.SetLive(m.name, false)
+	othersDown := func() {
+		for _, m := range ms {
+			if m != client {
+				client.group.SetLive(m.name, false)
+			}
 		}
 	}
+	othersDown()
 	if _, err := client.group.Volume(ctx, vol.ID); err != nil {
 		t.Fatalf("volume with its homes thought down: %v", err)
 	}
@@ -502,11 +505,7 @@ func TestStaleLivenessDoesNotHideVolumes(t *testing.T) {
 			t.Errorf("home %s answered but is still thought down", h.Name())
 		}
 	}
-	for _, m := range ms {
-		if m != client {
-			client.group.SetLive(m.name, false)
-		}
-	}
+	othersDown()
 	if _, err := client.group.CreateSnapshot(ctx, "s2", vol.ID); err != nil {
 		t.Fatalf("create a snapshot with its homes thought down: %v", err)
 	}
