@@ -59,6 +59,7 @@ func NewGroup(name string, local *Local, replicas int, m *Metrics, clientOnly bo
 	}
 	local.replicate = g.replicate
 	local.fetch = g.Fetch
+	local.catchUp = g.catchUp
 	return g
 }
 
@@ -413,6 +414,36 @@ func (g *Group) replicate(ctx context.Context, v Volume, trees []Digest) error {
 		}
 	}
 	return nil
+}
+
+// catchUp stores here the newest head of volume id that another live home
+// keeps, if it is newer than this member's: a primary back from an outage
+// must not build on the head it had while the next home took commits, nor a
+// member that just became a home answer "not found" before anti-entropy
+// brings it the head. A home that cannot be asked is passed over: the head
+// this member has is then the newest it can know.
+func (g *Group) catchUp(ctx context.Context, id string) {
+	var best *Volume
+	for _, h := range g.liveOnly(g.Homes(id)) {
+		if h == Peer(g.local) {
+			continue
+		}
+		v, err := h.Volume(ctx, id)
+		switch {
+		case err == nil:
+			if best == nil || newer(v, *best) {
+				best = &v
+			}
+		case !errors.Is(err, ErrNotFound):
+			g.failed(h, err)
+		}
+	}
+	if best == nil {
+		return
+	}
+	if err := g.local.PutHead(ctx, *best); err != nil {
+		klog.ErrorS(err, "Catch up with another home's head", "volume", id)
+	}
 }
 
 // Volumes lists the group's live volumes, the newest head of each.

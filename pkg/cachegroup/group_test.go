@@ -518,3 +518,53 @@ func TestStaleLivenessDoesNotHideVolumes(t *testing.T) {
 		t.Fatalf("volume with every home stopped: %v, want unavailable", err)
 	}
 }
+
+// restart serves m's peer API again on its address, as a member process
+// restarted in place would.
+func restart(t *testing.T, m *member) {
+	t.Helper()
+	ln, err := net.Listen("tcp", m.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.srv = &http.Server{Handler: m.srv.Handler}
+	go m.srv.Serve(ln)
+	t.Cleanup(func() { m.srv.Close() })
+}
+
+// A primary that was away while the second home took commits must not
+// apply the next commit to the head it had: that commit's generation would
+// tie with the other home's and one of the two would be lost.
+func TestPrimaryBackFromAnOutageCatchesUpFirst(t *testing.T) {
+	ms := newGroup(t, 3)
+	ctx := context.Background()
+	vol, err := ms[0].group.CreateVolume(ctx, VolumeSpec{Name: "v", Quota: 1 << 20}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	homes := ms[0].group.Homes(vol.ID)
+	primary, second := memberByName(ms, homes[0].Name()), memberByName(ms, homes[1].Name())
+	var committer *member
+	for _, m := range ms {
+		if m != primary && m != second {
+			committer = m
+		}
+	}
+	commitFiles(t, committer, vol, map[string]string{"a": "1"})
+
+	primary.srv.Close()
+	commitFiles(t, committer, vol, map[string]string{"b": "2"})
+	restart(t, primary)
+	committer.group.SetLive(primary.name, true) // as its next probe would
+	commitFiles(t, committer, vol, map[string]string{"c": "3"})
+
+	for _, m := range []*member{primary, second} {
+		v, err := m.local.Volume(ctx, vol.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.Count != 3 {
+			t.Errorf("home %s: %d entries, want a, b and c", m.name, v.Count)
+		}
+	}
+}

@@ -134,6 +134,9 @@ type Local struct {
 	replicate func(ctx context.Context, v Volume, trees []Digest) error
 	// fetch, if set, brings a missing blob (a tree) from the group.
 	fetch func(ctx context.Context, d Digest) error
+	// catchUp, if set, brings the head of volume id here up to the newest
+	// its other homes keep, before a change is applied to it.
+	catchUp func(ctx context.Context, id string)
 	// checkBlobs refuses commits naming blobs absent here; only a group of
 	// one can check locally, larger groups trust the committer's pushes.
 	checkBlobs bool
@@ -289,6 +292,13 @@ func (l *Local) replicated(ctx context.Context, v Volume, trees []Digest) error 
 	return nil
 }
 
+// caughtUp brings volume id's head here up to date with its other homes.
+func (l *Local) caughtUp(ctx context.Context, id string) {
+	if l.catchUp != nil {
+		l.catchUp(ctx, id)
+	}
+}
+
 // change applies fn to volume id's head under the lock, bumps its generation
 // and records and replicates the result.
 func (l *Local) change(ctx context.Context, id string, trees []Digest, fn func(v *Volume) bool) (Volume, error) {
@@ -316,6 +326,7 @@ func (l *Local) change(ctx context.Context, id string, trees []Digest, fn func(v
 // DeleteVolume turns volume id's head into a tombstone; a missing volume is
 // not an error. Its blobs are left for garbage collection.
 func (l *Local) DeleteVolume(ctx context.Context, id string) error {
+	l.caughtUp(ctx, id)
 	_, err := l.change(ctx, id, nil, func(v *Volume) bool {
 		v.Deleted = true
 		return true
@@ -328,6 +339,7 @@ func (l *Local) DeleteVolume(ctx context.Context, id string) error {
 
 // ExpandVolume raises volume id's quota; a smaller quota is kept as it is.
 func (l *Local) ExpandVolume(ctx context.Context, id string, quota int64) (Volume, error) {
+	l.caughtUp(ctx, id)
 	return l.change(ctx, id, nil, func(v *Volume) bool {
 		if quota <= v.Quota {
 			return false
@@ -376,6 +388,7 @@ func (l *Local) Commit(ctx context.Context, id string, c *Commit) (CommitResult,
 	mu.Lock()
 	defer mu.Unlock()
 
+	l.caughtUp(ctx, id)
 	v, err := l.Volume(ctx, id)
 	if err != nil {
 		return CommitResult{}, err
