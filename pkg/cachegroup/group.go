@@ -317,8 +317,10 @@ func (g *Group) onPrimary(ctx context.Context, id string, fn func(Home) error) e
 }
 
 // Volume returns volume id's newest head among its homes: those thought up
-// first, the others only if none of those has it. It is ErrNotFound if a
-// home answered and none has it, ErrUnavailable if no home answered.
+// first, the others only if none of those has it. It is ErrNotFound only if
+// every home asked answered and none has it, since a committer drops the
+// layers of volumes that are gone; ErrUnavailable if a home could not be
+// asked.
 func (g *Group) Volume(ctx context.Context, id string) (Volume, error) {
 	var (
 		best     *Volume
@@ -347,7 +349,7 @@ func (g *Group) Volume(ctx context.Context, id string) (Volume, error) {
 			return *best, nil
 		}
 	}
-	if !answered {
+	if len(errs) > 0 || !answered {
 		return Volume{}, fmt.Errorf("volume %s: %w: %w", id, ErrUnavailable, errors.Join(errs...))
 	}
 	return Volume{}, fmt.Errorf("volume %s: %w", id, ErrNotFound)

@@ -480,6 +480,10 @@ func TestStaleLivenessDoesNotHideVolumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	const missing = "vol-000000000000000000000000"
+	if _, err := ms[0].group.Volume(ctx, missing); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a volume that does not exist: %v, want not found", err)
+	}
 	var client *member // the member that is not one of the homes
 	for _, m := range ms {
 		if !slices.ContainsFunc(m.group.Homes(vol.ID), func(p Peer) bool { return p.Name() == m.name }) {
@@ -516,6 +520,12 @@ func TestStaleLivenessDoesNotHideVolumes(t *testing.T) {
 	_, err = client.group.Volume(ctx, vol.ID)
 	if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrNotFound) {
 		t.Fatalf("volume with every home stopped: %v, want unavailable", err)
+	}
+	// Two of three members are stopped, so one home at least of any volume
+	// is: a volume no running home has may still be at a stopped one.
+	_, err = client.group.Volume(ctx, missing)
+	if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrNotFound) {
+		t.Fatalf("a volume no running home has: %v, want unavailable", err)
 	}
 }
 
