@@ -422,15 +422,18 @@ func (g *Group) replicate(ctx context.Context, v Volume, trees []Digest) error {
 // keeps, if it is newer than this member's: a primary back from an outage
 // must not build on the head it had while the next home took commits, nor a
 // member that just became a home answer "not found" before anti-entropy
-// brings it the head. A home that cannot be asked is passed over: the head
-// this member has is then the newest it can know.
+// brings it the head. Homes thought down are asked too, briefly: a wrong
+// "down" would lose a commit, a right one costs a second. A home that
+// cannot be asked is passed over: the head here is the newest it can know.
 func (g *Group) catchUp(ctx context.Context, id string) {
 	var best *Volume
-	for _, h := range g.liveOnly(g.Homes(id)) {
+	ask := func(h Peer, limit time.Duration) {
 		if h == Peer(g.local) {
-			continue
+			return
 		}
-		v, err := h.Volume(ctx, id)
+		hctx, cancel := context.WithTimeout(ctx, limit)
+		defer cancel()
+		v, err := h.Volume(hctx, id)
 		switch {
 		case err == nil:
 			if best == nil || newer(v, *best) {
@@ -438,7 +441,16 @@ func (g *Group) catchUp(ctx context.Context, id string) {
 			}
 		case !errors.Is(err, ErrNotFound):
 			g.failed(h, err)
+			return
 		}
+		g.answered(h)
+	}
+	live, down := g.byLiveness(g.Homes(id))
+	for _, h := range live {
+		ask(h, time.Minute)
+	}
+	for _, h := range down {
+		ask(h, time.Second)
 	}
 	if best == nil {
 		return

@@ -578,3 +578,82 @@ func TestPrimaryBackFromAnOutageCatchesUpFirst(t *testing.T) {
 		}
 	}
 }
+
+// A pod's writes to a volume whose primary lacks the head and cannot reach
+// the home that has it (a partition between the two) wait until it can;
+// they are never dropped as written to a deleted volume.
+func TestCommitWaitsForTheHomeThatHasTheVolume(t *testing.T) {
+	ms := newGroup(t, 3)
+	ctx := context.Background()
+	name := "v"
+	homes := ms[0].group.Homes(VolumeID(name))
+	primary, second := memberByName(ms, homes[0].Name()), memberByName(ms, homes[1].Name())
+	var committer *member
+	for _, m := range ms {
+		if m != primary && m != second {
+			committer = m
+		}
+	}
+	// Created while the primary is away: only the second home has it.
+	primary.srv.Close()
+	vol, err := committer.group.CreateVolume(ctx, VolumeSpec{Name: name, Quota: 1 << 20}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	restart(t, primary)
+	committer.group.SetLive(primary.name, true)
+	// The primary reaches the second home at an address nobody listens on.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nowhere := ln.Addr().String()
+	ln.Close()
+	view := func(secondAt string) {
+		var st Static
+		for _, m := range ms {
+			addr := m.addr
+			if m == second {
+				addr = secondAt
+			}
+			st = append(st, Endpoint{Name: m.name, Addr: addr})
+		}
+		NewMembership(primary.group, st, NewSecretAuth(testSecret), time.Second).Refresh(ctx)
+	}
+	view(nowhere)
+
+	target := "/pods/waits"
+	upper, _, err := committer.node.NewLayer(Layer{VolumeID: vol.ID, Target: target, Base: vol.Root, Commit: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(upper, "kept"), []byte("acknowledged"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := committer.node.Submit(target); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); committer.node.Stats.CommitFailures.Load() == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("no commit attempt failed while the primary could not reach the home that has the volume (the layer was dropped?)")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if committer.node.Stats.Commits.Load() != 0 {
+		t.Fatal("committed while the primary lacked the head")
+	}
+
+	view(second.addr)
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := committer.node.WaitIdle(wctx); err != nil {
+		t.Fatal(err)
+	}
+	head, err := committer.group.Volume(ctx, vol.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if head.Count != 1 || committer.node.Stats.Commits.Load() != 1 {
+		t.Fatalf("after the partition: %d entries, %d commits", head.Count, committer.node.Stats.Commits.Load())
+	}
+}
