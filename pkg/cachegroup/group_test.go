@@ -484,12 +484,7 @@ func TestStaleLivenessDoesNotHideVolumes(t *testing.T) {
 	if _, err := ms[0].group.Volume(ctx, missing); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("a volume that does not exist: %v, want not found", err)
 	}
-	var client *member // the member that is not one of the homes
-	for _, m := range ms {
-		if !slices.ContainsFunc(m.group.Homes(vol.ID), func(p Peer) bool { return p.Name() == m.name }) {
-			client = m
-		}
-	}
+	_, _, client := roles(ms, vol.ID)
 	othersDown := func() {
 		for _, m := range ms {
 			if m != client {
@@ -529,6 +524,19 @@ func TestStaleLivenessDoesNotHideVolumes(t *testing.T) {
 	}
 }
 
+// roles returns, in a group of three, volume id's two homes (primary first)
+// and the member that is neither.
+func roles(ms []*member, id string) (primary, second, other *member) {
+	homes := ms[0].group.Homes(id)
+	primary, second = memberByName(ms, homes[0].Name()), memberByName(ms, homes[1].Name())
+	for _, m := range ms {
+		if m != primary && m != second {
+			other = m
+		}
+	}
+	return primary, second, other
+}
+
 // restart serves m's peer API again on its address, as a member process
 // restarted in place would.
 func restart(t *testing.T, m *member) {
@@ -552,14 +560,7 @@ func TestPrimaryBackFromAnOutageCatchesUpFirst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	homes := ms[0].group.Homes(vol.ID)
-	primary, second := memberByName(ms, homes[0].Name()), memberByName(ms, homes[1].Name())
-	var committer *member
-	for _, m := range ms {
-		if m != primary && m != second {
-			committer = m
-		}
-	}
+	primary, second, committer := roles(ms, vol.ID)
 	commitFiles(t, committer, vol, map[string]string{"a": "1"})
 
 	primary.srv.Close()
@@ -586,14 +587,7 @@ func TestCommitWaitsForTheHomeThatHasTheVolume(t *testing.T) {
 	ms := newGroup(t, 3)
 	ctx := context.Background()
 	name := "v"
-	homes := ms[0].group.Homes(VolumeID(name))
-	primary, second := memberByName(ms, homes[0].Name()), memberByName(ms, homes[1].Name())
-	var committer *member
-	for _, m := range ms {
-		if m != primary && m != second {
-			committer = m
-		}
-	}
+	primary, second, committer := roles(ms, VolumeID(name))
 	// Created while the primary is away: only the second home has it.
 	primary.srv.Close()
 	vol, err := committer.group.CreateVolume(ctx, VolumeSpec{Name: name, Quota: 1 << 20}, "")
