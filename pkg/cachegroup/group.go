@@ -234,10 +234,7 @@ func (g *Group) liveOnly(ps []Peer) []Peer {
 }
 
 // byLiveness splits ps, in order, into the members thought up and those
-// thought down. Liveness is a probe's view a few seconds old (a member
-// started together with the others may still think them down), so requests
-// ask the members thought down when those thought up could not answer;
-// background passes skip them.
+// thought down.
 func (g *Group) byLiveness(ps []Peer) (live, down []Peer) {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
@@ -255,6 +252,24 @@ func (g *Group) byLiveness(ps []Peer) (live, down []Peer) {
 func (g *Group) liveFirst(ps []Peer) []Peer {
 	live, down := g.byLiveness(ps)
 	return append(live, down...)
+}
+
+// inTurn calls ask on each of ps thought up and then, unless settled (if
+// given) says that was enough, on each thought down. Liveness is a probe's
+// view a few seconds old (a member started with the others may still think
+// them down), so requests fall back on the members thought down; background
+// passes skip them (liveOnly).
+func (g *Group) inTurn(ps []Peer, settled func() bool, ask func(p Peer, thoughtDown bool)) {
+	live, down := g.byLiveness(ps)
+	for _, p := range live {
+		ask(p, false)
+	}
+	if settled != nil && settled() {
+		return
+	}
+	for _, p := range down {
+		ask(p, true)
+	}
 }
 
 // answered records that p, thought down, answered a request.
@@ -322,37 +337,46 @@ func (g *Group) onPrimary(ctx context.Context, id string, fn func(Home) error) e
 // layers of volumes that are gone; ErrUnavailable if a home could not be
 // asked.
 func (g *Group) Volume(ctx context.Context, id string) (Volume, error) {
-	var (
-		best     *Volume
-		errs     []error
-		answered bool
-	)
-	live, down := g.byLiveness(g.Homes(id))
-	for _, homes := range [][]Peer{live, down} {
-		for _, h := range homes {
-			v, err := h.Volume(ctx, id)
-			switch {
-			case err == nil:
-				if best == nil || newer(v, *best) {
-					best = &v
-				}
-			case errors.Is(err, ErrNotFound):
-			default:
-				g.failed(h, err)
-				errs = append(errs, err)
-				continue
-			}
-			answered = true
-			g.answered(h)
-		}
-		if best != nil {
-			return *best, nil
-		}
-	}
-	if len(errs) > 0 || !answered {
+	best, answered, errs := g.newestHead(ctx, id, nil, false)
+	switch {
+	case best != nil:
+		return *best, nil
+	case len(errs) > 0 || !answered:
 		return Volume{}, fmt.Errorf("volume %s: %w: %w", id, ErrUnavailable, errors.Join(errs...))
 	}
 	return Volume{}, fmt.Errorf("volume %s: %w", id, ErrNotFound)
+}
+
+// newestHead asks volume id's homes, but skip, for its head and returns the
+// newest, whether any home answered and the errors of those that could not
+// be asked. Homes thought down are asked within a second each, and only if
+// those thought up have no head, unless all is set.
+func (g *Group) newestHead(ctx context.Context, id string, skip Peer, all bool) (best *Volume, answered bool, errs []error) {
+	g.inTurn(g.Homes(id), func() bool { return !all && best != nil }, func(h Peer, thoughtDown bool) {
+		if h == skip {
+			return
+		}
+		limit := time.Minute
+		if thoughtDown {
+			limit = time.Second
+		}
+		hctx, cancel := context.WithTimeout(ctx, limit)
+		defer cancel()
+		v, err := h.Volume(hctx, id)
+		switch {
+		case err == nil:
+			if best == nil || newer(v, *best) {
+				best = &v
+			}
+		case !errors.Is(err, ErrNotFound):
+			g.failed(h, err)
+			errs = append(errs, err)
+			return
+		}
+		answered = true
+		g.answered(h)
+	})
+	return best, answered, errs
 }
 
 // CreateVolume creates a volume at its primary home; from a snapshot, the
@@ -418,46 +442,21 @@ func (g *Group) replicate(ctx context.Context, v Volume, trees []Digest) error {
 	return nil
 }
 
-// catchUp stores here the newest head of volume id that another live home
-// keeps, if it is newer than this member's: a primary back from an outage
-// must not build on the head it had while the next home took commits, nor a
-// member that just became a home answer "not found" before anti-entropy
-// brings it the head. Homes thought down are asked too, briefly: a wrong
-// "down" would lose a commit, a right one costs a second. A home that
-// cannot be asked is passed over: the head here is the newest it can know.
-func (g *Group) catchUp(ctx context.Context, id string) {
-	var best *Volume
-	ask := func(h Peer, limit time.Duration) {
-		if h == Peer(g.local) {
-			return
+// catchUp stores here the newest head of volume id that another home keeps,
+// if it is newer than this member's: a primary back from an outage must not
+// build on the head it had while the next home took commits, nor a member
+// that just became a home answer "not found" before anti-entropy brings it
+// the head. Homes thought down are asked too, briefly: a wrong "down" would
+// lose a commit, a right one costs a second. It reports whether every other
+// home answered: if not, the head here is only the newest it can know.
+func (g *Group) catchUp(ctx context.Context, id string) (complete bool) {
+	best, _, errs := g.newestHead(ctx, id, g.local, true)
+	if best != nil {
+		if err := g.local.PutHead(ctx, *best); err != nil {
+			klog.ErrorS(err, "Catch up with another home's head", "volume", id)
 		}
-		hctx, cancel := context.WithTimeout(ctx, limit)
-		defer cancel()
-		v, err := h.Volume(hctx, id)
-		switch {
-		case err == nil:
-			if best == nil || newer(v, *best) {
-				best = &v
-			}
-		case !errors.Is(err, ErrNotFound):
-			g.failed(h, err)
-			return
-		}
-		g.answered(h)
 	}
-	live, down := g.byLiveness(g.Homes(id))
-	for _, h := range live {
-		ask(h, time.Minute)
-	}
-	for _, h := range down {
-		ask(h, time.Second)
-	}
-	if best == nil {
-		return
-	}
-	if err := g.local.PutHead(ctx, *best); err != nil {
-		klog.ErrorS(err, "Catch up with another home's head", "volume", id)
-	}
+	return len(errs) == 0
 }
 
 // Volumes lists the group's live volumes, the newest head of each.
@@ -530,22 +529,25 @@ func (g *Group) CreateSnapshot(ctx context.Context, name, volumeID string) (Snap
 	}
 	s := Snapshot{ID: id, Name: name, VolumeID: volumeID, Root: v.Root, Size: v.Size, Count: v.Count, Created: time.Now().UTC()}
 	stored := 0
-	live, down := g.byLiveness(g.Homes(id))
-	for _, homes := range [][]Peer{live, down} {
-		for _, h := range homes {
-			if err := h.PutSnapshot(ctx, s); err != nil {
-				if errors.Is(err, ErrExists) {
-					return Snapshot{}, err
-				}
-				g.failed(h, err)
-				continue
-			}
+	var exists error
+	// A home thought down catches up by anti-entropy once a home has it.
+	g.inTurn(g.Homes(id), func() bool { return stored > 0 || exists != nil }, func(h Peer, _ bool) {
+		if exists != nil {
+			return
+		}
+		err := h.PutSnapshot(ctx, s)
+		switch {
+		case errors.Is(err, ErrExists):
+			exists = err
+		case err != nil:
+			g.failed(h, err)
+		default:
 			g.answered(h)
 			stored++
 		}
-		if stored > 0 {
-			break // a home thought down catches up by anti-entropy
-		}
+	})
+	if exists != nil {
+		return Snapshot{}, exists
 	}
 	if stored == 0 {
 		return Snapshot{}, fmt.Errorf("snapshot %q: %w", name, ErrUnavailable)

@@ -135,8 +135,9 @@ type Local struct {
 	// fetch, if set, brings a missing blob (a tree) from the group.
 	fetch func(ctx context.Context, d Digest) error
 	// catchUp, if set, brings the head of volume id here up to the newest
-	// its other homes keep, before a change is applied to it.
-	catchUp func(ctx context.Context, id string)
+	// its other homes keep, before a change is applied to it, and reports
+	// whether every other home answered.
+	catchUp func(ctx context.Context, id string) (complete bool)
 	// checkBlobs refuses commits naming blobs absent here; only a group of
 	// one can check locally, larger groups trust the committer's pushes.
 	checkBlobs bool
@@ -292,11 +293,20 @@ func (l *Local) replicated(ctx context.Context, v Volume, trees []Digest) error 
 	return nil
 }
 
-// caughtUp brings volume id's head here up to date with its other homes.
-func (l *Local) caughtUp(ctx context.Context, id string) {
-	if l.catchUp != nil {
-		l.catchUp(ctx, id)
+// current brings volume id's head here up to date with its other homes and
+// returns it. It says ErrNotFound only when no home has the volume: a home
+// that has never seen it while another home could not be asked says
+// ErrUnavailable, since committers drop the writes of volumes that are gone.
+func (l *Local) current(ctx context.Context, id string) (Volume, error) {
+	complete := l.catchUp == nil || l.catchUp(ctx, id)
+	v, err := l.Volume(ctx, id)
+	l.mu.Lock()
+	_, known := l.volumes[id] // a tombstone is an answer
+	l.mu.Unlock()
+	if errors.Is(err, ErrNotFound) && !known && !complete {
+		return Volume{}, fmt.Errorf("volume %s: not at this home, and another home did not answer: %w", id, ErrUnavailable)
 	}
+	return v, err
 }
 
 // change applies fn to volume id's head under the lock, bumps its generation
@@ -326,7 +336,9 @@ func (l *Local) change(ctx context.Context, id string, trees []Digest, fn func(v
 // DeleteVolume turns volume id's head into a tombstone; a missing volume is
 // not an error. Its blobs are left for garbage collection.
 func (l *Local) DeleteVolume(ctx context.Context, id string) error {
-	l.caughtUp(ctx, id)
+	if _, err := l.current(ctx, id); err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
 	_, err := l.change(ctx, id, nil, func(v *Volume) bool {
 		v.Deleted = true
 		return true
@@ -339,7 +351,9 @@ func (l *Local) DeleteVolume(ctx context.Context, id string) error {
 
 // ExpandVolume raises volume id's quota; a smaller quota is kept as it is.
 func (l *Local) ExpandVolume(ctx context.Context, id string, quota int64) (Volume, error) {
-	l.caughtUp(ctx, id)
+	if _, err := l.current(ctx, id); err != nil {
+		return Volume{}, err
+	}
 	return l.change(ctx, id, nil, func(v *Volume) bool {
 		if quota <= v.Quota {
 			return false
@@ -388,8 +402,7 @@ func (l *Local) Commit(ctx context.Context, id string, c *Commit) (CommitResult,
 	mu.Lock()
 	defer mu.Unlock()
 
-	l.caughtUp(ctx, id)
-	v, err := l.Volume(ctx, id)
+	v, err := l.current(ctx, id)
 	if err != nil {
 		return CommitResult{}, err
 	}

@@ -112,14 +112,6 @@ func (n *Node) commitEntry(ctx context.Context, entry string) error {
 	if errors.Is(err, ErrNotFound) && !n.allBlobsHere(&m.Commit) {
 		return err
 	} else if errors.Is(err, ErrNotFound) {
-		// The layer is dropped only if every home says the volume is gone:
-		// the primary alone may be a home that lacks the head yet.
-		_, verr := n.group.Volume(ctx, l.VolumeID)
-		if verr == nil {
-			return fmt.Errorf("%v, but another home has the volume", err)
-		} else if !errors.Is(verr, ErrNotFound) {
-			return fmt.Errorf("%v; asking every home: %v", err, verr)
-		}
 		return fmt.Errorf("%w: %v", errVolumeGone, err)
 	}
 	if err != nil {

@@ -57,6 +57,7 @@ var errStatuses = []struct {
 	{ErrExists, http.StatusConflict},
 	{ErrTooLarge, http.StatusRequestEntityTooLarge},
 	{ErrNoSpace, http.StatusInsufficientStorage},
+	{ErrUnavailable, http.StatusServiceUnavailable},
 	{ErrCorrupt, http.StatusUnprocessableEntity},
 	{errNotOffered, http.StatusGone},
 }
