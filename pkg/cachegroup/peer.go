@@ -358,24 +358,15 @@ type outgoing struct {
 	data  []byte        // the blob, read ahead; nil to stream it
 }
 
-// prepare decides whether it may be served and, if it is small, reads it.
-// A file of the expected size reads short with one read of size+1 bytes, so
-// no stat is needed; a file of another size is sent as it is, for the
-// asker to reject.
+// prepare decides whether it may be served and, if it is small, reads it
+// (a file of another size than expected is sent as it is, for the asker to
+// reject).
 func (s *Server) prepare(ctx context.Context, it *outgoing, through bool) {
 	defer close(it.ready)
 	if it.as, it.err = s.mayServe(ctx, it.d, through); it.err != nil || it.size <= 0 || it.size > aheadMax {
 		return
 	}
-	fd, err := unix.Open(s.group.Local().Store().Path(it.d), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		it.err = err
-		return
-	}
-	defer unix.Close(fd)
-	b := make([]byte, it.size+1)
-	n, err := readFull(fd, b)
-	it.data, it.err = b[:n], err
+	it.data, it.err = readFile(s.group.Local().Store().Path(it.d), it.size)
 }
 
 // writeFrame streams blob d as one frame of a batch response, or a "not
