@@ -63,16 +63,15 @@ func (h *hydration) fetchAll(ctx context.Context, refs []blobRef, put putFunc) e
 			big = append(big, ref)
 			continue
 		}
-		src := h.sources(ref.Digest)
-		r, ok := Peer(nil), false
-		if len(src) > 0 {
-			r, ok = src[0].(*Remote)
+		var r *Remote
+		if src := h.sources(ref.Digest); len(src) > 0 {
+			r, _ = src[0].(*Remote)
 		}
-		if !ok {
+		if r == nil {
 			alone = append(alone, ref)
 			continue
 		}
-		bySource[r.(*Remote)] = append(bySource[r.(*Remote)], ref)
+		bySource[r] = append(bySource[r], ref)
 	}
 
 	// The large blobs stream alone while the batches run.
@@ -162,13 +161,7 @@ func (h *hydration) fetchAlone(ctx context.Context, ref blobRef) error {
 	if err := h.fetch(ctx, ref.Digest, ref.Size); err != nil {
 		return err
 	}
-	if len(ref.files) == 0 {
-		return nil
-	}
-	if err := h.linkFile(ref.files[0].e, ref.files[0].path); err != nil {
-		return err
-	}
-	return h.linkRest(ref.files)
+	return h.linkAll(ref.files)
 }
 
 // batch is one stream of blobs from one member.

@@ -259,7 +259,7 @@ func (h *hydration) link(ctx context.Context) error {
 		}
 		h.n.group.metrics.FetchBlobs.WithLabelValues("local").Add(float64(len(fs)))
 		h.n.group.metrics.FetchBytes.WithLabelValues("local").Add(float64(len(fs)) * float64(fs[0].e.Size))
-		return h.linkRest(fs)
+		return h.linkAll(fs[1:])
 	})
 	if err != nil || len(missing) == 0 {
 		return err
@@ -282,13 +282,12 @@ func (h *hydration) putFile(ref blobRef, n int64, r io.Reader, buf []byte) error
 	if err := h.n.store.create(f.path, f.e, r, buf); err != nil {
 		return err
 	}
-	return h.linkRest(ref.files)
+	return h.linkAll(ref.files[1:])
 }
 
-// linkRest links every file of fs but the first, which is in place, to their
-// blob.
-func (h *hydration) linkRest(fs []placed) error {
-	for _, f := range fs[1:] {
+// linkAll links every file of fs to its blob, which is here.
+func (h *hydration) linkAll(fs []placed) error {
+	for _, f := range fs {
 		if err := h.linkFile(f.e, f.path); err != nil {
 			return err
 		}

@@ -16,12 +16,10 @@ import (
 // A large blob is fetched as ranges from several of its sources at once,
 // written into one file as they arrive, and hashed in order behind them: one
 // stream per blob leaves a large file's fetch to a single core and a single
-// member, and it is the last thing a hydration waits for.
-const (
-	// rangedParts is how many ranges a large blob is cut into; they are
-	// dealt out to its sources in turn.
-	rangedParts = 4
-)
+// member, and it is the last thing a hydration waits for. rangedParts is how
+// many ranges a large blob is cut into; they are dealt out to its sources in
+// turn.
+const rangedParts = 4
 
 // rangedMin is the smallest blob fetched in ranges (a variable for tests).
 var rangedMin int64 = 64 << 20
