@@ -23,22 +23,16 @@ func BenchmarkCommit5000(b *testing.B) {
 	buf := make([]byte, 5000)
 	b.StopTimer()
 	for i := range b.N {
-		target := fmt.Sprintf("/pods/%d", i)
-		upper, _, err := n.NewLayer(Layer{VolumeID: v.ID, Target: target, Base: v.Root, Commit: true})
-		if err != nil {
-			b.Fatal(err)
-		}
-		for f := range 5000 {
-			p := filepath.Join(upper, fmt.Sprintf("g%03d/a%d/f%d.pom", f%100, i, f))
-			os.MkdirAll(filepath.Dir(p), 0o755)
-			copy(buf, fmt.Sprintf("%d-%d", i, f))
-			if err := os.WriteFile(p, buf[:1000+f%4000], 0o644); err != nil {
-				b.Fatal(err)
+		layerWith(b, n, v, fmt.Sprintf("/pods/%d", i), func(upper string) {
+			for f := range 5000 {
+				p := filepath.Join(upper, fmt.Sprintf("g%03d/a%d/f%d.pom", f%100, i, f))
+				os.MkdirAll(filepath.Dir(p), 0o755)
+				copy(buf, fmt.Sprintf("%d-%d", i, f))
+				if err := os.WriteFile(p, buf[:1000+f%4000], 0o644); err != nil {
+					b.Fatal(err)
+				}
 			}
-		}
-		if err := n.Submit(target); err != nil {
-			b.Fatal(err)
-		}
+		})
 		entries, _ := os.ReadDir(filepath.Join(n.dir, "outbox"))
 		b.StartTimer()
 		if err := n.commitEntry(ctx, filepath.Join(n.dir, "outbox", entries[0].Name())); err != nil {
@@ -61,19 +55,13 @@ func BenchmarkHydrate(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	target := "/pods/import"
-	upper, _, err := a.node.NewLayer(Layer{VolumeID: vol.ID, Target: target, Base: vol.Root, Commit: true})
-	if err != nil {
-		b.Fatal(err)
-	}
 	spec := gentree.Spec{Seed: 7, Files: 10000, Dirs: 1750, TotalBytes: 250 << 20, MaxJarBytes: 8 << 20, BigFileBytes: 512 << 20}
-	st, err := gentree.Generate(upper, spec)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := a.node.Submit(target); err != nil {
-		b.Fatal(err)
-	}
+	var st gentree.Stats
+	layerWith(b, a.node, vol, "/pods/import", func(upper string) {
+		if st, err = gentree.Generate(upper, spec); err != nil {
+			b.Fatal(err)
+		}
+	})
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 	if err := a.node.WaitIdle(wctx); err != nil {

@@ -74,23 +74,22 @@ func newGroup(t testing.TB, n int, weights ...float64) []*member {
 	return ms
 }
 
+// writeFiles returns a layer filler that writes files (path: content).
+func writeFiles(t testing.TB, files map[string]string) func(upper string) {
+	return func(upper string) {
+		for p, c := range files {
+			os.MkdirAll(filepath.Dir(filepath.Join(upper, p)), 0o755)
+			if err := os.WriteFile(filepath.Join(upper, p), []byte(c), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
 // commitFiles commits files through m's node tier, as a pod would.
 func commitFiles(t testing.TB, m *member, vol Volume, files map[string]string) {
 	t.Helper()
-	target := fmt.Sprintf("/pods/%d", time.Now().UnixNano())
-	upper, _, err := m.node.NewLayer(Layer{VolumeID: vol.ID, Target: target, Base: vol.Root, Commit: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for p, c := range files {
-		os.MkdirAll(filepath.Dir(filepath.Join(upper, p)), 0o755)
-		if err := os.WriteFile(filepath.Join(upper, p), []byte(c), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := m.node.Submit(target); err != nil {
-		t.Fatal(err)
-	}
+	layerWith(t, m.node, vol, fmt.Sprintf("/pods/%d", time.Now().UnixNano()), writeFiles(t, files))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := m.node.WaitIdle(ctx); err != nil {
@@ -204,17 +203,11 @@ func testWrongBytes(t *testing.T, content []byte, ranged bool) {
 		}
 	}
 	// Flip bytes of the first owner's copy, keeping its size.
-	first := memberByName(ms, owners[0].Name())
+	first, _, reader := roles(ms, owners)
 	wrong := bytes.ToUpper(content)
 	wrong[len(wrong)/2]++
 	if err := os.WriteFile(first.local.Store().Path(d), wrong, 0o444); err != nil {
 		t.Fatal(err)
-	}
-	var reader *member
-	for _, m := range ms {
-		if m.name != owners[0].Name() && m.name != owners[1].Name() {
-			reader = m
-		}
 	}
 	if _, err := reader.node.fetch(ctx, d, size, reader.group.Sources(d)); err != nil {
 		t.Fatal(err)
@@ -267,14 +260,8 @@ func TestGroupSurvivesAHomeDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	commitFiles(t, ms[0], vol, map[string]string{"a": "1"})
-	primary := memberByName(ms, ms[0].group.Homes(vol.ID)[0].Name())
+	primary, _, client := roles(ms, ms[0].group.Homes(vol.ID))
 	primary.srv.Close()
-	var client *member
-	for _, m := range ms {
-		if m != primary {
-			client = m
-		}
-	}
 	// The next commit fails over to the second home, which had the head.
 	cur, err := client.group.Volume(ctx, vol.ID)
 	if err != nil {
@@ -358,17 +345,9 @@ func TestReconcileKeepsTheBlobsOfCommitsInProgress(t *testing.T) {
 	ctx := context.Background()
 	// A blob on a member that does not own it, already at both owners:
 	// re-replication would drop this copy.
-	var x *member
-	var content []byte
-	for i := 0; x == nil; i++ {
-		content = []byte(fmt.Sprintf("blob %d", i))
-		for _, m := range ms {
-			if !m.group.IsOwner(Sum(content)) {
-				x = m
-			}
-		}
-	}
+	content := []byte("blob")
 	d := Sum(content)
+	_, _, x := roles(ms, ms[0].group.Owners(d))
 	for _, m := range append([]*member{x}, ms...) {
 		if _, err := m.local.Store().Put(bytesReader(content), d); err != nil {
 			t.Fatal(err)
@@ -484,7 +463,7 @@ func TestStaleLivenessDoesNotHideVolumes(t *testing.T) {
 	if _, err := ms[0].group.Volume(ctx, missing); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("a volume that does not exist: %v, want not found", err)
 	}
-	_, _, client := roles(ms, vol.ID)
+	_, _, client := roles(ms, ms[0].group.Homes(vol.ID))
 	othersDown := func() {
 		for _, m := range ms {
 			if m != client {
@@ -524,17 +503,17 @@ func TestStaleLivenessDoesNotHideVolumes(t *testing.T) {
 	}
 }
 
-// roles returns, in a group of three, volume id's two homes (primary first)
-// and the member that is neither.
-func roles(ms []*member, id string) (primary, second, other *member) {
-	homes := ms[0].group.Homes(id)
-	primary, second = memberByName(ms, homes[0].Name()), memberByName(ms, homes[1].Name())
+// roles returns, in a group of three with R=2, the two members placed for
+// something (a volume's homes or a blob's owners, first first) and the
+// member that is neither.
+func roles(ms []*member, placed []Peer) (first, second, other *member) {
+	first, second = memberByName(ms, placed[0].Name()), memberByName(ms, placed[1].Name())
 	for _, m := range ms {
-		if m != primary && m != second {
+		if m != first && m != second {
 			other = m
 		}
 	}
-	return primary, second, other
+	return first, second, other
 }
 
 // restart serves m's peer API again on its address, as a member process
@@ -560,7 +539,7 @@ func TestPrimaryBackFromAnOutageCatchesUpFirst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	primary, second, committer := roles(ms, vol.ID)
+	primary, second, committer := roles(ms, ms[0].group.Homes(vol.ID))
 	commitFiles(t, committer, vol, map[string]string{"a": "1"})
 
 	primary.srv.Close()
@@ -587,7 +566,7 @@ func TestCommitWaitsForTheHomeThatHasTheVolume(t *testing.T) {
 	ms := newGroup(t, 3)
 	ctx := context.Background()
 	name := "v"
-	primary, second, committer := roles(ms, VolumeID(name))
+	primary, second, committer := roles(ms, ms[0].group.Homes(VolumeID(name)))
 	// Created while the primary is away: only the second home has it.
 	primary.srv.Close()
 	vol, err := committer.group.CreateVolume(ctx, VolumeSpec{Name: name, Quota: 1 << 20}, "")
@@ -616,17 +595,7 @@ func TestCommitWaitsForTheHomeThatHasTheVolume(t *testing.T) {
 	}
 	view(nowhere)
 
-	target := "/pods/waits"
-	upper, _, err := committer.node.NewLayer(Layer{VolumeID: vol.ID, Target: target, Base: vol.Root, Commit: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(upper, "kept"), []byte("acknowledged"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := committer.node.Submit(target); err != nil {
-		t.Fatal(err)
-	}
+	layerWith(t, committer.node, vol, "/pods/waits", writeFiles(t, map[string]string{"kept": "acknowledged"}))
 	for deadline := time.Now().Add(10 * time.Second); committer.node.Stats.CommitFailures.Load() == 0; {
 		if time.Now().After(deadline) {
 			t.Fatal("no commit attempt failed while the primary could not reach the home that has the volume (the layer was dropped?)")

@@ -42,7 +42,7 @@ func openMember(t testing.TB, name string, replicas int, clientOnly bool) *Node 
 
 // layerWith creates a layer for vol whose upper directory holds what fill
 // makes, as an overlay would have left it, and submits it to the outbox.
-func layerWith(t *testing.T, n *Node, vol Volume, target string, fill func(upper string)) {
+func layerWith(t testing.TB, n *Node, vol Volume, target string, fill func(upper string)) {
 	t.Helper()
 	upper, _, err := n.NewLayer(Layer{VolumeID: vol.ID, Target: target, Base: vol.Root, Commit: true})
 	if err != nil {
