@@ -104,6 +104,17 @@ func Poll(timeout, interval time.Duration, cond func() (bool, string)) (bool, st
 // WaitLive waits up to timeout until every one of ms sees n live members
 // (itself included).
 func WaitLive(timeout time.Duration, n int, ms ...*Member) error {
+	return waitCount(timeout, "cachegroup_members_live", "live members", n, ms)
+}
+
+// WaitMembers waits up to timeout until every one of ms counts n members,
+// live or not (itself included).
+func WaitMembers(timeout time.Duration, n int, ms ...*Member) error {
+	return waitCount(timeout, "cachegroup_members", "members", n, ms)
+}
+
+// waitCount waits until metric is n on every one of ms.
+func waitCount(timeout time.Duration, metric, what string, n int, ms []*Member) error {
 	ok, msg := Poll(timeout, 200*time.Millisecond, func() (bool, string) {
 		var seen []string
 		done := true
@@ -112,14 +123,14 @@ func WaitLive(timeout time.Duration, n int, ms ...*Member) error {
 			if err != nil {
 				return false, err.Error()
 			}
-			live := ParseMetric(text, "cachegroup_members_live", nil)
-			seen = append(seen, fmt.Sprintf("%s sees %v", m.Name, live))
-			done = done && int(live) == n
+			v := ParseMetric(text, metric, nil)
+			seen = append(seen, fmt.Sprintf("%s sees %v", m.Name, v))
+			done = done && int(v) == n
 		}
 		return done, strings.Join(seen, ", ")
 	})
 	if !ok {
-		return fmt.Errorf("members did not all see %d live members within %v: %s", n, timeout, msg)
+		return fmt.Errorf("members did not all see %d %s within %v: %s", n, what, timeout, msg)
 	}
 	return nil
 }

@@ -262,6 +262,15 @@ func waitLive(t *testing.T, n int, ms ...*member) {
 	}
 }
 
+// waitMembers waits until every one of ms counts n members, live or not
+// (itself included).
+func waitMembers(t *testing.T, n int, ms ...*member) {
+	t.Helper()
+	if err := icluster.WaitMembers(45*time.Second, n, inner(ms)...); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // blobPath is where m's store keeps blob sum.
 func (m *member) blobPath(sum string) string { return m.BlobPath(sum) }
 

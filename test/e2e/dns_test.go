@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 )
 
 // TestMembershipFromDNS runs three members that find each other by a DNS
@@ -27,33 +26,10 @@ func TestMembershipFromDNS(t *testing.T) {
 		for _, m := range ms {
 			text += fmt.Sprintf("%s %s\n", m.IP, name)
 		}
-		// In place: the members' /etc/hosts is a bind mount of this inode.
-		f, err := os.OpenFile(hosts, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-		if err == nil {
-			_, err = f.WriteString(text)
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
-		}
-		if err != nil {
+		// WriteFile truncates in place: the members' /etc/hosts is a bind
+		// mount of this inode.
+		if err := os.WriteFile(hosts, []byte(text), 0o644); err != nil {
 			t.Fatal(err)
-		}
-	}
-	// sees waits until each of ms counts n members, itself included.
-	sees := func(n int, ms ...*member) {
-		t.Helper()
-		ok, msg := poll(45*time.Second, 250*time.Millisecond, func() (bool, string) {
-			var got []string
-			done := true
-			for _, m := range ms {
-				v := m.metric(t, "cachegroup_members")
-				got = append(got, fmt.Sprintf("%s sees %v", m.Name, v))
-				done = done && int(v) == n
-			}
-			return done, strings.Join(got, ", ")
-		})
-		if !ok {
-			t.Fatalf("want %d members: %s", n, msg)
 		}
 	}
 
@@ -67,13 +43,13 @@ func TestMembershipFromDNS(t *testing.T) {
 		}
 	}
 	// C is not in the name yet: A and B are a group of two.
-	sees(2, a, b)
+	waitMembers(t, 2, a, b)
 	waitLive(t, 2, a, b)
 
 	// The name gains C's address: everyone picks it up while running, and
 	// knows C by its node name, which C says in its health answer.
 	resolve(a, b, c)
-	sees(3, a, b, c)
+	waitMembers(t, 3, a, b, c)
 	waitLive(t, 3, a, b, c)
 	log, err := os.ReadFile(a.LogPath)
 	if err != nil {
@@ -85,7 +61,7 @@ func TestMembershipFromDNS(t *testing.T) {
 
 	// The name loses B's address: A and C drop B though it still runs.
 	resolve(a, c)
-	sees(2, a, c)
+	waitMembers(t, 2, a, c)
 	if !b.running() {
 		t.Fatal("B stopped: the change must come from DNS alone")
 	}
