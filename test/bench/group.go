@@ -239,11 +239,7 @@ func (gb *groupBench) hydration(ctx context.Context, owners []*cluster.Member) e
 	metFiles := frate >= targetHydrateFiles || ratio >= targetRawShare
 	from := strings.Join(cluster.Names(owners...), ",")
 	each := func(xs []float64, unit string) string {
-		var parts []string
-		for _, x := range xs {
-			parts = append(parts, commas(int(x)))
-		}
-		return strings.Join(parts, ", ") + " " + unit
+		return joinf(xs, func(x float64) string { return commas(int(x)) }) + " " + unit
 	}
 	gb.rows = append(gb.rows,
 		row{fmt.Sprintf("raw veth: TCP stream %s -> %s (%d conns, %s)", from, d.Name, len(owners), mb(stream.Bytes)), "",
@@ -261,7 +257,7 @@ func (gb *groupBench) hydration(ctx context.Context, owners []*cluster.Member) e
 		fmt.Sprintf("hydration targets: %.0f MB/s and %s files/s, or %.0f%% of the raw transfer of the same tree (disk, veth, files) if lower, taken round by round (ratio = raw time / hydration time, median %.2f); the raw stream (%.0f MB/s, memory to memory) is the network's ceiling",
 			targetHydrateMBps, commas(targetHydrateFiles), targetRawShare*100, ratio, streamRate),
 		fmt.Sprintf("hydration rounds: raw %s and %s; cachegroup %s and %s; ratios %s",
-			each(rawMBps, "MB/s"), each(rawFiles, "files/s"), each(mbpsOf, "MB/s"), each(filesOf, "files/s"), fmtRatios(mbRatio)),
+			each(rawMBps, "MB/s"), each(rawFiles, "files/s"), each(mbpsOf, "MB/s"), each(filesOf, "files/s"), joinf(mbRatio, func(x float64) string { return fmt.Sprintf("%.2f", x) })),
 		fmt.Sprintf("cold hydration on %s (round 1): served %s; fetched %s", d.Name, rs[0].served, rs[0].fetched),
 		fmt.Sprintf("CPU during the cold hydration (round 1, %s): %s", secs(rs[0].dur), rs[0].cpu.describe(rs[0].dur)),
 		fmt.Sprintf("CPU during the raw files transfer (round 1, %s): machine busy %s", secs(rs[0].rawDur), rs[0].rawCPU.busy()),
@@ -361,10 +357,11 @@ func (gb *groupBench) hydrationRound(ctx context.Context, r int, owners []*clust
 	return hr, d.Stop()
 }
 
-func fmtRatios(xs []float64) string {
-	var parts []string
-	for _, x := range xs {
-		parts = append(parts, fmt.Sprintf("%.2f", x))
+// joinf formats each of xs with f and joins them with commas.
+func joinf(xs []float64, f func(float64) string) string {
+	parts := make([]string, len(xs))
+	for i, x := range xs {
+		parts[i] = f(x)
 	}
 	return strings.Join(parts, ", ")
 }
