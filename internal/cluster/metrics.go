@@ -16,7 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cachegroup/cachegroup/pkg/cachegroup"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/group"
 )
 
 // MetricsText fetches m's /metrics.
@@ -169,11 +169,11 @@ func (m *Member) Blobs() (map[string]uint64, error) {
 	return out, err
 }
 
-// Owners returns the r members of group that own blob sum, in rendezvous
-// order: the product's placement (cachegroup.Score) with equal weights.
-func Owners(sum string, group []string, r int) []string {
-	ns := slices.Clone(group)
+// Owners returns the r of members that own blob sum, in rendezvous
+// order: the product's placement (group.Score) with equal weights.
+func Owners(sum string, members []string, r int) []string {
+	ns := slices.Clone(members)
 	key := "blob/" + sum
-	sort.Slice(ns, func(i, j int) bool { return cachegroup.Score(key, ns[i], 1) > cachegroup.Score(key, ns[j], 1) })
+	sort.Slice(ns, func(i, j int) bool { return group.Score(key, ns[i], 1) > group.Score(key, ns[j], 1) })
 	return ns[:min(r, len(ns))]
 }

@@ -16,6 +16,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/wire"
 )
 
 // writeCert makes a certificate for cn signed by ca (self-signed if ca is
@@ -57,40 +59,35 @@ func TestMutualTLSRefusesClientsWithoutACertOfTheGroup(t *testing.T) {
 	other, otherKey, _, _ := writeCert(t, filepath.Join(dir), "other-ca", nil, nil)
 	_, _, badCert, badKey := writeCert(t, dir, "intruder", other, otherKey)
 
-	srvAuth, err := NewAuth("", srvCert, srvKey, caFile)
+	srvAuth, err := wire.NewAuth("", srvCert, srvKey, caFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := OpenStore(t.TempDir(), Limits{})
+	m, err := Open(Config{NodeID: "member-a", Dir: t.TempDir(), Group: "g", NoNodeTier: true, Auth: srvAuth})
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := OpenLocal("member-a", s, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := NewGroup("g", l, 2, nil, false)
+	defer m.Close()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	srv := NewServer(g, srvAuth)
-	go srv.ListenAndServe(ctx, ln)
+	go wire.NewServer(m, srvAuth, m.metrics).ListenAndServe(ctx, ln)
 
-	good, err := NewAuth("", cliCert, cliKey, caFile)
+	good, err := wire.NewAuth("", cliCert, cliKey, caFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h, err := NewRemote("member-a", ln.Addr().String(), "member-b", good).Health(ctx); err != nil || h.Name != "member-a" {
+	if h, err := wire.NewClient("member-a", ln.Addr().String(), "member-b", good).Health(ctx); err != nil || h.Name != "member-a" {
 		t.Fatalf("member of the group: %v %v", h, err)
 	}
-	bad, err := NewAuth("", badCert, badKey, caFile)
+	bad, err := wire.NewAuth("", badCert, badKey, caFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := NewRemote("member-a", ln.Addr().String(), "intruder", bad).Health(ctx); err == nil {
+	if _, err := wire.NewClient("member-a", ln.Addr().String(), "intruder", bad).Health(ctx); err == nil {
 		t.Fatal("a certificate of another CA was accepted")
 	}
 	// No client certificate at all.
@@ -101,23 +98,12 @@ func TestMutualTLSRefusesClientsWithoutACertOfTheGroup(t *testing.T) {
 	}
 	// The server counts a failed handshake just after the client sees it.
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		v := counterValue(t, g.Metrics(), "cachegroup_refused_requests_total")
+		v := counterValue(t, m.Metrics(), "cachegroup_refused_requests_total")
 		if v == 2 {
 			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("refused counter %v, want 2", v)
 		}
-	}
-}
-
-func TestNewAuthNeedsCredentials(t *testing.T) {
-	if _, err := NewAuth("", "", "", ""); err == nil {
-		t.Fatal("no secret and no TLS accepted")
-	}
-	short := filepath.Join(t.TempDir(), "secret")
-	os.WriteFile(short, []byte("short"), 0o600)
-	if _, err := NewAuth(short, "", "", ""); err == nil {
-		t.Fatal("a 5-byte secret accepted")
 	}
 }

@@ -1,9 +1,10 @@
-// Package cachegroup holds the data of a cache group: a content-addressed blob
-// store, Merkle trees of directory objects, volume heads and snapshots kept by a
-// volume's home, commits applied to them, and the node tier that materialises
-// snapshots on a node's disk and turns a pod's private writes into commits.
+// Package cachegroup is a member of a cache group, wired from its layers:
+// Open builds the blob store (cas), the volume home (volume), the group's
+// membership and placement (group), the peer protocol's server (wire) and
+// the node tier (node) from one Config, and Run runs what a member does in
+// the background. The CSI driver holds only the mapping of CSI calls onto a
+// Member.
 //
-// A group of one member is the same code path as a group of many: the group
-// routes every operation through the Peer interface, and the local member is
-// simply the peer it picks.
+// The layers import one way: cas ← tree ← volume ← wire ← group ← node ←
+// cachegroup. This package is the only one that knows them all.
 package cachegroup

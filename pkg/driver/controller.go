@@ -5,12 +5,11 @@ import (
 	"fmt"
 	"regexp"
 
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
-
-	"github.com/cachegroup/cachegroup/pkg/cachegroup"
 )
 
 // defaultQuota is the quota of a volume created with no capacity range.
@@ -44,7 +43,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err != nil {
 		return nil, err
 	}
-	id := cachegroup.VolumeID(spec.Name)
+	id := volume.ID(spec.Name)
 	if err := d.inflight.lock(id); err != nil {
 		return nil, err
 	}
@@ -58,7 +57,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	return &csi.CreateVolumeResponse{Volume: vol}, nil
 }
 
-func (d *Driver) validateCreateVolume(req *csi.CreateVolumeRequest) (spec cachegroup.VolumeSpec, source string, err error) {
+func (d *Driver) validateCreateVolume(req *csi.CreateVolumeRequest) (spec volume.Spec, source string, err error) {
 	if req.GetName() == "" {
 		return spec, "", status.Error(codes.InvalidArgument, "volume name is required")
 	}
@@ -77,7 +76,7 @@ func (d *Driver) validateCreateVolume(req *csi.CreateVolumeRequest) (spec cacheg
 	for k, v := range req.GetParameters() {
 		switch {
 		case k == "owner":
-			if spec.Owner, err = ParseOwner(v); err != nil {
+			if spec.FileOwner, err = ParseOwner(v); err != nil {
 				return spec, "", status.Errorf(codes.InvalidArgument, "parameter owner=%s: %v", v, err)
 			}
 		case fromKubernetes(k):
@@ -231,7 +230,7 @@ func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (
 	if err != nil {
 		return nil, errStatus(err, "list volumes")
 	}
-	vs, next, err := page(vs, func(v cachegroup.Volume) string { return v.ID }, req.GetStartingToken(), req.GetMaxEntries(), volumeIDPattern)
+	vs, next, err := page(vs, func(v volume.Volume) string { return v.ID }, req.GetStartingToken(), req.GetMaxEntries(), volumeIDPattern)
 	if err != nil {
 		return nil, err
 	}
@@ -249,7 +248,7 @@ func (d *Driver) GetCapacity(_ context.Context, req *csi.GetCapacityRequest) (*c
 			return &csi.GetCapacityResponse{}, nil // nothing of an unsupported kind fits
 		}
 	}
-	return &csi.GetCapacityResponse{AvailableCapacity: d.store.Capacity()}, nil
+	return &csi.GetCapacityResponse{AvailableCapacity: d.member.Store().Capacity()}, nil
 }
 
 // ControllerExpandVolume raises a volume's quota; nothing on the node changes.
@@ -293,7 +292,7 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 			return nil, status.Errorf(codes.InvalidArgument, "unknown VolumeSnapshotClass parameter %q", k)
 		}
 	}
-	id := cachegroup.SnapshotID(req.GetName())
+	id := volume.SnapshotID(req.GetName())
 	if err := d.inflight.lock(id); err != nil {
 		return nil, err
 	}
@@ -308,7 +307,7 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 	return &csi.CreateSnapshotResponse{Snapshot: csiSnapshot(s)}, nil
 }
 
-func csiSnapshot(s cachegroup.Snapshot) *csi.Snapshot {
+func csiSnapshot(s volume.Snapshot) *csi.Snapshot {
 	return &csi.Snapshot{SnapshotId: s.ID, SourceVolumeId: s.VolumeID, SizeBytes: s.Size,
 		CreationTime: timestamppb.New(s.Created), ReadyToUse: true}
 }
@@ -335,14 +334,14 @@ func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsReques
 	if err != nil {
 		return nil, errStatus(err, "list snapshots")
 	}
-	var match []cachegroup.Snapshot
+	var match []volume.Snapshot
 	for _, s := range ss {
 		if (req.GetSnapshotId() == "" || s.ID == req.GetSnapshotId()) &&
 			(req.GetSourceVolumeId() == "" || s.VolumeID == req.GetSourceVolumeId()) {
 			match = append(match, s)
 		}
 	}
-	match, next, err := page(match, func(s cachegroup.Snapshot) string { return s.ID }, req.GetStartingToken(), req.GetMaxEntries(), snapshotIDPattern)
+	match, next, err := page(match, func(s volume.Snapshot) string { return s.ID }, req.GetStartingToken(), req.GetMaxEntries(), snapshotIDPattern)
 	if err != nil {
 		return nil, err
 	}

@@ -8,13 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
@@ -23,6 +20,8 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/group"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/node"
 )
 
 // DefaultName is the driver's CSI name.
@@ -43,38 +42,13 @@ const (
 
 // Config configures a driver.
 type Config struct {
-	Name      string // CSI driver name; DefaultName if empty
-	NodeID    string // this node's name: the member's identity
-	StoreDir  string // where the member keeps everything
-	Group     string // this member's group
-	Mode      Mode
-	CacheSize int64 // bytes of blobs kept at most; 0: no limit but the floor
-	FreeFloor int64 // free bytes always left on the store's disk
-	// Members is the static member list, "name=host:port" each. With no
-	// member source at all the group is this member alone.
-	Members []string
-	// MembersDNS is a DNS name (a headless Service) whose addresses are the
-	// members, at the port of PeerAddress.
-	MembersDNS string
-	// MembersService is "namespace/name" of a headless Service whose ready
-	// EndpointSlice endpoints are the members.
-	MembersService string
-	// PeerAddress is where this member serves its peers (host:port).
-	PeerAddress string
-	// PeerSecretFile holds the group's shared secret; PeerCert, PeerKey and
-	// PeerCA enable mutual TLS between members.
-	PeerSecretFile, PeerCert, PeerKey, PeerCA string
-	// Replicas is R, the copies of each blob and head (default 2).
-	Replicas int
-	// Weight is this member's share of placement (its capacity).
-	Weight float64
-	// ClientOnly mounts volumes for pods on this node without being a
-	// member: it owns nothing and is never a home. The controller always is.
-	ClientOnly bool
-	// MetricsAddress serves Prometheus metrics at /metrics if set.
-	MetricsAddress string
+	Name string // CSI driver name; DefaultName if empty
+	Mode Mode
 	// DefaultQuota is the quota of an inline volume that names no size.
 	DefaultQuota int64
+	// Member is the cache group member the driver maps CSI calls onto. The
+	// controller is always a client of the group, without a node tier.
+	Member cachegroup.Config
 }
 
 // Driver is a running CSI driver.
@@ -83,15 +57,10 @@ type Driver struct {
 	csi.UnimplementedControllerServer
 	csi.UnimplementedNodeServer
 
-	cfg   Config
-	store *cachegroup.Store
-	local *cachegroup.Local
-	group *cachegroup.Group
-	node  *cachegroup.Node
-
-	auth    *cachegroup.Auth
-	members *cachegroup.Membership
-	source  sourceFunc
+	cfg    Config
+	member *cachegroup.Member
+	group  *group.Group
+	node   *node.Node // nil in controller mode
 
 	inflight inflight
 	srv      *grpc.Server
@@ -99,7 +68,7 @@ type Driver struct {
 	done     sync.WaitGroup
 }
 
-// New opens the member's store and group and returns a driver ready to Serve.
+// New opens the cache group member and returns a driver ready to Serve.
 func New(cfg Config) (*Driver, error) {
 	if cfg.Name == "" {
 		cfg.Name = DefaultName
@@ -107,8 +76,8 @@ func New(cfg Config) (*Driver, error) {
 	if cfg.Mode == "" {
 		cfg.Mode = ModeAll
 	}
-	if cfg.Group == "" {
-		cfg.Group = "default"
+	if cfg.Member.Group == "" {
+		cfg.Member.Group = "default"
 	}
 	if cfg.DefaultQuota == 0 {
 		cfg.DefaultQuota = 10 << 30
@@ -118,69 +87,29 @@ func New(cfg Config) (*Driver, error) {
 	default:
 		return nil, fmt.Errorf("mode %q: want node, controller or all", cfg.Mode)
 	}
-	if cfg.NodeID == "" {
-		return nil, errors.New("node id is empty")
+	if err := validGroupName(cfg.Member.Group); err != nil {
+		return nil, fmt.Errorf("group %q: %w", cfg.Member.Group, err)
 	}
-	if err := validGroupName(cfg.Group); err != nil {
-		return nil, fmt.Errorf("group %q: %w", cfg.Group, err)
+	if cfg.Mode == ModeController {
+		cfg.Member.ClientOnly, cfg.Member.NoNodeTier = true, true
 	}
-	if cfg.StoreDir == "" {
-		return nil, errors.New("store directory is empty")
-	}
-	if cfg.Replicas == 0 {
-		cfg.Replicas = 2
-	}
-	if cfg.Weight == 0 {
-		cfg.Weight = 1
-	}
-	src, err := memberSource(cfg)
+	m, err := cachegroup.Open(cfg.Member)
 	if err != nil {
 		return nil, err
 	}
-	store, err := cachegroup.OpenStore(cfg.StoreDir, cachegroup.Limits{CacheSize: cfg.CacheSize, FreeFloor: cfg.FreeFloor})
-	if err != nil {
-		return nil, err
-	}
-	local, err := cachegroup.OpenLocal(cfg.NodeID, store, filepath.Join(cfg.StoreDir, "meta"))
-	if err != nil {
-		return nil, err
-	}
-	clientOnly := cfg.ClientOnly || cfg.Mode == ModeController
-	d := &Driver{cfg: cfg, store: store, local: local,
-		group: cachegroup.NewGroup(cfg.Group, local, cfg.Replicas, nil, clientOnly)}
-	d.group.SetWeight(cfg.Weight)
-	if src != nil {
-		if d.auth, err = cachegroup.NewAuth(cfg.PeerSecretFile, cfg.PeerCert, cfg.PeerKey, cfg.PeerCA); err != nil {
-			return nil, err
-		}
-		d.source = src
-	} else if clientOnly && cfg.Mode != ModeController {
-		return nil, errors.New("a client-only node needs a member source (--members, --members-dns or --members-service)")
-	}
-	if cfg.Mode != ModeController {
-		if d.node, err = cachegroup.OpenNode(filepath.Join(cfg.StoreDir, "node"), d.group); err != nil {
-			return nil, err
-		}
-	}
-	return d, nil
+	return &Driver{cfg: cfg, member: m, group: m.Group(), node: m.Node()}, nil
 }
 
-// Serve serves the driver's CSI services on l until Stop, and the peer
-// protocol, membership, re-replication and metrics when configured.
+// Serve serves the driver's CSI services on l until Stop, and runs the
+// member (peer protocol, membership, re-replication, committer, metrics).
 func (d *Driver) Serve(l net.Listener) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
-	if err := d.startGroup(ctx); err != nil {
-		cancel()
-		return err
-	}
-	if d.node != nil {
-		d.done.Add(1)
-		go func() {
-			defer d.done.Done()
-			d.node.Run(ctx)
-		}()
-	}
+	d.done.Add(1)
+	go func() {
+		defer d.done.Done()
+		d.member.Run(ctx)
+	}()
 	d.srv = grpc.NewServer(grpc.UnaryInterceptor(logCalls))
 	csi.RegisterIdentityServer(d.srv, d)
 	if d.cfg.Mode != ModeNode {
@@ -189,12 +118,12 @@ func (d *Driver) Serve(l net.Listener) error {
 	if d.cfg.Mode != ModeController {
 		csi.RegisterNodeServer(d.srv, d)
 	}
-	klog.InfoS("Serving", "driver", d.cfg.Name, "version", Version, "mode", d.cfg.Mode, "node", d.cfg.NodeID,
-		"group", d.cfg.Group, "store", d.cfg.StoreDir, "address", l.Addr())
+	klog.InfoS("Serving", "driver", d.cfg.Name, "version", Version, "mode", d.cfg.Mode, "node", d.cfg.Member.NodeID,
+		"group", d.cfg.Member.Group, "store", d.cfg.Member.Dir, "address", l.Addr())
 	return d.srv.Serve(l)
 }
 
-// Stop stops serving and the background committer. Mounted pods are not
+// Stop stops serving and the member's background work. Mounted pods are not
 // touched: their reads never go through this process.
 func (d *Driver) Stop() {
 	if d.srv != nil {
@@ -204,6 +133,7 @@ func (d *Driver) Stop() {
 		d.cancel()
 	}
 	d.done.Wait()
+	d.member.Close()
 }
 
 // WaitIdle waits until every pod write submitted so far is committed.
@@ -215,7 +145,10 @@ func (d *Driver) WaitIdle(ctx context.Context) error {
 }
 
 // Node returns the driver's node tier, or nil in controller mode.
-func (d *Driver) Node() *cachegroup.Node { return d.node }
+func (d *Driver) Node() *node.Node { return d.node }
+
+// Group returns the driver's cache group.
+func (d *Driver) Group() *group.Group { return d.group }
 
 // Listen opens the endpoint of a CSI address such as unix:///csi/csi.sock,
 // removing a stale socket file first.
@@ -290,119 +223,3 @@ func errStatus(err error, format string, args ...any) error {
 	}
 	return status.Errorf(code, "%s: %v", fmt.Sprintf(format, args...), err)
 }
-
-// membershipInterval is how often members are listed and health-checked.
-const membershipInterval = 2 * time.Second
-
-// reconcileInterval is how often heads are exchanged between homes (blobs are
-// checked on membership changes and every few minutes, see RunReconciler).
-const reconcileInterval = 30 * time.Second
-
-// memberSource returns the configured source of members, or nil for a group
-// of one.
-func memberSource(cfg Config) (sourceFunc, error) {
-	n := 0
-	for _, s := range []string{strings.Join(cfg.Members, ","), cfg.MembersDNS, cfg.MembersService} {
-		if s != "" {
-			n++
-		}
-	}
-	if n > 1 {
-		return nil, errors.New("give one member source: --members, --members-dns or --members-service")
-	}
-	_, port, _ := net.SplitHostPort(cfg.PeerAddress)
-	switch {
-	case len(cfg.Members) > 0:
-		st, err := cachegroup.ParseStatic(cfg.Members)
-		if err != nil {
-			return nil, err
-		}
-		if len(st) == 1 && st[0].Name == cfg.NodeID {
-			return nil, nil // a group of one
-		}
-		return func(context.Context) (cachegroup.Source, error) { return st, nil }, nil
-	case cfg.MembersDNS != "":
-		if port == "" {
-			return nil, errors.New("--members-dns needs --peer-address with a port")
-		}
-		return func(context.Context) (cachegroup.Source, error) {
-			return cachegroup.DNS{Name: cfg.MembersDNS, Port: port}, nil
-		}, nil
-	case cfg.MembersService != "":
-		p, err := strconv.Atoi(port)
-		if err != nil {
-			return nil, errors.New("--members-service needs --peer-address with a port")
-		}
-		return func(ctx context.Context) (cachegroup.Source, error) {
-			return cachegroup.NewEndpointSlices(ctx, cfg.MembersService, p)
-		}, nil
-	}
-	return nil, nil
-}
-
-// sourceFunc opens a member source once the driver runs.
-type sourceFunc func(context.Context) (cachegroup.Source, error)
-
-// startGroup starts what a member of a larger group runs besides CSI.
-func (d *Driver) startGroup(ctx context.Context) error {
-	if d.cfg.MetricsAddress != "" {
-		ml, err := net.Listen("tcp", d.cfg.MetricsAddress)
-		if err != nil {
-			return fmt.Errorf("metrics: %w", err)
-		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", d.group.Metrics().Handler())
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		go srv.Serve(ml)
-		go func() {
-			<-ctx.Done()
-			srv.Close()
-		}()
-	}
-	if d.source == nil {
-		return nil
-	}
-	src, err := d.source(ctx)
-	if err != nil {
-		return err
-	}
-	d.members = cachegroup.NewMembership(d.group, src, d.auth, membershipInterval)
-	if d.cfg.PeerAddress != "" && !d.group.ClientOnly() {
-		pl, err := net.Listen("tcp", d.cfg.PeerAddress)
-		if err != nil {
-			return fmt.Errorf("peer address: %w", err)
-		}
-		srv := cachegroup.NewServer(d.group, d.auth)
-		if d.node != nil {
-			srv.Offer, srv.Through = d.node.Offer, d.node.Through
-		}
-		d.done.Add(1)
-		go func() {
-			defer d.done.Done()
-			if err := srv.ListenAndServe(ctx, pl); err != nil {
-				klog.ErrorS(err, "Peer server")
-			}
-		}()
-	}
-	d.members.Refresh(ctx)
-	d.done.Add(1)
-	go func() {
-		defer d.done.Done()
-		d.members.Run(ctx)
-	}()
-	if !d.group.ClientOnly() {
-		d.done.Add(1)
-		go func() {
-			defer d.done.Done()
-			var pinned func(cachegroup.Digest) bool
-			if d.node != nil {
-				pinned = d.node.Pinned
-			}
-			d.group.RunReconciler(ctx, reconcileInterval, pinned)
-		}()
-	}
-	return nil
-}
-
-// Group returns the driver's cache group.
-func (d *Driver) Group() *cachegroup.Group { return d.group }

@@ -30,9 +30,9 @@ func (d *Driver) GetPluginCapabilities(context.Context, *csi.GetPluginCapabiliti
 
 // Probe is healthy only when the local store takes writes.
 func (d *Driver) Probe(context.Context, *csi.ProbeRequest) (*csi.ProbeResponse, error) {
-	f, err := os.CreateTemp(filepath.Join(d.store.Dir(), "tmp"), "probe-")
+	f, err := os.CreateTemp(filepath.Join(d.member.Store().Dir(), "tmp"), "probe-")
 	if err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "store %s is not writable: %v", d.store.Dir(), err)
+		return nil, status.Errorf(codes.FailedPrecondition, "store %s is not writable: %v", d.member.Store().Dir(), err)
 	}
 	f.Close()
 	os.Remove(f.Name())

@@ -12,7 +12,10 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
-	"github.com/cachegroup/cachegroup/pkg/cachegroup"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/node"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
 	"github.com/cachegroup/cachegroup/pkg/mounter"
 )
 
@@ -31,13 +34,13 @@ func (d *Driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRe
 
 // NodeGetInfo returns the node's identity; volumes are not topology bound.
 func (d *Driver) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
-	return &csi.NodeGetInfoResponse{NodeId: d.cfg.NodeID}, nil
+	return &csi.NodeGetInfoResponse{NodeId: d.cfg.Member.NodeID}, nil
 }
 
 // checkGroup refuses a mount that names a group this node does not serve.
 func (d *Driver) checkGroup(o Options) error {
-	if o.Group != "" && o.Group != d.cfg.Group {
-		return status.Errorf(codes.InvalidArgument, "option cache-group=%s: this node serves cache group %q", o.Group, d.cfg.Group)
+	if o.Group != "" && o.Group != d.cfg.Member.Group {
+		return status.Errorf(codes.InvalidArgument, "option cache-group=%s: this node serves cache group %q", o.Group, d.cfg.Member.Group)
 	}
 	return nil
 }
@@ -71,7 +74,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err != nil {
 		return nil, errStatus(err, "stage volume %s", id)
 	}
-	if _, err := d.node.Snapshot(ctx, v.Root, cachegroup.Want{VolumeID: id, Sharing: !opts.NoSharing}); err != nil {
+	if _, err := d.node.Materialize(ctx, v.Root, node.Want{VolumeID: id, Sharing: !opts.NoSharing}); err != nil {
 		return nil, errStatus(err, "stage volume %s: snapshot %s", id, v.Root)
 	}
 	if err := d.node.MarkStaged(id, true); err != nil {
@@ -98,7 +101,7 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 		return nil, status.Errorf(codes.Internal, "unstage volume %s: %v", id, err)
 	}
 	// Keep the newest snapshot of every volume still staged here.
-	var keep []cachegroup.Digest
+	var keep []cas.Digest
 	for _, other := range d.node.Staged() {
 		if v, err := d.group.Volume(ctx, other); err == nil {
 			keep = append(keep, v.Root)
@@ -168,16 +171,16 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err != nil {
 		return nil, errStatus(err, "publish volume %s", volID)
 	}
-	snap, err := d.node.Snapshot(ctx, v.Root, cachegroup.Want{VolumeID: volID, Sharing: !opts.NoSharing})
+	snap, err := d.node.Materialize(ctx, v.Root, node.Want{VolumeID: volID, Sharing: !opts.NoSharing})
 	if err != nil {
 		return nil, errStatus(err, "publish volume %s: snapshot %s", volID, v.Root)
 	}
-	owner := opts.Owner
+	owner := opts.FileOwner
 	if owner == nil {
-		owner = v.Owner
+		owner = v.FileOwner
 	}
-	layer := cachegroup.Layer{VolumeID: volID, Target: target, Base: v.Root, ReadOnly: readOnly,
-		Commit: opts.Commit && !readOnly, Owner: owner, Sharing: !opts.NoSharing}
+	layer := node.Layer{VolumeID: volID, Target: target, Base: v.Root, ReadOnly: readOnly,
+		Commit: opts.Commit && !readOnly, FileOwner: owner, Sharing: !opts.NoSharing}
 	upper, work, err := d.node.NewLayer(layer)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "publish volume %s: %v", volID, err)
@@ -206,7 +209,7 @@ func (d *Driver) ensureInline(ctx context.Context, attrs map[string]string) (str
 	if name == "" {
 		return "", status.Errorf(codes.InvalidArgument, "inline volume: attribute %q (the cache's name) is required", attrVolume)
 	}
-	if err := cachegroup.ValidName(name); err != nil {
+	if err := tree.ValidName(name); err != nil {
 		return "", status.Errorf(codes.InvalidArgument, "inline volume: attribute %s: %v", attrVolume, err)
 	}
 	if ns == "" {
@@ -221,11 +224,11 @@ func (d *Driver) ensureInline(ctx context.Context, attrs map[string]string) (str
 		quota = q
 	}
 	full := inlineVolumeName(ns, name)
-	id := cachegroup.VolumeID(full)
+	id := volume.ID(full)
 	if v, err := d.group.Volume(ctx, id); err == nil {
 		return v.ID, nil // exists: its quota is whatever it was created with
 	}
-	v, err := d.group.CreateVolume(ctx, cachegroup.VolumeSpec{Name: full, Quota: quota}, "")
+	v, err := d.group.CreateVolume(ctx, volume.Spec{Name: full, Quota: quota}, "")
 	if err != nil {
 		return "", errStatus(err, "inline volume %s", full)
 	}

@@ -5,7 +5,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/cachegroup/cachegroup/pkg/cachegroup"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
 )
 
 // Options are a mount's settings, from the volume capability's mount flags
@@ -18,8 +18,8 @@ type Options struct {
 	NoSharing bool
 	// Commit publishes the pod's writes when it ends (commit=on-unmount).
 	Commit bool
-	// Owner normalises committed files to this uid:gid.
-	Owner *cachegroup.Owner
+	// FileOwner normalises committed files to this uid:gid (owner=UID:GID).
+	FileOwner *volume.FileOwner
 	// ReadOnly gives the pod no write access at all.
 	ReadOnly bool
 }
@@ -115,7 +115,7 @@ func (o *Options) set(key, val string, hasVal, attr bool) error {
 		if err != nil {
 			return fmt.Errorf("option owner=%s: %w", val, err)
 		}
-		o.Owner = ow
+		o.FileOwner = ow
 	default:
 		if attr {
 			return fmt.Errorf("unknown volume attribute %q", key)
@@ -126,7 +126,7 @@ func (o *Options) set(key, val string, hasVal, attr bool) error {
 }
 
 // ParseOwner parses "UID:GID" (decimal).
-func ParseOwner(s string) (*cachegroup.Owner, error) {
+func ParseOwner(s string) (*volume.FileOwner, error) {
 	u, g, ok := strings.Cut(s, ":")
 	if !ok {
 		return nil, fmt.Errorf("want UID:GID")
@@ -142,7 +142,7 @@ func ParseOwner(s string) (*cachegroup.Owner, error) {
 	if uid == 1<<32-1 || gid == 1<<32-1 {
 		return nil, fmt.Errorf("uid and gid 4294967295 are reserved")
 	}
-	return &cachegroup.Owner{UID: uint32(uid), GID: uint32(gid)}, nil
+	return &volume.FileOwner{UID: uint32(uid), GID: uint32(gid)}, nil
 }
 
 // validGroupName accepts DNS-label-like names.

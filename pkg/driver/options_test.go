@@ -10,7 +10,7 @@ func TestParseOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.Group != "ci" || !o.NoSharing || o.Commit || o.Owner == nil || o.Owner.UID != 1000 || o.Owner.GID != 1000 || o.ReadOnly {
+	if o.Group != "ci" || !o.NoSharing || o.Commit || o.FileOwner == nil || o.FileOwner.UID != 1000 || o.FileOwner.GID != 1000 || o.ReadOnly {
 		t.Fatalf("parsed %+v", o)
 	}
 	o, err = ParseOptions(nil, map[string]string{"readonly": "true", "no-sharing": "false", "volume": "m2",
@@ -88,8 +88,8 @@ func FuzzParseOptions(f *testing.F) {
 		if o.Group != "" && validGroupName(o.Group) != nil {
 			t.Fatalf("accepted group %q", o.Group)
 		}
-		if o.Owner != nil && (o.Owner.UID == 1<<32-1 || o.Owner.GID == 1<<32-1) {
-			t.Fatalf("accepted reserved owner %+v", o.Owner)
+		if o.FileOwner != nil && (o.FileOwner.UID == 1<<32-1 || o.FileOwner.GID == 1<<32-1) {
+			t.Fatalf("accepted reserved owner %+v", o.FileOwner)
 		}
 	})
 }

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/cachegroup/cachegroup/pkg/cachegroup"
 	"github.com/cachegroup/cachegroup/pkg/mounter"
 )
 
@@ -52,7 +53,7 @@ func newRig(t *testing.T) *rig {
 // start opens a driver on the rig's store; with commits false its committer
 // does not run, as if the process died right after unpublish.
 func (r *rig) start(commits bool) {
-	d, err := New(Config{NodeID: "n1", StoreDir: r.store, Mode: ModeAll})
+	d, err := New(Config{Mode: ModeAll, Member: cachegroup.Config{NodeID: "n1", Dir: r.store}})
 	if err != nil {
 		r.t.Fatal(err)
 	}

@@ -20,7 +20,7 @@ import (
 
 	"github.com/cachegroup/cachegroup/internal/cluster"
 	"github.com/cachegroup/cachegroup/internal/csiharness"
-	"github.com/cachegroup/cachegroup/pkg/cachegroup"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/group"
 )
 
 // Targets of the group part on this machine (issue 3, item 8).
@@ -851,7 +851,7 @@ func (gb *groupBench) join(ctx context.Context, owners, burst []*cluster.Member)
 	}
 	gb.rows = append(gb.rows, row{"join: every blob at its owners, after the last restart", "", secs(settle), "", "", "(info)"})
 	gb.rows = append(gb.rows, movedRow(fmt.Sprintf("moved when a 4th member joins (real group, %s blobs, R=%d)", commas(n), r), frac, ideal))
-	moved, simIdeal := cachegroup.MovedFraction(100, 2, 20000)
+	moved, simIdeal := group.MovedFraction(100, 2, 20000)
 	gb.rows = append(gb.rows, movedRow("moved when a member joins 100 (simulated, 20,000 blobs, R=2)", moved, simIdeal))
 	return nil
 }

@@ -21,7 +21,8 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
 	"github.com/cachegroup/cachegroup/internal/csiharness"
-	"github.com/cachegroup/cachegroup/pkg/cachegroup"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree"
 	"github.com/cachegroup/cachegroup/pkg/mounter"
 )
 
@@ -651,7 +652,7 @@ func replicated(sums, group []string, ms []*member) (bool, string) {
 }
 
 // emptyTree is the digest of the empty directory object.
-var emptyTree = cachegroup.Sum(cachegroup.EmptyTree()).String()
+var emptyTree = cas.Sum(tree.Empty()).String()
 
 // sizeOf returns the size of the files of m with content sum.
 func sizeOf(m manifest, sum string) int64 {

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/cachegroup/cachegroup/pkg/cachegroup"
 	"github.com/cachegroup/cachegroup/pkg/driver"
 )
 
@@ -71,9 +72,8 @@ func TestSanity(t *testing.T) {
 	t.Cleanup(func() { cleanup(t, dir) })
 
 	d, err := driver.New(driver.Config{
-		NodeID:   "sanity-node",
-		StoreDir: filepath.Join(dir, "store"),
-		Mode:     driver.ModeAll,
+		Mode:   driver.ModeAll,
+		Member: cachegroup.Config{NodeID: "sanity-node", Dir: filepath.Join(dir, "store")},
 	})
 	if err != nil {
 		t.Fatalf("new driver: %v", err)

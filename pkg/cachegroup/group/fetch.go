@@ -1,0 +1,141 @@
+package group
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/parallel"
+	"k8s.io/klog/v2"
+)
+
+// Sources returns where to fetch blob d from, best first: its live owners,
+// then every other live member (one may hold a copy), excluding this one.
+func (g *Group) Sources(d cas.Digest) []Peer {
+	var live, down []Peer
+	for _, p := range g.rank("blob/" + d.String()) {
+		switch {
+		case p == Peer(g.self):
+		case g.Live(p.Name()):
+			live = append(live, p)
+		default:
+			down = append(down, p) // last resort: it may be back already
+		}
+	}
+	return append(live, down...)
+}
+
+// Fetch makes sure blob d is in the local store, fetched from its sources.
+func (g *Group) Fetch(ctx context.Context, d cas.Digest) error {
+	_, err := g.FetchFrom(ctx, d, g.Sources(d))
+	return err
+}
+
+// FetchFrom stores blob d in the local store from the first of sources that
+// has it, verifying what arrives: a copy that fails verification is discarded
+// and the next source tried. It returns the member that served it.
+func (g *Group) FetchFrom(ctx context.Context, d cas.Digest, sources []Peer) (Peer, error) {
+	st := g.self.store
+	if st.Has(d) {
+		return g.self, nil
+	}
+	var (
+		errs []error
+		bad  []Peer // sources that sent wrong bytes
+	)
+	defer func() {
+		if len(bad) > 0 && st.Has(d) {
+			go g.repair(context.WithoutCancel(ctx), d, bad)
+		}
+	}()
+	for _, p := range sources {
+		err := func() error {
+			// A sharing peer, not an owner, may pull it through.
+			r, err := p.Fetch(ctx, d, !slices.Contains(g.Owners(d), p))
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			_, err = st.Put(r, d)
+			return err
+		}()
+		if err == nil {
+			return p, nil
+		}
+		if errors.Is(err, cas.ErrCorrupt) {
+			g.metrics.Corrupt.Inc()
+			bad = append(bad, p)
+			klog.ErrorS(err, "Discarded a blob that failed verification", "blob", d, "from", p.Name())
+		} else {
+			g.Failed(p, err)
+		}
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		return nil, fmt.Errorf("blob %s: %w", d, cas.ErrNotFound)
+	}
+	return nil, fmt.Errorf("fetch blob %s: %w", d, errors.Join(errs...))
+}
+
+// repair has each member that served wrong bytes of blob d check its copy
+// (dropping it if bad) and gives it the good one this member now holds.
+func (g *Group) repair(ctx context.Context, d cas.Digest, bad []Peer) {
+	for _, p := range bad {
+		if err := p.Verify(ctx, d); err != nil && !errors.Is(err, cas.ErrNotFound) {
+			klog.ErrorS(err, "Ask member to verify blob", "member", p.Name(), "blob", d)
+			continue
+		}
+		if err := g.pushTo(ctx, p, d); err != nil {
+			klog.ErrorS(err, "Repair blob", "member", p.Name(), "blob", d)
+			continue
+		}
+		klog.InfoS("Repaired a corrupt copy", "member", p.Name(), "blob", d)
+	}
+}
+
+// pushWorkers bounds the blobs pushed at once.
+const pushWorkers = 8
+
+// PushAll sends blobs from the local store to the members that should hold
+// them (see targets), in parallel.
+func (g *Group) PushAll(ctx context.Context, ds []cas.Digest) error {
+	return parallel.Do(ds, pushWorkers, parallel.NoState,
+		func(d cas.Digest, _ struct{}) error { return g.Push(ctx, d) })
+}
+
+// Push sends blob d from the local store to those of its targets that are
+// not this member. It fails if no copy other than the local one could be
+// made while other members are live.
+func (g *Group) Push(ctx context.Context, d cas.Digest) error {
+	err := g.push(ctx, d)
+	if err != nil {
+		// A target that could not be reached is marked down now, so the
+		// next member in rendezvous order stands in for it.
+		err = g.push(ctx, d)
+	}
+	return err
+}
+
+func (g *Group) push(ctx context.Context, d cas.Digest) error {
+	var errs []error
+	for _, p := range g.targets(d) {
+		if p == Peer(g.self) {
+			continue
+		}
+		err := func() error {
+			f, err := g.self.store.Open(d)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			return p.Push(ctx, d, f)
+		}()
+		if err != nil {
+			g.Failed(p, err)
+			errs = append(errs, fmt.Errorf("push blob %s to %s: %w", d, p.Name(), err))
+		}
+	}
+	return errors.Join(errs...)
+}

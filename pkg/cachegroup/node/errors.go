@@ -1,0 +1,17 @@
+package node
+
+import (
+	"errors"
+
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree"
+)
+
+// permanent reports whether a commit error will not go away by retrying.
+func permanent(err error) bool {
+	return errors.Is(err, tree.ErrTooLarge) || errors.Is(err, errVolumeGone) || errors.Is(err, errBadLayer)
+}
+
+var (
+	errVolumeGone = errors.New("volume no longer exists")
+	errBadLayer   = errors.New("outbox entry is unreadable")
+)

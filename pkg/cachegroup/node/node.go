@@ -1,0 +1,423 @@
+package node
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/group"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/files"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/flight"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
+	"k8s.io/klog/v2"
+)
+
+// Layer is one pod's mount of a volume on this node: the snapshot it reads
+// and, unless it is read-only, the private upper directory it writes to.
+type Layer struct {
+	VolumeID string     `json:"volumeID"`
+	Target   string     `json:"target"`
+	Base     cas.Digest `json:"base"`
+	ReadOnly bool       `json:"readOnly,omitempty"`
+	// Commit publishes the pod's writes when it ends; false discards them.
+	Commit bool `json:"commit"`
+	// FileOwner normalises committed files to this uid:gid.
+	FileOwner *volume.FileOwner `json:"owner,omitempty"`
+	// Sharing offers this node's copies to peers (without no-sharing).
+	Sharing bool      `json:"sharing,omitempty"`
+	Created time.Time `json:"created"`
+}
+
+// Stats counts what the node tier did since it started.
+// The Prometheus metrics carry the rest (refused, discarded, evicted).
+type Stats struct {
+	Commits        atomic.Int64 // commits applied
+	Dropped        atomic.Int64 // device files, FIFOs and sockets dropped from commits
+	CommitFailures atomic.Int64 // attempts that failed and will be retried
+}
+
+// Node is the node tier of a member: materialised snapshots, the layers of
+// the pods mounted on this node, and the durable outbox of their writes with
+// the committer that drains it into the group.
+//
+// Layout below its directory: snaps/<root>/ (snapshots), pods/<key>/ (a live
+// layer: layer.json, upper/, work/), outbox/<seq>-<key>/ (an ended layer
+// waiting to be committed), trash/ (being removed).
+type Node struct {
+	dir   string
+	store *cas.Store
+	group *group.Group
+
+	hydrations flight.Group[cas.Digest] // snapshots being materialised
+	fetches    flight.Group[cas.Digest] // blob fetches in progress
+
+	mu      sync.Mutex
+	private map[cas.Digest]bool // node copies of no-sharing mounts: never served
+	pinned  map[cas.Digest]int  // blobs of commits in progress: kept here
+	sharing atomic.Int64        // hydrations of shared snapshots in progress
+	layerMu sync.Mutex          // serialises layer creation and submission
+
+	wake      chan struct{}
+	trashWake chan struct{}
+	Stats     Stats
+}
+
+// Open opens the node tier under dir, on the group's local store. The
+// directory must be on the same filesystem as the store, so that committing a
+// file is a rename.
+func Open(dir string, g *group.Group) (*Node, error) {
+	n := &Node{dir: dir, store: g.Store(), group: g, private: map[cas.Digest]bool{},
+		pinned: map[cas.Digest]int{}, wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1)}
+	for _, sub := range []string{"snaps", "pods", "outbox", "trash", "staged"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+			return nil, fmt.Errorf("open node tier: %w", err)
+		}
+	}
+	// The snapshots directory is traversed by pods' mounts: searchable by all.
+	if err := os.Chmod(filepath.Join(dir, "snaps"), 0o711); err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return nil, err
+	}
+	go n.emptyTrash()
+	return n, nil
+}
+
+func (n *Node) snapPath(root cas.Digest) string { return filepath.Join(n.dir, "snaps", root.String()) }
+
+// layerKey names the layer of a target path.
+func layerKey(target string) string {
+	h := sha256.Sum256([]byte(filepath.Clean(target)))
+	return hex.EncodeToString(h[:12])
+}
+
+// LayerDir returns the directory of target's layer (its upper directory is
+// upper/ below it).
+func (n *Node) LayerDir(target string) string { return n.layerDir(target) }
+
+// Drop discards target's layer and everything written to it.
+func (n *Node) Drop(target string) {
+	n.layerMu.Lock()
+	defer n.layerMu.Unlock()
+	n.discard(n.layerDir(target))
+}
+
+func (n *Node) layerDir(target string) string {
+	return filepath.Join(n.dir, "pods", layerKey(target))
+}
+
+// NewLayer records l and, unless it is read-only, creates its empty upper and
+// work directories, returning their paths. The upper directory's root takes
+// the owner of l.FileOwner, so non-root pods can write at the top of the volume.
+func (n *Node) NewLayer(l Layer) (upper, work string, err error) {
+	n.layerMu.Lock()
+	defer n.layerMu.Unlock()
+	dir := n.layerDir(l.Target)
+	os.RemoveAll(dir) // a layer never mounted (a failed publish) is stale
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", "", err
+	}
+	upper, work = filepath.Join(dir, "upper"), filepath.Join(dir, "work")
+	if !l.ReadOnly {
+		for _, d := range []string{upper, work} {
+			if err := os.Mkdir(d, 0o755); err != nil {
+				return "", "", err
+			}
+		}
+		if l.FileOwner != nil {
+			if err := os.Chown(upper, int(l.FileOwner.UID), int(l.FileOwner.GID)); err != nil {
+				return "", "", err
+			}
+		}
+	}
+	if l.Created.IsZero() {
+		l.Created = time.Now().UTC()
+	}
+	if err := files.WriteJSON(filepath.Join(dir, "layer.json"), &l); err != nil {
+		return "", "", err
+	}
+	return upper, work, nil
+}
+
+// Layer returns the layer recorded for target.
+func (n *Node) Layer(target string) (Layer, bool, error) {
+	return readLayer(n.layerDir(target))
+}
+
+func readLayer(dir string) (Layer, bool, error) {
+	var l Layer
+	b, err := os.ReadFile(filepath.Join(dir, "layer.json"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return l, false, nil
+	}
+	if err != nil {
+		return l, false, err
+	}
+	if err := json.Unmarshal(b, &l); err != nil {
+		return l, false, fmt.Errorf("layer %s: %w", dir, err)
+	}
+	return l, true, nil
+}
+
+// Layers returns every live layer on this node.
+func (n *Node) Layers() ([]Layer, error) {
+	ents, err := os.ReadDir(filepath.Join(n.dir, "pods"))
+	if err != nil {
+		return nil, err
+	}
+	var ls []Layer
+	for _, e := range ents {
+		if l, ok, err := readLayer(filepath.Join(n.dir, "pods", e.Name())); err == nil && ok {
+			ls = append(ls, l)
+		}
+	}
+	return ls, nil
+}
+
+// Submit ends target's layer once it is unmounted: its writes are flushed to
+// disk and moved into the outbox by a rename (or discarded if the layer does
+// not commit). A missing layer is not an error.
+func (n *Node) Submit(target string) error {
+	n.layerMu.Lock()
+	defer n.layerMu.Unlock()
+	dir := n.layerDir(target)
+	l, ok, err := readLayer(dir)
+	if err != nil || !ok {
+		if !ok {
+			n.discard(dir)
+		}
+		return err
+	}
+	if l.ReadOnly || !l.Commit {
+		if !l.ReadOnly {
+			n.group.Metrics().Commits.WithLabelValues("discarded").Inc()
+		}
+		n.discard(dir)
+		return nil
+	}
+	// One syncfs makes every write of the pod durable: the overlay is
+	// mounted volatile, so the pod's own fsyncs cost nothing.
+	if err := n.store.Sync(); err != nil {
+		return err
+	}
+	name := fmt.Sprintf("%020d-%s", time.Now().UnixNano(), filepath.Base(dir))
+	if err := os.Rename(dir, filepath.Join(n.dir, "outbox", name)); err != nil {
+		return fmt.Errorf("move layer into outbox: %w", err)
+	}
+	if err := files.SyncDir(filepath.Join(n.dir, "outbox")); err != nil {
+		return err
+	}
+	n.kick()
+	return nil
+}
+
+// discard moves dir into the trash, removed in the background.
+func (n *Node) discard(dir string) {
+	if _, err := os.Lstat(dir); err != nil {
+		return
+	}
+	dst := filepath.Join(n.dir, "trash", fmt.Sprintf("%d-%s", time.Now().UnixNano(), filepath.Base(dir)))
+	if err := os.Rename(dir, dst); err != nil {
+		os.RemoveAll(dir)
+		return
+	}
+	n.kickTrash()
+}
+
+func (n *Node) kickTrash() {
+	select {
+	case n.trashWake <- struct{}{}:
+	default:
+	}
+}
+
+func (n *Node) emptyTrash() {
+	for {
+		ents, _ := os.ReadDir(filepath.Join(n.dir, "trash"))
+		for _, e := range ents {
+			os.RemoveAll(filepath.Join(n.dir, "trash", e.Name()))
+		}
+		select {
+		case <-n.trashWake:
+		case <-time.After(time.Minute):
+		}
+	}
+}
+
+func (n *Node) kick() {
+	select {
+	case n.wake <- struct{}{}:
+	default:
+	}
+}
+
+// MarkStaged records that volume id is staged on this node (or, with false,
+// no longer is); staged volumes keep their newest snapshot when pruning.
+func (n *Node) MarkStaged(id string, staged bool) error {
+	p := filepath.Join(n.dir, "staged", layerKey(id))
+	if !staged {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	return files.WriteAtomic(p, []byte(id))
+}
+
+// Staged returns the volumes staged on this node.
+func (n *Node) Staged() []string {
+	ents, _ := os.ReadDir(filepath.Join(n.dir, "staged"))
+	var ids []string
+	for _, e := range ents {
+		if b, err := os.ReadFile(filepath.Join(n.dir, "staged", e.Name())); err == nil {
+			ids = append(ids, string(b))
+		}
+	}
+	return ids
+}
+
+// Prune removes the snapshots on this node that no live layer reads and that
+// are not in keep, so the node tier holds little more than what is mounted.
+func (n *Node) Prune(keep ...cas.Digest) error {
+	ls, err := n.Layers()
+	if err != nil {
+		return err
+	}
+	pinned := map[string]bool{}
+	for _, l := range ls {
+		pinned[l.Base.String()] = true
+	}
+	for _, d := range keep {
+		pinned[d.String()] = true
+	}
+	for _, d := range n.hydrations.Keys() {
+		pinned[d.String()] = true
+	}
+	ents, err := os.ReadDir(filepath.Join(n.dir, "snaps"))
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if !pinned[e.Name()] && !strings.HasPrefix(e.Name(), ".work-") {
+			n.discard(filepath.Join(n.dir, "snaps", e.Name()))
+		}
+	}
+	return nil
+}
+
+// Run drains the outbox until ctx ends: entries left by an earlier process
+// first, then each one Submit adds, oldest first. A failed attempt is retried
+// with backoff; an entry that can never be committed (over quota, volume
+// deleted) is dropped and counted.
+func (n *Node) Run(ctx context.Context) {
+	backoff := time.Second
+	for {
+		ents, err := os.ReadDir(filepath.Join(n.dir, "outbox"))
+		if err != nil {
+			klog.ErrorS(err, "Read outbox")
+		}
+		names := make([]string, 0, len(ents))
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		sort.Strings(names)
+		failed := false
+		for _, name := range names {
+			if ctx.Err() != nil {
+				return
+			}
+			err := n.commitEntry(ctx, filepath.Join(n.dir, "outbox", name))
+			switch {
+			case err == nil:
+				n.group.Metrics().Commits.WithLabelValues("applied").Inc()
+			case permanent(err):
+				n.group.Metrics().Commits.WithLabelValues("refused").Inc()
+				klog.ErrorS(err, "tree.Commit refused; the layer is dropped", "entry", name)
+				n.discard(filepath.Join(n.dir, "outbox", name))
+			default:
+				n.group.Metrics().Commits.WithLabelValues("failed").Inc()
+				n.Stats.CommitFailures.Add(1)
+				klog.ErrorS(err, "tree.Commit failed; will retry", "entry", name, "backoff", backoff)
+				failed = true
+			}
+			if failed {
+				break
+			}
+		}
+		wait := time.Minute
+		if failed {
+			wait = backoff
+			backoff = min(2*backoff, time.Minute)
+		} else {
+			backoff = time.Second
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.wake:
+		case <-time.After(wait):
+		}
+	}
+}
+
+// WaitIdle waits until every layer submitted before the call is committed or
+// dropped, nudging the committer while it waits.
+func (n *Node) WaitIdle(ctx context.Context) error {
+	for {
+		ents, err := os.ReadDir(filepath.Join(n.dir, "outbox"))
+		if err != nil {
+			return err
+		}
+		if len(ents) == 0 {
+			return nil
+		}
+		n.kick()
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// pin keeps blobs ds on this node until unpin: see Pinned.
+func (n *Node) pin(ds []cas.Digest) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, d := range ds {
+		n.pinned[d]++
+	}
+}
+
+func (n *Node) unpin(ds []cas.Digest) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, d := range ds {
+		if n.pinned[d]--; n.pinned[d] <= 0 {
+			delete(n.pinned, d)
+		}
+	}
+}
+
+// Pinned reports whether blob d belongs to a commit this node is making;
+// re-replication keeps such a blob here even where placement says it may go,
+// because the commit pushes it from here and, until the commit is applied,
+// this copy may be the only one.
+func (n *Node) Pinned(d cas.Digest) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.pinned[d] > 0
+}

@@ -1,0 +1,262 @@
+package node
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/files"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/parallel"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+)
+
+// manifest is a scanned outbox entry: the commit it makes, written to disk
+// before any file is moved out of the upper directory, so a crash after the
+// move still knows every blob's digest.
+type manifest struct {
+	Commit  tree.Commit `json:"commit"`
+	Dropped int         `json:"dropped"`
+}
+
+// commitEntry turns one outbox entry into a commit and removes it once the
+// group has applied the commit.
+func (n *Node) commitEntry(ctx context.Context, entry string) error {
+	start := time.Now()
+	l, ok, err := readLayer(entry)
+	if err != nil || !ok {
+		return fmt.Errorf("%w: %s: %v", errBadLayer, entry, err)
+	}
+	upper := filepath.Join(entry, "upper")
+	mpath := filepath.Join(entry, "manifest.json")
+	var m manifest
+	if b, err := os.ReadFile(mpath); err == nil {
+		if err := json.Unmarshal(b, &m); err != nil {
+			return fmt.Errorf("%w: %s: %v", errBadLayer, mpath, err)
+		}
+	} else {
+		v, err := n.group.Volume(ctx, l.VolumeID)
+		if errors.Is(err, cas.ErrNotFound) {
+			return fmt.Errorf("%w: %s", errVolumeGone, l.VolumeID)
+		}
+		if err != nil {
+			return err
+		}
+		owner := l.FileOwner
+		if owner == nil {
+			owner = v.FileOwner
+		}
+		if m, err = scanUpper(upper, owner); err != nil {
+			return err
+		}
+		m.Commit.Base = l.Base
+		b, _ := json.Marshal(&m)
+		if err := files.WriteAtomic(mpath, b); err != nil {
+			return err
+		}
+		if m.Dropped > 0 {
+			n.Stats.Dropped.Add(int64(m.Dropped))
+			n.group.Metrics().DroppedFiles.Add(float64(m.Dropped))
+			klog.InfoS("Dropped device files, FIFOs and sockets from a commit", "volume", l.VolumeID, "count", m.Dropped)
+		}
+	}
+	// The commit's blobs stay on this node until the commit is applied:
+	// re-replication must not hand them over halfway.
+	var blobs []cas.Digest
+	for _, op := range m.Commit.Ops {
+		if op.Kind == tree.OpUpsert && op.Entry.Type == tree.TypeFile {
+			blobs = append(blobs, op.Entry.Digest)
+		}
+	}
+	n.pin(blobs)
+	defer n.unpin(blobs)
+	// Move each new file into the store (a rename: no copy).
+	for _, op := range m.Commit.Ops {
+		if op.Kind != tree.OpUpsert || op.Entry.Type != tree.TypeFile {
+			continue
+		}
+		d := op.Entry.Digest
+		if n.store.Has(d) {
+			continue
+		}
+		src := filepath.Join(upper, filepath.FromSlash(op.Path))
+		_, err := n.store.Adopt(src, d, op.Entry.Size)
+		if errors.Is(err, fs.ErrNotExist) && n.group.Fetch(ctx, d) == nil {
+			// Moved into the store by an earlier attempt and dropped since
+			// (by a process without the pin): the group had it, and has
+			// given it back.
+			err = nil
+		}
+		if err != nil {
+			return fmt.Errorf("commit %s: %w", op.Path, err)
+		}
+	}
+	if err := n.store.Sync(); err != nil {
+		return err
+	}
+	for _, d := range blobs {
+		if !l.Sharing && !n.group.IsOwner(d) {
+			n.markPrivate(d)
+		}
+	}
+	if err := n.group.PushAll(ctx, blobs); err != nil {
+		return err
+	}
+	res, err := n.group.Commit(ctx, l.VolumeID, &m.Commit)
+	if errors.Is(err, cas.ErrNotFound) && !n.allBlobsHere(&m.Commit) {
+		return err
+	} else if errors.Is(err, cas.ErrNotFound) {
+		return fmt.Errorf("%w: %v", errVolumeGone, err)
+	}
+	if err != nil {
+		return err
+	}
+	n.group.Metrics().CommitSeconds.Observe(time.Since(start).Seconds())
+	n.group.Metrics().Evicted.Add(float64(res.Evicted))
+	n.Stats.Commits.Add(1)
+	klog.V(2).InfoS("Committed", "volume", l.VolumeID, "ops", len(m.Commit.Ops), "generation", res.Volume.Generation,
+		"evicted", res.Evicted, "duration", time.Since(start))
+	n.discard(entry)
+	return nil
+}
+
+func (n *Node) allBlobsHere(c *tree.Commit) bool {
+	for _, op := range c.Ops {
+		if op.Kind == tree.OpUpsert && op.Entry.Type == tree.TypeFile && !n.store.Has(op.Entry.Digest) {
+			return false
+		}
+	}
+	return true
+}
+
+// scanUpper reads an overlay upper directory as a list of changes: whiteouts
+// become deletes, opaque directories replaces, everything else upserts.
+// Symlinks are recorded and never followed; device files, FIFOs and sockets
+// are dropped; setuid and setgid bits are stripped (on the file itself too,
+// since it becomes the blob). Files are hashed here, once.
+func scanUpper(upper string, owner *volume.FileOwner) (manifest, error) {
+	var m manifest
+	var files []int // indexes of file ops still to hash
+	err := filepath.WalkDir(upper, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p == upper {
+			return nil
+		}
+		rel := filepath.ToSlash(strings.TrimPrefix(p, upper+string(filepath.Separator)))
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		e := tree.Entry{Mode: st.Mode & cas.ModeMask, UID: st.Uid, GID: st.Gid, Mtime: st.Mtim.Nano()}
+		if owner != nil {
+			e.UID, e.GID = owner.UID, owner.GID
+		}
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFCHR:
+			if st.Rdev == 0 { // an overlay whiteout
+				m.Commit.Ops = append(m.Commit.Ops, tree.Op{Kind: tree.OpDelete, Path: rel})
+			} else {
+				m.Dropped++
+			}
+		case unix.S_IFDIR:
+			e.Type = tree.TypeDir
+			kind := tree.OpUpsert
+			if opaque(p) {
+				kind = tree.OpReplace
+			}
+			m.Commit.Ops = append(m.Commit.Ops, tree.Op{Kind: kind, Path: rel, Entry: e})
+		case unix.S_IFLNK:
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			e.Type, e.Target, e.Size = tree.TypeSymlink, target, int64(len(target))
+			m.Commit.Ops = append(m.Commit.Ops, tree.Op{Kind: tree.OpUpsert, Path: rel, Entry: e})
+		case unix.S_IFREG:
+			e.Type, e.Size = tree.TypeFile, st.Size
+			files = append(files, len(m.Commit.Ops))
+			m.Commit.Ops = append(m.Commit.Ops, tree.Op{Kind: tree.OpUpsert, Path: rel, Entry: e})
+		default:
+			m.Dropped++
+		}
+		return nil
+	})
+	if err != nil {
+		return m, fmt.Errorf("scan %s: %w", upper, err)
+	}
+	if err := hashFiles(upper, m.Commit.Ops, files); err != nil {
+		return m, err
+	}
+	if err := m.Commit.Validate(); err != nil {
+		return m, fmt.Errorf("%w: %v", errBadLayer, err)
+	}
+	return m, nil
+}
+
+// hashWorkers bounds the files hashed at once.
+const hashWorkers = 4
+
+// hashFiles hashes the files ops[i] for i in idx, in parallel, and gives each
+// file the metadata its entry records, so it can become the blob as it is.
+func hashFiles(upper string, ops []tree.Op, idx []int) error {
+	return parallel.Do(idx, hashWorkers, func() []byte { return make([]byte, 256<<10) }, func(i int, buf []byte) error {
+		return hashFile(filepath.Join(upper, filepath.FromSlash(ops[i].Path)), &ops[i].Entry, buf)
+	})
+}
+
+// hashFile hashes the regular file at path without following a symlink and
+// sets its owner and mode to e's.
+func hashFile(path string, e *tree.Entry, buf []byte) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("%w: %s changed type while scanned", errBadLayer, path)
+	}
+	h := sha256.New()
+	n, err := io.CopyBuffer(h, f, buf)
+	if err != nil {
+		return fmt.Errorf("hash %s: %w", path, err)
+	}
+	h.Sum(e.Digest[:0])
+	e.Size = n
+	if st.Uid != e.UID || st.Gid != e.GID {
+		if err := unix.Fchown(fd, int(e.UID), int(e.GID)); err != nil {
+			return fmt.Errorf("chown %s: %w", path, err)
+		}
+	}
+	if st.Mode&07777 != e.Mode {
+		if err := unix.Fchmod(fd, e.Mode); err != nil {
+			return fmt.Errorf("chmod %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// opaque reports whether an upper directory hides everything below it in
+// the lower layer.
+func opaque(path string) bool {
+	buf := make([]byte, 4)
+	n, err := unix.Lgetxattr(path, "trusted.overlay.opaque", buf)
+	return err == nil && n == 1 && buf[0] == 'y'
+}

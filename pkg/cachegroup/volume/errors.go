@@ -1,0 +1,10 @@
+package volume
+
+import "errors"
+
+// ErrExists is returned when a name is taken by something incompatible.
+var ErrExists = errors.New("already exists with different settings")
+
+// ErrUnavailable is returned when none of the members that could serve a
+// request is live.
+var ErrUnavailable = errors.New("no live member can serve this")
