@@ -123,14 +123,28 @@ func validateCapabilities(caps []*csi.VolumeCapability) error {
 		return status.Error(codes.InvalidArgument, "volume capabilities are required")
 	}
 	for _, c := range caps {
-		if err := validateCapability(c); err != nil {
+		if _, err := mountOptions(c, nil); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func validateCapability(c *csi.VolumeCapability) error {
+// mountOptions checks capability c and parses its mount flags together with
+// the volume attributes attrs, once per request.
+func mountOptions(c *csi.VolumeCapability, attrs map[string]string) (Options, error) {
+	if err := checkCapability(c); err != nil {
+		return Options{}, err
+	}
+	o, err := ParseOptions(c.GetMount().GetMountFlags(), attrs)
+	if err != nil {
+		return Options{}, status.Errorf(codes.InvalidArgument, "volume capability: %v", err)
+	}
+	return o, nil
+}
+
+// checkCapability accepts a mount volume with an access mode.
+func checkCapability(c *csi.VolumeCapability) error {
 	if c == nil {
 		return status.Error(codes.InvalidArgument, "volume capability is required")
 	}
@@ -146,9 +160,6 @@ func validateCapability(c *csi.VolumeCapability) error {
 	}
 	if m.GetFsType() != "" && m.GetFsType() != "overlay" {
 		return status.Errorf(codes.InvalidArgument, "volume capability: fs type %q is not supported (the volume is an overlay)", m.GetFsType())
-	}
-	if _, err := ParseOptions(m.GetMountFlags(), nil); err != nil {
-		return status.Errorf(codes.InvalidArgument, "volume capability: %v", err)
 	}
 	return nil
 }

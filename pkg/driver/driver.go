@@ -22,6 +22,7 @@ import (
 	"github.com/cachegroup/cachegroup/pkg/cachegroup"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/group"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/node"
+	"github.com/cachegroup/cachegroup/pkg/mounter"
 )
 
 // DefaultName is the driver's CSI name.
@@ -49,6 +50,8 @@ type Config struct {
 	// Member is the cache group member the driver maps CSI calls onto. The
 	// controller is always a client of the group, without a node tier.
 	Member cachegroup.Config
+	// Mounter makes the pods' mounts; mounter.System if nil.
+	Mounter mounter.Mounter
 }
 
 // Driver is a running CSI driver.
@@ -61,6 +64,7 @@ type Driver struct {
 	member *cachegroup.Member
 	group  *group.Group
 	node   *node.Node // nil in controller mode
+	mount  mounter.Mounter
 
 	inflight inflight
 	srv      *grpc.Server
@@ -82,6 +86,9 @@ func New(cfg Config) (*Driver, error) {
 	if cfg.DefaultQuota == 0 {
 		cfg.DefaultQuota = 10 << 30
 	}
+	if cfg.Mounter == nil {
+		cfg.Mounter = mounter.System{}
+	}
 	switch cfg.Mode {
 	case ModeNode, ModeController, ModeAll:
 	default:
@@ -97,7 +104,7 @@ func New(cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Driver{cfg: cfg, member: m, group: m.Group(), node: m.Node()}, nil
+	return &Driver{cfg: cfg, member: m, group: m.Group(), node: m.Node(), mount: cfg.Mounter}, nil
 }
 
 // Serve serves the driver's CSI services on l until Stop, and runs the

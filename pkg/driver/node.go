@@ -16,7 +16,6 @@ import (
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/node"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
-	"github.com/cachegroup/cachegroup/pkg/mounter"
 )
 
 // NodeGetCapabilities advertises staging and volume stats.
@@ -56,12 +55,9 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if req.GetStagingTargetPath() == "" {
 		return nil, status.Error(codes.InvalidArgument, "staging target path is required")
 	}
-	if err := validateCapability(req.GetVolumeCapability()); err != nil {
-		return nil, err
-	}
-	opts, err := ParseOptions(req.GetVolumeCapability().GetMount().GetMountFlags(), req.GetVolumeContext())
+	opts, err := mountOptions(req.GetVolumeCapability(), req.GetVolumeContext())
 	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, err
 	}
 	if err := d.checkGroup(opts); err != nil {
 		return nil, err
@@ -125,13 +121,10 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if target == "" {
 		return nil, status.Error(codes.InvalidArgument, "target path is required")
 	}
-	if err := validateCapability(req.GetVolumeCapability()); err != nil {
-		return nil, err
-	}
 	attrs := req.GetVolumeContext()
-	opts, err := ParseOptions(req.GetVolumeCapability().GetMount().GetMountFlags(), attrs)
+	opts, err := mountOptions(req.GetVolumeCapability(), attrs)
 	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, err
 	}
 	if err := d.checkGroup(opts); err != nil {
 		return nil, err
@@ -160,7 +153,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if l, ok, err := d.node.Layer(target); err != nil {
 		return nil, status.Errorf(codes.Internal, "read layer of %s: %v", target, err)
 	} else if ok {
-		if mounted, _ := mounter.IsMountPoint(target); mounted {
+		if mounted, _ := d.mount.IsMountPoint(target); mounted {
 			if l.VolumeID != volID || l.ReadOnly != readOnly {
 				return nil, status.Errorf(codes.AlreadyExists, "target %s already has volume %s mounted with other settings", target, l.VolumeID)
 			}
@@ -190,9 +183,9 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		return nil, status.Errorf(codes.Internal, "create target %s: %v", target, err)
 	}
 	if readOnly {
-		err = mounter.BindReadOnly(target, snap)
+		err = d.mount.BindReadOnly(target, snap)
 	} else {
-		err = mounter.Overlay(target, snap, upper, work)
+		err = d.mount.Overlay(target, snap, upper, work)
 	}
 	if err != nil {
 		d.node.Drop(target)
@@ -249,7 +242,7 @@ func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVo
 		return nil, err
 	}
 	defer d.inflight.unlock(id)
-	if err := mounter.Unmount(target); err != nil {
+	if err := d.mount.Unmount(target); err != nil {
 		return nil, status.Errorf(codes.Internal, "unmount %s: %v", target, err)
 	}
 	if err := d.node.Submit(target); err != nil {

@@ -164,7 +164,7 @@ func TestWritesReachTheNextPod(t *testing.T) {
 		t.Fatalf("pod B reads %q", got)
 	}
 	// Its mount is an overlay, nosuid and nodev.
-	if opts := mountOptions(t, b); !strings.Contains(opts, "nosuid") || !strings.Contains(opts, "nodev") {
+	if opts := mountFlagsAt(t, b); !strings.Contains(opts, "nosuid") || !strings.Contains(opts, "nodev") {
 		t.Fatalf("mount options %q", opts)
 	}
 }
@@ -299,7 +299,7 @@ func TestSymlinkInUpperCannotEscape(t *testing.T) {
 	if read(t, outside) != "host secret" {
 		t.Fatal("host file changed")
 	}
-	if opts := mountOptions(t, b); !strings.HasPrefix(opts, "ro,") {
+	if opts := mountFlagsAt(t, b); !strings.HasPrefix(opts, "ro,") {
 		t.Fatalf("read-only publish mounted %q", opts)
 	}
 	if err := os.WriteFile(filepath.Join(b, "x"), nil, 0o644); err == nil {
@@ -403,8 +403,8 @@ func must(t *testing.T, err error) {
 	}
 }
 
-// mountOptions returns the mount options of the mount at path.
-func mountOptions(t *testing.T, path string) string {
+// mountFlagsAt returns the mount options of the mount at path.
+func mountFlagsAt(t *testing.T, path string) string {
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		t.Fatal(err)
