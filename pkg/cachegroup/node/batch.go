@@ -94,62 +94,11 @@ func (h *hydration) fetchAll(ctx context.Context, refs []blobRef, put putFunc) e
 		failure error // a local failure: the hydration cannot go on
 	)
 	parallel.Do(splitBatches(bySource), batchStreams, func() []byte { return make([]byte, smallBlob) }, func(b batch, buf []byte) error {
-		// Claimed when the batch starts, not before: a peer pulling a blob
-		// through this node waits only for fetches under way, never for a
-		// batch queued behind others that may be waiting on that peer.
-		claims := map[cas.Digest]*flight.Call{}
-		var refs, later []blobRef
-		for _, ref := range b.refs {
-			f, mine := h.n.fetches.Claim(ref.Digest)
-			if mine && !h.private && h.n.store.Has(ref.Digest) {
-				// Pulled through for a peer meanwhile.
-				h.n.fetches.Done(ref.Digest, f, nil)
-				mine = false
-			}
-			if !mine {
-				later = append(later, ref) // another fetch has it or brought it
-				continue
-			}
-			claims[ref.Digest] = f
-			refs = append(refs, ref)
-		}
-		got := map[cas.Digest]bool{}
-		var local error // why this node could not store a blob
-		var err error
-		if len(refs) > 0 {
-			byDigest := make(map[cas.Digest]blobRef, len(refs))
-			asked := make([]cas.Ref, len(refs))
-			for i, ref := range refs {
-				byDigest[ref.Digest], asked[i] = ref, ref.Ref
-			}
-			err = b.from.FetchBatch(ctx, asked, len(h.holders) > 0, func(ref cas.Ref, n int64, r io.Reader) error {
-				err := put(byDigest[ref.Digest], n, r, buf)
-				switch {
-				case err == nil:
-					got[ref.Digest] = true
-					h.fetched(ref.Digest, n, b.from)
-				case !errors.Is(err, cas.ErrCorrupt): // a wrong copy is fetched again alone
-					local = err
-				}
-				return err
-			})
-		}
-		for d, f := range claims {
-			h.n.fetches.Done(d, f, nil)
-		}
+		left, local := h.runBatch(ctx, b, put, buf)
 		mu.Lock()
 		defer mu.Unlock()
-		if local != nil {
-			failure = cmp.Or(failure, local)
-		} else if err != nil {
-			h.n.group.Failed(b.from, err)
-		}
-		undone = append(undone, later...)
-		for _, ref := range refs {
-			if !got[ref.Digest] {
-				undone = append(undone, ref)
-			}
-		}
+		failure = cmp.Or(failure, local)
+		undone = append(undone, left...)
 		return nil
 	})
 	if failure == nil {
@@ -159,6 +108,63 @@ func (h *hydration) fetchAll(ctx context.Context, refs []blobRef, put putFunc) e
 	}
 	wg.Wait()
 	return errors.Join(failure, bigErr)
+}
+
+// runBatch fetches batch b, handing each blob to put with buf, and returns
+// the refs it did not deliver (to be fetched alone) and, if this node could
+// not store a blob, why.
+func (h *hydration) runBatch(ctx context.Context, b batch, put putFunc, buf []byte) (undone []blobRef, local error) {
+	// Claimed when the batch starts, not before: a peer pulling a blob
+	// through this node waits only for fetches under way, never for a
+	// batch queued behind others that may be waiting on that peer.
+	claims := map[cas.Digest]*flight.Call{}
+	var refs []blobRef
+	for _, ref := range b.refs {
+		f, mine := h.n.fetches.Claim(ref.Digest)
+		if mine && !h.private && h.n.store.Has(ref.Digest) {
+			// Pulled through for a peer meanwhile.
+			h.n.fetches.Done(ref.Digest, f, nil)
+			mine = false
+		}
+		if !mine {
+			undone = append(undone, ref) // another fetch has it or brought it
+			continue
+		}
+		claims[ref.Digest] = f
+		refs = append(refs, ref)
+	}
+	got := map[cas.Digest]bool{}
+	var err error
+	if len(refs) > 0 {
+		byDigest := make(map[cas.Digest]blobRef, len(refs))
+		asked := make([]cas.Ref, len(refs))
+		for i, ref := range refs {
+			byDigest[ref.Digest], asked[i] = ref, ref.Ref
+		}
+		err = b.from.FetchBatch(ctx, asked, len(h.holders) > 0, func(ref cas.Ref, n int64, r io.Reader) error {
+			err := put(byDigest[ref.Digest], n, r, buf)
+			switch {
+			case err == nil:
+				got[ref.Digest] = true
+				h.fetched(ref.Digest, n, b.from)
+			case !errors.Is(err, cas.ErrCorrupt): // a wrong copy is fetched again alone
+				local = err
+			}
+			return err
+		})
+	}
+	for d, f := range claims {
+		h.n.fetches.Done(d, f, nil)
+	}
+	if local == nil && err != nil {
+		h.n.group.Failed(b.from, err)
+	}
+	for _, ref := range refs {
+		if !got[ref.Digest] {
+			undone = append(undone, ref)
+		}
+	}
+	return undone, local
 }
 
 // fetchAlone fetches blob ref by itself along its fallback order and links

@@ -59,10 +59,17 @@ func NewServer(b Backend, auth *Auth, m *metrics.Set) *Server {
 // Handler returns the server's HTTP handler.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	l, st := s.b.Home(), s.b.Store()
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
 		writeJSONResponse(w, s.b.Health(), nil)
 	})
+	s.blobRoutes(mux)
+	s.homeRoutes(mux)
+	return s.authenticate(mux)
+}
+
+// blobRoutes serves the store: blobs, batches of them, and checks.
+func (s *Server) blobRoutes(mux *http.ServeMux) {
+	st := s.b.Store()
 	mux.HandleFunc("GET /v1/blobs/{digest}", s.serveBlob)
 	mux.HandleFunc("POST /v1/blobs", s.serveBatch)
 	mux.HandleFunc("HEAD /v1/blobs/{digest}", s.serveBlob)
@@ -99,6 +106,11 @@ func (s *Server) Handler() http.Handler {
 		}
 		writeJSONResponse(w, has, nil)
 	})
+}
+
+// homeRoutes serves the home: heads, commits, snapshots and sharing nodes.
+func (s *Server) homeRoutes(mux *http.ServeMux) {
+	l := s.b.Home()
 	mux.HandleFunc("GET /v1/volumes", func(w http.ResponseWriter, r *http.Request) {
 		vs, err := l.Volumes(r.Context())
 		writeJSONResponse(w, vs, err)
@@ -180,7 +192,6 @@ func (s *Server) Handler() http.Handler {
 		s.b.AddHolder(root, q.Member)
 		writeJSONResponse(w, nil, nil)
 	})
-	return s.authenticate(mux)
 }
 
 // authenticate refuses, and counts, requests without valid credentials.
