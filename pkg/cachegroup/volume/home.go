@@ -6,9 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -117,12 +118,17 @@ func (l *Home) Volume(_ context.Context, id string) (Volume, error) {
 func (l *Home) Volumes(_ context.Context) ([]Volume, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	vs := make([]Volume, 0, len(l.volumes))
-	for _, v := range l.volumes {
-		vs = append(vs, *v)
+	return byID(l.volumes), nil
+}
+
+// byID returns the values of m sorted by their keys, the IDs.
+func byID[T any](m map[string]*T) []T {
+	ids := slices.Sorted(maps.Keys(m))
+	out := make([]T, len(ids))
+	for i, id := range ids {
+		out[i] = *m[id]
 	}
-	sort.Slice(vs, func(i, j int) bool { return vs[i].ID < vs[j].ID })
-	return vs, nil
+	return out
 }
 
 // CreateVolume creates the volume spec names, or returns it if it exists with
@@ -340,12 +346,7 @@ func (l *Home) Snapshot(_ context.Context, id string) (Snapshot, error) {
 func (l *Home) Snapshots(_ context.Context) ([]Snapshot, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	ss := make([]Snapshot, 0, len(l.snapshots))
-	for _, s := range l.snapshots {
-		ss = append(ss, *s)
-	}
-	sort.Slice(ss, func(i, j int) bool { return ss[i].ID < ss[j].ID })
-	return ss, nil
+	return byID(l.snapshots), nil
 }
 
 // PutSnapshot keeps snapshot s; a snapshot of that name made of another

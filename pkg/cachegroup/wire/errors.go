@@ -2,6 +2,7 @@ package wire
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
@@ -9,7 +10,7 @@ import (
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
 )
 
-// errStatus maps the sentinel errors to HTTP statuses and back.
+// errStatuses maps the sentinel errors to HTTP statuses and back.
 var errStatuses = []struct {
 	err  error
 	code int
@@ -21,11 +22,18 @@ var errStatuses = []struct {
 	{volume.ErrUnavailable, http.StatusServiceUnavailable},
 	{cas.ErrCorrupt, http.StatusUnprocessableEntity},
 	{ErrNotOffered, http.StatusGone},
+	{errBadRequest, http.StatusBadRequest},
 }
 
 // ErrNotOffered is a member's answer for a blob it holds only as a private
 // node copy of a no-sharing mount.
 var ErrNotOffered = errors.New("blob is a private node copy")
+
+// errBadRequest is a request that cannot be served as it is written.
+var errBadRequest = errors.New("bad request")
+
+// badRequest says what is wrong with a request.
+func badRequest(err error) error { return fmt.Errorf("%w: %v", errBadRequest, err) }
 
 // errRemote is an error a peer answered with.
 type errRemote struct {

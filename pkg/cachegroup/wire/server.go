@@ -59,9 +59,7 @@ func NewServer(b Backend, auth *Auth, m *metrics.Set) *Server {
 // Handler returns the server's HTTP handler.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
-		writeJSONResponse(w, s.b.Health(), nil)
-	})
+	route(mux, "GET /v1/health", func(*http.Request) (any, error) { return s.b.Health(), nil })
 	s.blobRoutes(mux)
 	s.homeRoutes(mux)
 	return s.authenticate(mux)
@@ -95,102 +93,77 @@ func (s *Server) blobRoutes(mux *http.ServeMux) {
 		}
 		writeJSONResponse(w, nil, err)
 	})
-	mux.HandleFunc("POST /v1/have", func(w http.ResponseWriter, r *http.Request) {
-		var ds []cas.Digest
-		if !readJSON(w, r, &ds) {
-			return
-		}
+	routeBody(mux, "POST /v1/have", func(_ *http.Request, ds []cas.Digest) (any, error) {
 		has := make([]bool, len(ds))
 		for i, d := range ds {
 			has[i] = st.Has(d)
 		}
-		writeJSONResponse(w, has, nil)
+		return has, nil
 	})
 }
 
 // homeRoutes serves the home: heads, commits, snapshots and sharing nodes.
 func (s *Server) homeRoutes(mux *http.ServeMux) {
 	l := s.b.Home()
-	mux.HandleFunc("GET /v1/volumes", func(w http.ResponseWriter, r *http.Request) {
-		vs, err := l.Volumes(r.Context())
-		writeJSONResponse(w, vs, err)
+	route(mux, "GET /v1/volumes", func(r *http.Request) (any, error) { return l.Volumes(r.Context()) })
+	route(mux, "GET /v1/volumes/{id}", func(r *http.Request) (any, error) { return l.Volume(r.Context(), r.PathValue("id")) })
+	routeBody(mux, "POST /v1/volumes", func(r *http.Request, spec volume.Spec) (any, error) {
+		return l.CreateVolume(r.Context(), spec)
 	})
-	mux.HandleFunc("GET /v1/volumes/{id}", func(w http.ResponseWriter, r *http.Request) {
-		v, err := l.Volume(r.Context(), r.PathValue("id"))
-		writeJSONResponse(w, v, err)
+	route(mux, "DELETE /v1/volumes/{id}", func(r *http.Request) (any, error) {
+		return nil, l.DeleteVolume(r.Context(), r.PathValue("id"))
 	})
-	mux.HandleFunc("POST /v1/volumes", func(w http.ResponseWriter, r *http.Request) {
-		var spec volume.Spec
-		if !readJSON(w, r, &spec) {
-			return
-		}
-		v, err := l.CreateVolume(r.Context(), spec)
-		writeJSONResponse(w, v, err)
+	routeBody(mux, "POST /v1/volumes/{id}/expand", func(r *http.Request, q struct{ Quota int64 }) (any, error) {
+		return l.ExpandVolume(r.Context(), r.PathValue("id"), q.Quota)
 	})
-	mux.HandleFunc("DELETE /v1/volumes/{id}", func(w http.ResponseWriter, r *http.Request) {
-		writeJSONResponse(w, nil, l.DeleteVolume(r.Context(), r.PathValue("id")))
+	routeBody(mux, "POST /v1/volumes/{id}/commit", func(r *http.Request, c tree.Commit) (any, error) {
+		return l.Commit(r.Context(), r.PathValue("id"), &c)
 	})
-	mux.HandleFunc("POST /v1/volumes/{id}/expand", func(w http.ResponseWriter, r *http.Request) {
-		var q struct{ Quota int64 }
-		if !readJSON(w, r, &q) {
-			return
-		}
-		v, err := l.ExpandVolume(r.Context(), r.PathValue("id"), q.Quota)
-		writeJSONResponse(w, v, err)
+	routeBody(mux, "PUT /v1/volumes/{id}/head", func(r *http.Request, v volume.Volume) (any, error) {
+		return nil, l.PutHead(r.Context(), v)
 	})
-	mux.HandleFunc("POST /v1/volumes/{id}/commit", func(w http.ResponseWriter, r *http.Request) {
-		var c tree.Commit
-		if !readJSON(w, r, &c) {
-			return
-		}
-		res, err := l.Commit(r.Context(), r.PathValue("id"), &c)
-		writeJSONResponse(w, res, err)
+	route(mux, "GET /v1/snapshots", func(r *http.Request) (any, error) { return l.Snapshots(r.Context()) })
+	route(mux, "GET /v1/snapshots/{id}", func(r *http.Request) (any, error) { return l.Snapshot(r.Context(), r.PathValue("id")) })
+	routeBody(mux, "PUT /v1/snapshots/{id}", func(r *http.Request, sn volume.Snapshot) (any, error) {
+		return nil, l.PutSnapshot(r.Context(), sn)
 	})
-	mux.HandleFunc("PUT /v1/volumes/{id}/head", func(w http.ResponseWriter, r *http.Request) {
-		var v volume.Volume
-		if !readJSON(w, r, &v) {
-			return
-		}
-		writeJSONResponse(w, nil, l.PutHead(r.Context(), v))
+	route(mux, "DELETE /v1/snapshots/{id}", func(r *http.Request) (any, error) {
+		return nil, l.DeleteSnapshot(r.Context(), r.PathValue("id"))
 	})
-	mux.HandleFunc("GET /v1/snapshots", func(w http.ResponseWriter, r *http.Request) {
-		ss, err := l.Snapshots(r.Context())
-		writeJSONResponse(w, ss, err)
-	})
-	mux.HandleFunc("GET /v1/snapshots/{id}", func(w http.ResponseWriter, r *http.Request) {
-		sn, err := l.Snapshot(r.Context(), r.PathValue("id"))
-		writeJSONResponse(w, sn, err)
-	})
-	mux.HandleFunc("PUT /v1/snapshots/{id}", func(w http.ResponseWriter, r *http.Request) {
-		var sn volume.Snapshot
-		if !readJSON(w, r, &sn) {
-			return
-		}
-		writeJSONResponse(w, nil, l.PutSnapshot(r.Context(), sn))
-	})
-	mux.HandleFunc("DELETE /v1/snapshots/{id}", func(w http.ResponseWriter, r *http.Request) {
-		writeJSONResponse(w, nil, l.DeleteSnapshot(r.Context(), r.PathValue("id")))
-	})
-	mux.HandleFunc("GET /v1/holders/{root}", func(w http.ResponseWriter, r *http.Request) {
+	route(mux, "GET /v1/holders/{root}", func(r *http.Request) (any, error) {
 		root, err := cas.ParseDigest(r.PathValue("root"))
 		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
+			return nil, badRequest(err)
 		}
-		writeJSONResponse(w, s.b.Holders(root), nil)
+		return s.b.Holders(root), nil
 	})
-	mux.HandleFunc("POST /v1/holders/{root}", func(w http.ResponseWriter, r *http.Request) {
+	routeBody(mux, "POST /v1/holders/{root}", func(r *http.Request, q struct{ Member string }) (any, error) {
 		root, err := cas.ParseDigest(r.PathValue("root"))
 		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		var q struct{ Member string }
-		if !readJSON(w, r, &q) {
-			return
+			return nil, badRequest(err)
 		}
 		s.b.AddHolder(root, q.Member)
-		writeJSONResponse(w, nil, nil)
+		return nil, nil
+	})
+}
+
+// route serves pattern with do's answer as JSON (nothing if it is nil).
+func route(mux *http.ServeMux, pattern string, do func(r *http.Request) (any, error)) {
+	mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		v, err := do(r)
+		writeJSONResponse(w, v, err)
+	})
+}
+
+// routeBody is route for requests whose body is a JSON In.
+func routeBody[In any](mux *http.ServeMux, pattern string, do func(r *http.Request, in In) (any, error)) {
+	mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		var in In
+		if !readJSON(w, r, &in) {
+			return
+		}
+		v, err := do(r, in)
+		writeJSONResponse(w, v, err)
 	})
 }
 
