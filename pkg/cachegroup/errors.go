@@ -15,4 +15,5 @@ var (
 	ErrTooLarge    = tree.ErrTooLarge      // a commit larger than the volume's quota
 	ErrExists      = volume.ErrExists      // a name taken by something incompatible
 	ErrUnavailable = volume.ErrUnavailable // no live member can serve this
+	ErrInvalidID   = volume.ErrInvalidID   // an id or member name that breaks its syntax
 )

@@ -3,7 +3,6 @@ package driver
 import (
 	"context"
 	"fmt"
-	"regexp"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -207,20 +206,15 @@ func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 	}}, nil
 }
 
-var (
-	volumeIDPattern   = regexp.MustCompile(`^vol-[0-9a-f]{24}$`)
-	snapshotIDPattern = regexp.MustCompile(`^snap-[0-9a-f]{24}$`)
-)
-
 // page returns the items after the starting token (the last ID of the
 // previous page), at most max of them, and the next token. Tokens are IDs, so
 // a page stays right when items are added or deleted between calls.
-func page[T any](items []T, id func(T) string, token string, max int32, valid *regexp.Regexp) ([]T, string, error) {
+func page[T any](items []T, id func(T) string, token string, max int32, valid func(string) error) ([]T, string, error) {
 	if max < 0 {
 		return nil, "", status.Error(codes.InvalidArgument, "max_entries is negative")
 	}
 	if token != "" {
-		if !valid.MatchString(token) {
+		if valid(token) != nil {
 			return nil, "", status.Errorf(codes.Aborted, "starting token %q is not one this driver returned", token)
 		}
 		i := 0
@@ -241,7 +235,7 @@ func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (
 	if err != nil {
 		return nil, errStatus(err, "list volumes")
 	}
-	vs, next, err := page(vs, func(v volume.Volume) string { return v.ID }, req.GetStartingToken(), req.GetMaxEntries(), volumeIDPattern)
+	vs, next, err := page(vs, func(v volume.Volume) string { return v.ID }, req.GetStartingToken(), req.GetMaxEntries(), volume.CheckVolumeID)
 	if err != nil {
 		return nil, err
 	}
@@ -352,7 +346,7 @@ func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsReques
 			match = append(match, s)
 		}
 	}
-	match, next, err := page(match, func(s volume.Snapshot) string { return s.ID }, req.GetStartingToken(), req.GetMaxEntries(), snapshotIDPattern)
+	match, next, err := page(match, func(s volume.Snapshot) string { return s.ID }, req.GetStartingToken(), req.GetMaxEntries(), volume.CheckSnapshotID)
 	if err != nil {
 		return nil, err
 	}

@@ -221,6 +221,8 @@ func errStatus(err error, format string, args ...any) error {
 		code = codes.AlreadyExists
 	case errors.Is(err, cachegroup.ErrTooLarge), errors.Is(err, cachegroup.ErrNoSpace):
 		code = codes.ResourceExhausted
+	case errors.Is(err, cachegroup.ErrInvalidID):
+		code = codes.InvalidArgument
 	case errors.Is(err, cachegroup.ErrUnavailable):
 		code = codes.Unavailable // the kubelet and provisioner retry
 	case errors.Is(err, context.DeadlineExceeded):

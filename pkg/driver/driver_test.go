@@ -21,6 +21,7 @@ func TestErrStatusCodes(t *testing.T) {
 	}{
 		{fmt.Errorf("volume v: %w", cachegroup.ErrNotFound), codes.NotFound},
 		{fmt.Errorf("volume v: %w", cachegroup.ErrUnavailable), codes.Unavailable},
+		{fmt.Errorf("snapshot ../x: %w", cachegroup.ErrInvalidID), codes.InvalidArgument},
 		{fmt.Errorf("snapshot s: %w", cachegroup.ErrExists), codes.AlreadyExists},
 		{fmt.Errorf("commit: %w", cachegroup.ErrTooLarge), codes.ResourceExhausted},
 		{fmt.Errorf("commit: %w", cachegroup.ErrNoSpace), codes.ResourceExhausted},

@@ -8,3 +8,7 @@ var ErrExists = errors.New("already exists with different settings")
 // ErrUnavailable is returned when none of the members that could serve a
 // request is live.
 var ErrUnavailable = errors.New("no live member can serve this")
+
+// ErrInvalidID is returned for an id or a member name that breaks its syntax:
+// nothing with such an id exists, and no path or URL is ever built from it.
+var ErrInvalidID = errors.New("invalid id")

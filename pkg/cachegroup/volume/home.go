@@ -260,8 +260,11 @@ func (l *Home) ExpandVolume(ctx context.Context, id string, quota int64) (Volume
 
 // PutHead keeps v if it is newer than the head this member has.
 func (l *Home) PutHead(_ context.Context, v Volume) error {
-	if !strings.HasPrefix(v.ID, "vol-") || strings.ContainsAny(v.ID, "/\\.") {
-		return fmt.Errorf("head: bad volume id %q", v.ID)
+	if err := CheckVolumeID(v.ID); err != nil {
+		return fmt.Errorf("head: %w", err)
+	}
+	if v.ID != ID(v.Name) {
+		return fmt.Errorf("head %s: %w: not the id of its name %.80q", v.ID, ErrInvalidID, v.Name)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -353,7 +356,10 @@ func (l *Home) Snapshots(_ context.Context) ([]Snapshot, error) {
 // volume is ErrExists.
 func (l *Home) PutSnapshot(_ context.Context, s Snapshot) error {
 	if s.ID != SnapshotID(s.Name) {
-		return fmt.Errorf("snapshot %q: id %q does not match its name", s.Name, s.ID)
+		return fmt.Errorf("snapshot %.80q: %w: %.80q is not the id of its name", s.Name, ErrInvalidID, s.ID)
+	}
+	if err := CheckVolumeID(s.VolumeID); err != nil {
+		return fmt.Errorf("snapshot %s: %w", s.ID, err)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -372,6 +378,9 @@ func (l *Home) PutSnapshot(_ context.Context, s Snapshot) error {
 
 // DeleteSnapshot unpins snapshot id; a missing snapshot is not an error.
 func (l *Home) DeleteSnapshot(_ context.Context, id string) error {
+	if err := CheckSnapshotID(id); err != nil {
+		return err // no such snapshot, and no path to build from it
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err := os.Remove(filepath.Join(l.dir, "snapshots", id+".json")); err != nil && !errors.Is(err, fs.ErrNotExist) {

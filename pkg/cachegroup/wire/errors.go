@@ -23,6 +23,7 @@ var errStatuses = []struct {
 	{cas.ErrCorrupt, http.StatusUnprocessableEntity},
 	{ErrNotOffered, http.StatusGone},
 	{errBadRequest, http.StatusBadRequest},
+	{volume.ErrInvalidID, http.StatusBadRequest},
 }
 
 // ErrNotOffered is a member's answer for a blob it holds only as a private
