@@ -323,6 +323,9 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 	if id == "" {
 		return nil, status.Error(codes.InvalidArgument, "snapshot id is required")
 	}
+	if volume.CheckSnapshotID(id) != nil {
+		return &csi.DeleteSnapshotResponse{}, nil // no snapshot has such an id: deleted already
+	}
 	if err := d.inflight.lock(id); err != nil {
 		return nil, err
 	}
