@@ -6,8 +6,8 @@ import (
 	"testing"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
-	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/cgtest"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree/treetest"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
 )
 
@@ -23,7 +23,7 @@ func TestSnapshotsAndClone(t *testing.T) {
 	}
 	g := New(Config{Name: "g", Member: "m1", Home: l, Store: s, Replicas: 1})
 	v, _ := l.CreateVolume(ctx, volume.Spec{Name: "src", Quota: 100})
-	l.Commit(ctx, v.ID, &tree.Commit{Ops: []tree.Op{cgtest.File(t, s, "f", "v1", 1)}})
+	l.Commit(ctx, v.ID, &tree.Commit{Ops: []tree.Op{treetest.File(t, s, "f", "v1", 1)}})
 	snap, err := g.CreateSnapshot(ctx, "s1", v.ID)
 	if err != nil {
 		t.Fatal(err)
@@ -31,12 +31,12 @@ func TestSnapshotsAndClone(t *testing.T) {
 	if again, err := g.CreateSnapshot(ctx, "s1", v.ID); err != nil || again.ID != snap.ID {
 		t.Fatalf("idempotent snapshot: %v %v", again, err)
 	}
-	l.Commit(ctx, v.ID, &tree.Commit{Ops: []tree.Op{cgtest.File(t, s, "f", "v2", 2)}})
+	l.Commit(ctx, v.ID, &tree.Commit{Ops: []tree.Op{treetest.File(t, s, "f", "v2", 2)}})
 	clone, err := g.CreateVolume(ctx, volume.Spec{Name: "clone", Quota: 100}, snap.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := cgtest.Listing(t, s, clone.Root); got != "f=v1" {
+	if got := treetest.Listing(t, s, clone.Root); got != "f=v1" {
 		t.Fatalf("clone holds %q, want the snapshot's f=v1", got)
 	}
 	if _, err := g.CreateVolume(ctx, volume.Spec{Name: "clone", Quota: 200}, snap.ID); !errors.Is(err, volume.ErrExists) {

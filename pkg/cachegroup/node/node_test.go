@@ -9,9 +9,9 @@ import (
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/group"
-	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/cgtest"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/files"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree/treetest"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
 	"golang.org/x/sys/unix"
 )
@@ -138,7 +138,7 @@ func TestCommitResumesAfterCrashMidway(t *testing.T) {
 		t.Fatal(err)
 	}
 	cur, _ := l.Volume(ctx, v.ID)
-	if got := cgtest.Listing(t, n.store, cur.Root); got != "one=1 two=2" {
+	if got := treetest.Listing(t, n.store, cur.Root); got != "one=1 two=2" {
 		t.Fatalf("after resume: %q", got)
 	}
 }
@@ -150,10 +150,10 @@ func TestSnapshotReproducesTreeWithSharedContent(t *testing.T) {
 	v, _ := l.CreateVolume(ctx, volume.Spec{Name: "v"})
 	// Two files with the same bytes and different metadata: one inode
 	// cannot carry both, so one of them is a variant.
-	a := cgtest.File(t, s, "a", "same", 111)
-	b := cgtest.File(t, s, "d/b", "same", 222)
+	a := treetest.File(t, s, "a", "same", 111)
+	b := treetest.File(t, s, "d/b", "same", 222)
 	b.Entry.Mode, b.Entry.UID = 0o600, 42
-	r, err := l.Commit(ctx, v.ID, &tree.Commit{Ops: []tree.Op{a, cgtest.Dir("d"), b, cgtest.Dir("empty")}})
+	r, err := l.Commit(ctx, v.ID, &tree.Commit{Ops: []tree.Op{a, treetest.Dir("d"), b, treetest.Dir("empty")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +179,7 @@ func TestSnapshotReproducesTreeWithSharedContent(t *testing.T) {
 		t.Fatalf("empty dir: %v", err)
 	}
 	// A second snapshot that shares the file links to the same inode.
-	r2, err := l.Commit(ctx, v.ID, &tree.Commit{Ops: []tree.Op{cgtest.File(t, s, "c", "new", 3)}})
+	r2, err := l.Commit(ctx, v.ID, &tree.Commit{Ops: []tree.Op{treetest.File(t, s, "c", "new", 3)}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,7 @@
-// Package cgtest helps the member's tests build and read trees: commit ops
+// Package treetest helps the member's tests build and read trees: commit ops
 // whose blobs are in a store, and a listing of a tree's content. It imports
 // cas and tree only, so that every layer's tests can use it.
-package cgtest
+package treetest
 
 import (
 	"sort"
