@@ -29,7 +29,7 @@ type Limits struct {
 // blobs/<first two hex digits>/<digest>; it is written to a temporary file and
 // renamed into place, so a blob that exists is complete. Blob files are
 // immutable in content; their metadata is that of the first file tree entry
-// linked to them (see Node.Snapshot), so a tree can be built from hard links.
+// linked to them (see Link), so a tree can be built from hard links.
 //
 // Writes are not fsynced one by one: callers that acknowledge data call Sync
 // once, which flushes the whole filesystem (one syncfs instead of thousands of
