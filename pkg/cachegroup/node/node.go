@@ -290,7 +290,8 @@ func (n *Node) Staged() []string {
 }
 
 // Prune removes the snapshots on this node that no live layer reads and that
-// are not in keep, so the node tier holds little more than what is mounted.
+// are not in keep, so the node tier holds little more than what is mounted,
+// and the work directories of hydrations that failed.
 func (n *Node) Prune(keep ...cas.Digest) error {
 	ls, err := n.Layers()
 	if err != nil {
@@ -303,15 +304,24 @@ func (n *Node) Prune(keep ...cas.Digest) error {
 	for _, d := range keep {
 		pinned[d.String()] = true
 	}
-	for _, d := range n.hydrations.Keys() {
-		pinned[d.String()] = true
-	}
+	// The directory is read before the hydrations in progress are: a work
+	// directory listed belongs to a hydration claimed before the listing,
+	// which the claims read next still show unless it has ended.
 	ents, err := os.ReadDir(filepath.Join(n.dir, "snaps"))
 	if err != nil {
 		return err
 	}
+	hydrating := map[string]bool{}
+	for _, d := range n.hydrations.Keys() {
+		hydrating[d.String()] = true
+	}
 	for _, e := range ents {
-		if !pinned[e.Name()] && !strings.HasPrefix(e.Name(), ".work-") {
+		name, work := strings.CutPrefix(e.Name(), ".work-")
+		// A work directory no hydration holds is what a failed one left;
+		// a later hydration of its root starts over from the store. One
+		// claimed in the instant after the claims were read fails on its
+		// moved work directory, and its caller retries.
+		if work && !hydrating[name] || !work && !pinned[name] && !hydrating[name] {
 			n.discard(filepath.Join(n.dir, "snaps", e.Name()))
 		}
 	}
