@@ -217,8 +217,8 @@ func hashFiles(upper string, ops []tree.Op, idx []int) error {
 	})
 }
 
-// hashFile hashes the regular file at path without following a symlink and
-// sets its owner and mode to e's.
+// hashFile hashes the regular file at path without following a symlink,
+// sets its owner and mode to e's and removes its extended attributes.
 func hashFile(path string, e *tree.Entry, buf []byte) error {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
@@ -250,7 +250,40 @@ func hashFile(path string, e *tree.Entry, buf []byte) error {
 			return fmt.Errorf("chmod %s: %w", path, err)
 		}
 	}
+	if err := stripXattrs(fd); err != nil {
+		return fmt.Errorf("remove extended attributes of %s: %w", path, err)
+	}
 	return nil
+}
+
+// stripXattrs removes every extended attribute of the open file fd. The file
+// becomes a blob that every pod of the group reads: a pod's attributes
+// (security.capability, user.*, overlay's trusted.overlay.*) must not ride
+// along, and a tree does not record them.
+func stripXattrs(fd int) error {
+	for {
+		size, err := unix.Flistxattr(fd, nil)
+		if err != nil || size == 0 {
+			return err
+		}
+		buf := make([]byte, size)
+		size, err = unix.Flistxattr(fd, buf)
+		if errors.Is(err, unix.ERANGE) {
+			continue // an attribute was added in between: list again
+		}
+		if err != nil {
+			return err
+		}
+		for name := range strings.SplitSeq(string(buf[:size]), "\x00") {
+			if name == "" {
+				continue
+			}
+			if err := unix.Fremovexattr(fd, name); err != nil && !errors.Is(err, unix.ENODATA) {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+		}
+		return nil
+	}
 }
 
 // opaque reports whether an upper directory hides everything below it in
