@@ -1,7 +1,6 @@
 package node
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -10,7 +9,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,7 +19,6 @@ import (
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/files"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/flight"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
-	"k8s.io/klog/v2"
 )
 
 // Layer is one pod's mount of a volume on this node: the snapshot it reads
@@ -54,7 +51,8 @@ type Stats struct {
 //
 // Layout below its directory: snaps/<root>/ (snapshots), pods/<key>/ (a live
 // layer: layer.json, upper/, work/), outbox/<seq>-<key>/ (an ended layer
-// waiting to be committed), trash/ (being removed).
+// waiting to be committed), quarantine/<seq>-<entry>/ (an entry that could
+// never be committed, with a file reason), trash/ (being removed).
 type Node struct {
 	dir   string
 	store *cas.Store
@@ -71,6 +69,7 @@ type Node struct {
 
 	wake      chan struct{}
 	trashWake chan struct{}
+	retry     retryPolicy // how the committer retries an outbox entry
 	Stats     Stats
 }
 
@@ -79,8 +78,8 @@ type Node struct {
 // file is a rename.
 func Open(dir string, g *group.Group) (*Node, error) {
 	n := &Node{dir: dir, store: g.Store(), group: g, private: map[cas.Digest]bool{},
-		pinned: map[cas.Digest]int{}, wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1)}
-	for _, sub := range []string{"snaps", "pods", "outbox", "trash", "staged"} {
+		pinned: map[cas.Digest]int{}, wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1), retry: defaultRetry}
+	for _, sub := range []string{"snaps", "pods", "outbox", "quarantine", "trash", "staged"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("open node tier: %w", err)
 		}
@@ -326,81 +325,6 @@ func (n *Node) Prune(keep ...cas.Digest) error {
 		}
 	}
 	return nil
-}
-
-// Run drains the outbox until ctx ends: entries left by an earlier process
-// first, then each one Submit adds, oldest first. A failed attempt is retried
-// with backoff; an entry that can never be committed (over quota, volume
-// deleted) is dropped and counted.
-func (n *Node) Run(ctx context.Context) {
-	backoff := time.Second
-	for {
-		ents, err := os.ReadDir(filepath.Join(n.dir, "outbox"))
-		if err != nil {
-			klog.ErrorS(err, "Read outbox")
-		}
-		names := make([]string, 0, len(ents))
-		for _, e := range ents {
-			names = append(names, e.Name())
-		}
-		sort.Strings(names)
-		failed := false
-		for _, name := range names {
-			if ctx.Err() != nil {
-				return
-			}
-			err := n.commitEntry(ctx, filepath.Join(n.dir, "outbox", name))
-			switch {
-			case err == nil:
-				n.group.Metrics().Commits.WithLabelValues("applied").Inc()
-			case permanent(err):
-				n.group.Metrics().Commits.WithLabelValues("refused").Inc()
-				klog.ErrorS(err, "tree.Commit refused; the layer is dropped", "entry", name)
-				n.discard(filepath.Join(n.dir, "outbox", name))
-			default:
-				n.group.Metrics().Commits.WithLabelValues("failed").Inc()
-				n.Stats.CommitFailures.Add(1)
-				klog.ErrorS(err, "tree.Commit failed; will retry", "entry", name, "backoff", backoff)
-				failed = true
-			}
-			if failed {
-				break
-			}
-		}
-		wait := time.Minute
-		if failed {
-			wait = backoff
-			backoff = min(2*backoff, time.Minute)
-		} else {
-			backoff = time.Second
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-n.wake:
-		case <-time.After(wait):
-		}
-	}
-}
-
-// WaitIdle waits until every layer submitted before the call is committed or
-// dropped, nudging the committer while it waits.
-func (n *Node) WaitIdle(ctx context.Context) error {
-	for {
-		ents, err := os.ReadDir(filepath.Join(n.dir, "outbox"))
-		if err != nil {
-			return err
-		}
-		if len(ents) == 0 {
-			return nil
-		}
-		n.kick()
-		select {
-		case <-time.After(50 * time.Millisecond):
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
 }
 
 // pin keeps blobs ds on this node until unpin: see Pinned.

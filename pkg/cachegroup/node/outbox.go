@@ -38,6 +38,9 @@ func (n *Node) commitEntry(ctx context.Context, entry string) error {
 	if err != nil || !ok {
 		return fmt.Errorf("%w: %s: %v", errBadLayer, entry, err)
 	}
+	if err := volume.CheckVolumeID(l.VolumeID); err != nil {
+		return fmt.Errorf("%w: %s: %v", errBadLayer, entry, err)
+	}
 	upper := filepath.Join(entry, "upper")
 	mpath := filepath.Join(entry, "manifest.json")
 	var m manifest
