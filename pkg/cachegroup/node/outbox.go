@@ -42,37 +42,9 @@ func (n *Node) commitEntry(ctx context.Context, entry string) error {
 		return fmt.Errorf("%w: %s: %v", errBadLayer, entry, err)
 	}
 	upper := filepath.Join(entry, "upper")
-	mpath := filepath.Join(entry, "manifest.json")
-	var m manifest
-	if b, err := os.ReadFile(mpath); err == nil {
-		if err := json.Unmarshal(b, &m); err != nil {
-			return fmt.Errorf("%w: %s: %v", errBadLayer, mpath, err)
-		}
-	} else {
-		v, err := n.group.Volume(ctx, l.VolumeID)
-		if errors.Is(err, cas.ErrNotFound) {
-			return fmt.Errorf("%w: %s", errVolumeGone, l.VolumeID)
-		}
-		if err != nil {
-			return err
-		}
-		owner := l.FileOwner
-		if owner == nil {
-			owner = v.FileOwner
-		}
-		if m, err = scanUpper(upper, owner); err != nil {
-			return err
-		}
-		m.Commit.Base = l.Base
-		b, _ := json.Marshal(&m)
-		if err := files.WriteAtomic(mpath, b); err != nil {
-			return err
-		}
-		if m.Dropped > 0 {
-			n.Stats.Dropped.Add(int64(m.Dropped))
-			n.group.Metrics().DroppedFiles.Add(float64(m.Dropped))
-			klog.InfoS("Dropped device files, FIFOs and sockets from a commit", "volume", l.VolumeID, "count", m.Dropped)
-		}
+	m, err := n.manifestOf(ctx, entry, l)
+	if err != nil {
+		return err
 	}
 	// The commit's blobs stay on this node until the commit is applied:
 	// re-replication must not hand them over halfway.
@@ -132,6 +104,45 @@ func (n *Node) commitEntry(ctx context.Context, entry string) error {
 		"evicted", res.Evicted, "duration", time.Since(start))
 	n.discard(entry)
 	return nil
+}
+
+// manifestOf returns the manifest of outbox entry (of layer l): the one an
+// earlier attempt wrote, or a new scan of its upper directory, written down
+// before any file moves.
+func (n *Node) manifestOf(ctx context.Context, entry string, l Layer) (manifest, error) {
+	mpath := filepath.Join(entry, "manifest.json")
+	var m manifest
+	if b, err := os.ReadFile(mpath); err == nil {
+		if err := json.Unmarshal(b, &m); err != nil {
+			return m, fmt.Errorf("%w: %s: %v", errBadLayer, mpath, err)
+		}
+		return m, nil
+	}
+	v, err := n.group.Volume(ctx, l.VolumeID)
+	if errors.Is(err, cas.ErrNotFound) {
+		return m, fmt.Errorf("%w: %s", errVolumeGone, l.VolumeID)
+	}
+	if err != nil {
+		return m, err
+	}
+	owner := l.FileOwner
+	if owner == nil {
+		owner = v.FileOwner
+	}
+	if m, err = scanUpper(filepath.Join(entry, "upper"), owner); err != nil {
+		return m, err
+	}
+	m.Commit.Base = l.Base
+	b, _ := json.Marshal(&m)
+	if err := files.WriteAtomic(mpath, b); err != nil {
+		return m, err
+	}
+	if m.Dropped > 0 {
+		n.Stats.Dropped.Add(int64(m.Dropped))
+		n.group.Metrics().DroppedFiles.Add(float64(m.Dropped))
+		klog.InfoS("Dropped device files, FIFOs and sockets from a commit", "volume", l.VolumeID, "count", m.Dropped)
+	}
+	return m, nil
 }
 
 func (n *Node) allBlobsHere(c *tree.Commit) bool {
