@@ -24,7 +24,10 @@ import (
 // Layer is one pod's mount of a volume on this node: the snapshot it reads
 // and, unless it is read-only, the private upper directory it writes to.
 type Layer struct {
-	VolumeID string     `json:"volumeID"`
+	VolumeID string `json:"volumeID"`
+	// Handle is the volume id the CO published the layer under: VolumeID,
+	// or the kubelet's handle of an inline volume.
+	Handle   string     `json:"handle,omitempty"`
 	Target   string     `json:"target"`
 	Base     cas.Digest `json:"base"`
 	ReadOnly bool       `json:"readOnly,omitempty"`
