@@ -265,6 +265,9 @@ func (d *Driver) ensureInline(ctx context.Context, attrs map[string]string) (str
 		if err != nil {
 			return "", status.Errorf(codes.InvalidArgument, "inline volume: attribute size: %v", err)
 		}
+		if q > maxQuota {
+			return "", status.Errorf(codes.InvalidArgument, "inline volume: attribute size %s is over the 1 PiB a volume may have", s)
+		}
 		quota = q
 	}
 	full := inlineVolumeName(ns, name)
