@@ -299,6 +299,8 @@ func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVo
 		return nil, err
 	}
 	defer unlock()
+	// Unmount goes by path after this check, with the race makeTarget
+	// tells of; the removal below goes through the parent opened safely.
 	exists, err := checkNoSymlinks("target path", target)
 	if err != nil {
 		return nil, err // the driver never mounted there: the layer stays
