@@ -3,19 +3,44 @@ package driver
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
+	"k8s.io/klog/v2"
 )
 
 // defaultQuota is the quota of a volume created with no capacity range.
 const defaultQuota = 1 << 30
 
-// maxNameLen bounds CSI names (the spec asks for at least 128).
-const maxNameLen = 256
+// maxNameLen bounds the names of volumes and snapshots: CSI asks drivers to
+// take names of up to 128 bytes, and the Kubernetes sidecars make far
+// shorter ones.
+const maxNameLen = 128
+
+// maxQuota bounds a volume's quota at 1 PiB. A quota reserves nothing, but
+// quotas and sizes are added up as int64 bytes; a bound far above any cache
+// disk keeps those sums clear of overflow and refuses a request whose unit
+// is surely a mistake.
+const maxQuota = 1 << 50
+
+// checkName refuses a volume or snapshot name that is empty, too long or
+// holds NUL bytes (which no Kubernetes name has, and which would end the name
+// early wherever it reaches C).
+func checkName(kind, name string) error {
+	switch {
+	case name == "":
+		return status.Errorf(codes.InvalidArgument, "%s name is required", kind)
+	case len(name) > maxNameLen:
+		return status.Errorf(codes.InvalidArgument, "%s name is %d bytes, longer than %d bytes", kind, len(name), maxNameLen)
+	case strings.ContainsRune(name, 0):
+		return status.Errorf(codes.InvalidArgument, "%s name %.80q holds a NUL byte", kind, name)
+	}
+	return nil
+}
 
 // ControllerGetCapabilities advertises what the controller does; there is no
 // attach: every node reads the group directly.
@@ -57,11 +82,8 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 }
 
 func (d *Driver) validateCreateVolume(req *csi.CreateVolumeRequest) (spec volume.Spec, source string, err error) {
-	if req.GetName() == "" {
-		return spec, "", status.Error(codes.InvalidArgument, "volume name is required")
-	}
-	if len(req.GetName()) > maxNameLen {
-		return spec, "", status.Errorf(codes.InvalidArgument, "volume name is longer than %d bytes", maxNameLen)
+	if err := checkName("volume", req.GetName()); err != nil {
+		return spec, "", err
 	}
 	if err := validateCapabilities(req.GetVolumeCapabilities()); err != nil {
 		return spec, "", err
@@ -92,6 +114,9 @@ func (d *Driver) validateCreateVolume(req *csi.CreateVolumeRequest) (spec volume
 		if snap.GetSnapshotId() == "" {
 			return spec, "", status.Error(codes.InvalidArgument, "volume content source: snapshot id is required")
 		}
+		if err := volume.CheckSnapshotID(snap.GetSnapshotId()); err != nil {
+			return spec, "", status.Errorf(codes.NotFound, "volume content source: %v: no such snapshot", err)
+		}
 		source = snap.GetSnapshotId()
 	}
 	return spec, source, nil
@@ -105,6 +130,9 @@ func quotaOf(r *csi.CapacityRange) (int64, error) {
 	}
 	if lim > 0 && req > lim {
 		return 0, status.Errorf(codes.InvalidArgument, "capacity range: required %d > limit %d", req, lim)
+	}
+	if req > maxQuota {
+		return 0, status.Errorf(codes.InvalidArgument, "capacity range: required %d bytes is over the %d bytes (1 PiB) a volume may have", req, int64(maxQuota))
 	}
 	switch {
 	case req > 0:
@@ -163,11 +191,16 @@ func checkCapability(c *csi.VolumeCapability) error {
 	return nil
 }
 
-// DeleteVolume drops a volume's head; a missing volume is not an error.
+// DeleteVolume drops a volume's head; a missing volume is not an error, nor
+// is an id that no volume can have.
 func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
 	id := req.GetVolumeId()
 	if id == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume id is required")
+	}
+	if err := volume.CheckVolumeID(id); err != nil {
+		klog.V(2).InfoS("Delete of an id no volume can have: nothing to delete", "err", err)
+		return &csi.DeleteVolumeResponse{}, nil
 	}
 	if err := d.inflight.lock(id); err != nil {
 		return nil, err
@@ -187,6 +220,9 @@ func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 	}
 	if len(req.GetVolumeCapabilities()) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "volume capabilities are required")
+	}
+	if err := volume.CheckVolumeID(id); err != nil {
+		return nil, notFound(err)
 	}
 	if _, err := d.group.Volume(ctx, id); err != nil {
 		return nil, errStatus(err, "volume %s", id)
@@ -269,6 +305,9 @@ func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.Controller
 	if err != nil {
 		return nil, err
 	}
+	if err := volume.CheckVolumeID(id); err != nil {
+		return nil, notFound(err)
+	}
 	if err := d.inflight.lock(id); err != nil {
 		return nil, err
 	}
@@ -282,11 +321,8 @@ func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.Controller
 
 // CreateSnapshot pins the volume's current generation (idempotent on name).
 func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
-	if req.GetName() == "" {
-		return nil, status.Error(codes.InvalidArgument, "snapshot name is required")
-	}
-	if len(req.GetName()) > maxNameLen {
-		return nil, status.Errorf(codes.InvalidArgument, "snapshot name is longer than %d bytes", maxNameLen)
+	if err := checkName("snapshot", req.GetName()); err != nil {
+		return nil, err
 	}
 	src := req.GetSourceVolumeId()
 	if src == "" {
@@ -296,6 +332,9 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 		if !fromKubernetes(k) {
 			return nil, status.Errorf(codes.InvalidArgument, "unknown VolumeSnapshotClass parameter %q", k)
 		}
+	}
+	if err := volume.CheckVolumeID(src); err != nil {
+		return nil, status.Errorf(codes.NotFound, "snapshot source: %v: no such volume", err)
 	}
 	id := volume.SnapshotID(req.GetName())
 	if err := d.inflight.lock(id); err != nil {
@@ -317,14 +356,16 @@ func csiSnapshot(s volume.Snapshot) *csi.Snapshot {
 		CreationTime: timestamppb.New(s.Created), ReadyToUse: true}
 }
 
-// DeleteSnapshot unpins a snapshot; a missing snapshot is not an error.
+// DeleteSnapshot unpins a snapshot; a missing snapshot is not an error, nor
+// is an id that no snapshot can have.
 func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
 	id := req.GetSnapshotId()
 	if id == "" {
 		return nil, status.Error(codes.InvalidArgument, "snapshot id is required")
 	}
-	if volume.CheckSnapshotID(id) != nil {
-		return &csi.DeleteSnapshotResponse{}, nil // no snapshot has such an id: deleted already
+	if err := volume.CheckSnapshotID(id); err != nil {
+		klog.V(2).InfoS("Delete of an id no snapshot can have: nothing to delete", "err", err)
+		return &csi.DeleteSnapshotResponse{}, nil
 	}
 	if err := d.inflight.lock(id); err != nil {
 		return nil, err

@@ -66,7 +66,8 @@ type Driver struct {
 	node   *node.Node // nil in controller mode
 	mount  mounter.Mounter
 
-	inflight inflight
+	inflight inflight // volumes (and snapshots) with a call in progress
+	targets  inflight // target paths with a publish or unpublish in progress
 	srv      *grpc.Server
 	cancel   context.CancelFunc
 	done     sync.WaitGroup

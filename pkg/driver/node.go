@@ -2,9 +2,7 @@ package driver
 
 import (
 	"context"
-	"errors"
 	"io/fs"
-	"os"
 	"path/filepath"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -44,6 +42,10 @@ func (d *Driver) checkGroup(o Options) error {
 	return nil
 }
 
+// notFound is the answer to an id that cannot be a volume's: no such volume
+// exists, and nothing is looked up or built from it.
+func notFound(err error) error { return status.Errorf(codes.NotFound, "%v: no such volume", err) }
+
 // NodeStageVolume materialises the volume's current snapshot on this node, so
 // that publishing it is only a mount. A hydration that outlives the call goes
 // on; the retried call picks it up.
@@ -52,8 +54,8 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if id == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume id is required")
 	}
-	if req.GetStagingTargetPath() == "" {
-		return nil, status.Error(codes.InvalidArgument, "staging target path is required")
+	if err := checkPath("staging target path", req.GetStagingTargetPath()); err != nil {
+		return nil, err
 	}
 	opts, err := mountOptions(req.GetVolumeCapability(), req.GetVolumeContext())
 	if err != nil {
@@ -61,6 +63,9 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	}
 	if err := d.checkGroup(opts); err != nil {
 		return nil, err
+	}
+	if err := volume.CheckVolumeID(id); err != nil {
+		return nil, notFound(err)
 	}
 	if err := d.inflight.lock(id); err != nil {
 		return nil, err
@@ -86,8 +91,11 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 	if id == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume id is required")
 	}
-	if req.GetStagingTargetPath() == "" {
-		return nil, status.Error(codes.InvalidArgument, "staging target path is required")
+	if err := checkPath("staging target path", req.GetStagingTargetPath()); err != nil {
+		return nil, err
+	}
+	if err := volume.CheckVolumeID(id); err != nil {
+		return nil, notFound(err)
 	}
 	if err := d.inflight.lock(id); err != nil {
 		return nil, err
@@ -109,52 +117,95 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 	return &csi.NodeUnstageVolumeResponse{}, nil
 }
 
+// publishRequest is a NodePublishVolume request whose arguments are checked.
+type publishRequest struct {
+	id, target          string // id: the volume's, or the kubelet's handle of an inline volume
+	attrs               map[string]string
+	opts                Options
+	ephemeral, readOnly bool
+}
+
+// checkPublish checks a publish request before anything is done with it.
+func (d *Driver) checkPublish(req *csi.NodePublishVolumeRequest) (publishRequest, error) {
+	p := publishRequest{id: req.GetVolumeId(), target: req.GetTargetPath(), attrs: req.GetVolumeContext()}
+	if p.id == "" {
+		return p, status.Error(codes.InvalidArgument, "volume id is required")
+	}
+	if err := checkPath("target path", p.target); err != nil {
+		return p, err
+	}
+	var err error
+	if p.opts, err = mountOptions(req.GetVolumeCapability(), p.attrs); err != nil {
+		return p, err
+	}
+	if err := d.checkGroup(p.opts); err != nil {
+		return p, err
+	}
+	p.ephemeral = p.attrs[attrEphemeral] == "true"
+	if !p.ephemeral {
+		if err := checkPath("staging target path", req.GetStagingTargetPath()); err != nil {
+			return p, err
+		}
+		// An inline volume's id is the kubelet's handle, not one of ours:
+		// only the others are volume ids.
+		if err := volume.CheckVolumeID(p.id); err != nil {
+			return p, notFound(err)
+		}
+	}
+	mode := req.GetVolumeCapability().GetAccessMode().GetMode()
+	p.readOnly = req.GetReadonly() || p.opts.ReadOnly ||
+		mode == csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY ||
+		mode == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
+	return p, nil
+}
+
+// lockTarget takes the in-flight locks of volume id and of target together:
+// two calls on one volume never interleave, nor do two publishes (of any
+// volumes) to one target. Contention is Aborted: the CO retries later.
+func (d *Driver) lockTarget(id, target string) (unlock func(), err error) {
+	if err := d.inflight.lock(id); err != nil {
+		return nil, err
+	}
+	if err := d.targets.lock(target); err != nil {
+		d.inflight.unlock(id)
+		return nil, err
+	}
+	return func() { d.targets.unlock(target); d.inflight.unlock(id) }, nil
+}
+
 // NodePublishVolume mounts the volume's newest snapshot at the target: an
 // overlay with a private upper layer, or a read-only bind of the snapshot for
 // a read-only publish. The head is looked up again, so a pod started later
 // sees every commit made before it started.
 func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
-	id, target := req.GetVolumeId(), req.GetTargetPath()
-	if id == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume id is required")
-	}
-	if target == "" {
-		return nil, status.Error(codes.InvalidArgument, "target path is required")
-	}
-	attrs := req.GetVolumeContext()
-	opts, err := mountOptions(req.GetVolumeCapability(), attrs)
+	p, err := d.checkPublish(req)
 	if err != nil {
 		return nil, err
 	}
-	if err := d.checkGroup(opts); err != nil {
+	target := p.target
+	unlock, err := d.lockTarget(p.id, target)
+	if err != nil {
 		return nil, err
 	}
-	ephemeral := attrs[attrEphemeral] == "true"
-	if !ephemeral && req.GetStagingTargetPath() == "" {
-		return nil, status.Error(codes.InvalidArgument, "staging target path is required")
-	}
-	mode := req.GetVolumeCapability().GetAccessMode().GetMode()
-	readOnly := req.GetReadonly() || opts.ReadOnly ||
-		mode == csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY ||
-		mode == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
+	defer unlock()
 
-	if err := d.inflight.lock(id); err != nil {
-		return nil, err
-	}
-	defer d.inflight.unlock(id)
-
-	volID := id
-	if ephemeral {
-		if volID, err = d.ensureInline(ctx, attrs); err != nil {
+	volID := p.id
+	if p.ephemeral {
+		if volID, err = d.ensureInline(ctx, p.attrs); err != nil {
 			return nil, err
 		}
+	}
+	// Nothing is read or mounted through a link: the mount check below
+	// would follow one.
+	if _, err := checkNoSymlinks("target path", target); err != nil {
+		return nil, err
 	}
 	// Idempotency: the same volume already mounted here is success.
 	if l, ok, err := d.node.Layer(target); err != nil {
 		return nil, status.Errorf(codes.Internal, "read layer of %s: %v", target, err)
 	} else if ok {
 		if mounted, _ := d.mount.IsMountPoint(target); mounted {
-			if l.VolumeID != volID || l.ReadOnly != readOnly {
+			if l.VolumeID != volID || l.ReadOnly != p.readOnly {
 				return nil, status.Errorf(codes.AlreadyExists, "target %s already has volume %s mounted with other settings", target, l.VolumeID)
 			}
 			return &csi.NodePublishVolumeResponse{}, nil
@@ -164,25 +215,25 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err != nil {
 		return nil, errStatus(err, "publish volume %s", volID)
 	}
-	snap, err := d.node.Materialize(ctx, v.Root, node.Want{VolumeID: volID, Sharing: !opts.NoSharing})
+	snap, err := d.node.Materialize(ctx, v.Root, node.Want{VolumeID: volID, Sharing: !p.opts.NoSharing})
 	if err != nil {
 		return nil, errStatus(err, "publish volume %s: snapshot %s", volID, v.Root)
 	}
-	owner := opts.FileOwner
+	owner := p.opts.FileOwner
 	if owner == nil {
 		owner = v.FileOwner
 	}
-	layer := node.Layer{VolumeID: volID, Target: target, Base: v.Root, ReadOnly: readOnly,
-		Commit: opts.Commit && !readOnly, FileOwner: owner, Sharing: !opts.NoSharing}
+	layer := node.Layer{VolumeID: volID, Handle: p.id, Target: target, Base: v.Root, ReadOnly: p.readOnly,
+		Commit: p.opts.Commit && !p.readOnly, FileOwner: owner, Sharing: !p.opts.NoSharing}
 	upper, work, err := d.node.NewLayer(layer)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "publish volume %s: %v", volID, err)
 	}
-	if err := os.MkdirAll(target, 0o750); err != nil {
+	if err := makeTarget(target); err != nil {
 		d.node.Drop(target)
-		return nil, status.Errorf(codes.Internal, "create target %s: %v", target, err)
+		return nil, err
 	}
-	if readOnly {
+	if p.readOnly {
 		err = d.mount.BindReadOnly(target, snap)
 	} else {
 		err = d.mount.Overlay(target, snap, upper, work)
@@ -191,7 +242,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		d.node.Drop(target)
 		return nil, status.Errorf(codes.Internal, "mount volume %s at %s: %v", volID, target, err)
 	}
-	klog.V(2).InfoS("Published", "volume", volID, "target", target, "snapshot", v.Root, "generation", v.Generation, "readOnly", readOnly)
+	klog.V(2).InfoS("Published", "volume", volID, "target", target, "snapshot", v.Root, "generation", v.Generation, "readOnly", p.readOnly)
 	return &csi.NodePublishVolumeResponse{}, nil
 }
 
@@ -214,6 +265,9 @@ func (d *Driver) ensureInline(ctx context.Context, attrs map[string]string) (str
 		if err != nil {
 			return "", status.Errorf(codes.InvalidArgument, "inline volume: attribute size: %v", err)
 		}
+		if q > maxQuota {
+			return "", status.Errorf(codes.InvalidArgument, "inline volume: attribute size %s is over the 1 PiB a volume may have", s)
+		}
 		quota = q
 	}
 	full := inlineVolumeName(ns, name)
@@ -229,32 +283,49 @@ func (d *Driver) ensureInline(ctx context.Context, attrs map[string]string) (str
 }
 
 // NodeUnpublishVolume unmounts the target and moves the pod's writes into the
-// durable outbox; the committer publishes them to the group afterwards.
+// durable outbox; the committer publishes them to the group afterwards. The
+// id may be the kubelet's handle of an inline volume: the call acts on the
+// layer recorded for the target, never on anything the id names.
 func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
 	id, target := req.GetVolumeId(), req.GetTargetPath()
 	if id == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume id is required")
 	}
-	if target == "" {
-		return nil, status.Error(codes.InvalidArgument, "target path is required")
-	}
-	if err := d.inflight.lock(id); err != nil {
+	if err := checkPath("target path", target); err != nil {
 		return nil, err
 	}
-	defer d.inflight.unlock(id)
-	if err := d.mount.Unmount(target); err != nil {
-		return nil, status.Errorf(codes.Internal, "unmount %s: %v", target, err)
+	unlock, err := d.lockTarget(id, target)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	// Unmount goes by path after this check, with the race makeTarget
+	// tells of; the removal below goes through the parent opened safely.
+	exists, err := checkNoSymlinks("target path", target)
+	if err != nil {
+		return nil, err // the driver never mounted there: the layer stays
+	}
+	if exists {
+		if err := d.mount.Unmount(target); err != nil {
+			return nil, status.Errorf(codes.Internal, "unmount %s: %v; the pod's writes stay in place", target, err)
+		}
+		// The live upper layer must never move while a mount still writes
+		// to it: a mount stacked on the target survives one unmount.
+		if mounted, err := d.mount.IsMountPoint(target); err != nil || mounted {
+			return nil, status.Errorf(codes.Internal, "%s is still mounted after unmount (%v); the pod's writes stay in place", target, err)
+		}
 	}
 	if err := d.node.Submit(target); err != nil {
 		return nil, status.Errorf(codes.Internal, "keep the writes of %s: %v", target, err)
 	}
-	if err := os.Remove(target); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, status.Errorf(codes.Internal, "remove target %s: %v", target, err)
+	if err := removeTarget(target); err != nil {
+		return nil, err
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }
 
-// NodeGetVolumeStats reports the volume's bytes and entries against its quota.
+// NodeGetVolumeStats reports the volume's bytes and entries against its
+// quota, for a path the volume is published at on this node only.
 func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
 	id, path := req.GetVolumeId(), req.GetVolumePath()
 	if id == "" {
@@ -263,20 +334,16 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 	if path == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume path is required")
 	}
-	if _, err := os.Stat(path); err != nil {
-		return nil, status.Errorf(codes.NotFound, "volume path %s: %v", path, err)
+	l, err := d.publishedAt(id, path)
+	if err != nil {
+		return nil, err
 	}
-	volID := id
-	l, ok, _ := d.node.Layer(path)
-	if ok {
-		volID = l.VolumeID // an inline volume's handle differs from its cache's id
-	}
-	v, err := d.group.Volume(ctx, volID)
+	v, err := d.group.Volume(ctx, l.VolumeID)
 	if err != nil {
 		return nil, errStatus(err, "volume %s", id)
 	}
 	used, upperFiles := v.Size, int64(0)
-	if ok && !l.ReadOnly {
+	if !l.ReadOnly {
 		b, n := duDir(filepath.Join(d.node.LayerDir(path), "upper"))
 		used += b
 		upperFiles = n
@@ -285,6 +352,33 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 		{Unit: csi.VolumeUsage_BYTES, Total: v.Quota, Used: used, Available: max(v.Quota-used, 0)},
 		{Unit: csi.VolumeUsage_INODES, Used: v.Count + upperFiles},
 	}}, nil
+}
+
+// publishedAt returns the layer of volume id (its id, or the kubelet's
+// handle of an inline volume) mounted at path, or NotFound: a path that is
+// no published target of that volume has no figures to give.
+func (d *Driver) publishedAt(id, path string) (node.Layer, error) {
+	notHere := status.Errorf(codes.NotFound, "volume %.80q is not published at %.200q", id, path)
+	if !cleanPath(path) {
+		return node.Layer{}, notHere // the driver publishes at no other
+	}
+	l, ok, err := d.node.Layer(path)
+	if err != nil {
+		return l, status.Errorf(codes.Internal, "read layer of %s: %v", path, err)
+	}
+	if !ok || l.VolumeID != id && l.Handle != id {
+		return l, notHere
+	}
+	if exists, err := checkNoSymlinks("volume path", path); err != nil || !exists {
+		return l, notHere
+	}
+	if mounted, _ := d.mount.IsMountPoint(path); !mounted {
+		return l, notHere
+	}
+	if err := volume.CheckVolumeID(l.VolumeID); err != nil {
+		return l, notFound(err)
+	}
+	return l, nil
 }
 
 // duDir returns the bytes and entries below dir.

@@ -40,6 +40,7 @@ func (System) IsMountPoint(path string) (bool, error)   { return IsMountPoint(pa
 type Fake struct {
 	mu     sync.Mutex
 	mounts map[string]FakeMount
+	stuck  map[string]error // targets whose Unmount leaves the mount
 }
 
 // FakeMount is a mount a Fake recorded.
@@ -79,12 +80,34 @@ func (f *Fake) mount(target string, m FakeMount, paths ...string) error {
 	return nil
 }
 
-// Unmount forgets the mount at target.
+// Unmount forgets the mount at target, unless KeepMounted holds it.
 func (f *Fake) Unmount(target string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err, ok := f.stuck[target]; ok {
+		return err
+	}
 	delete(f.mounts, target)
 	return nil
+}
+
+// KeepMounted makes every later Unmount of target leave its mount in place
+// and return err: an error such as EBUSY is a busy mount, nil a mount that
+// another mount stacked on target hides from one unmount.
+func (f *Fake) KeepMounted(target string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stuck == nil {
+		f.stuck = map[string]error{}
+	}
+	f.stuck[target] = err
+}
+
+// Release undoes KeepMounted: Unmount of target works again.
+func (f *Fake) Release(target string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.stuck, target)
 }
 
 // IsMountPoint reports whether a mount is recorded at path.

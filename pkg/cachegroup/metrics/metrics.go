@@ -67,7 +67,7 @@ func New(s Store) *Set {
 	m.CommitSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cachegroup_commit_seconds",
 		Help: "Time to commit one pod's writes.", Buckets: prometheus.ExponentialBuckets(0.01, 3, 10)})
 	m.Commits = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachegroup_commits_total",
-		Help: "Outbox entries processed, by result (applied, refused, failed, discarded)."}, []string{"result"})
+		Help: "Outbox entries processed, by result (applied, refused, failed, discarded, quarantined)."}, []string{"result"})
 	m.Evicted = prometheus.NewCounter(prometheus.CounterOpts{Name: "cachegroup_evicted_files_total",
 		Help: "Files evicted from volumes to stay within quota."})
 	m.DroppedFiles = prometheus.NewCounter(prometheus.CounterOpts{Name: "cachegroup_dropped_special_files_total",

@@ -13,5 +13,5 @@ func permanent(err error) bool {
 
 var (
 	errVolumeGone = errors.New("volume no longer exists")
-	errBadLayer   = errors.New("outbox entry is unreadable")
+	errBadLayer   = errors.New("outbox entry is unreadable or malformed")
 )

@@ -1,7 +1,6 @@
 package node
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -10,7 +9,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,13 +19,15 @@ import (
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/files"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/flight"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
-	"k8s.io/klog/v2"
 )
 
 // Layer is one pod's mount of a volume on this node: the snapshot it reads
 // and, unless it is read-only, the private upper directory it writes to.
 type Layer struct {
-	VolumeID string     `json:"volumeID"`
+	VolumeID string `json:"volumeID"`
+	// Handle is the volume id the CO published the layer under: VolumeID,
+	// or the kubelet's handle of an inline volume.
+	Handle   string     `json:"handle,omitempty"`
 	Target   string     `json:"target"`
 	Base     cas.Digest `json:"base"`
 	ReadOnly bool       `json:"readOnly,omitempty"`
@@ -54,7 +54,8 @@ type Stats struct {
 //
 // Layout below its directory: snaps/<root>/ (snapshots), pods/<key>/ (a live
 // layer: layer.json, upper/, work/), outbox/<seq>-<key>/ (an ended layer
-// waiting to be committed), trash/ (being removed).
+// waiting to be committed), quarantine/<seq>-<entry>/ (an entry that could
+// never be committed, with a file reason), trash/ (being removed).
 type Node struct {
 	dir   string
 	store *cas.Store
@@ -71,6 +72,7 @@ type Node struct {
 
 	wake      chan struct{}
 	trashWake chan struct{}
+	retry     retryPolicy // how the committer retries an outbox entry
 	Stats     Stats
 }
 
@@ -79,8 +81,8 @@ type Node struct {
 // file is a rename.
 func Open(dir string, g *group.Group) (*Node, error) {
 	n := &Node{dir: dir, store: g.Store(), group: g, private: map[cas.Digest]bool{},
-		pinned: map[cas.Digest]int{}, wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1)}
-	for _, sub := range []string{"snaps", "pods", "outbox", "trash", "staged"} {
+		pinned: map[cas.Digest]int{}, wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1), retry: defaultRetry}
+	for _, sub := range []string{"snaps", "pods", "outbox", "quarantine", "trash", "staged"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("open node tier: %w", err)
 		}
@@ -290,7 +292,8 @@ func (n *Node) Staged() []string {
 }
 
 // Prune removes the snapshots on this node that no live layer reads and that
-// are not in keep, so the node tier holds little more than what is mounted.
+// are not in keep, so the node tier holds little more than what is mounted,
+// and the work directories of hydrations that failed.
 func (n *Node) Prune(keep ...cas.Digest) error {
 	ls, err := n.Layers()
 	if err != nil {
@@ -303,94 +306,28 @@ func (n *Node) Prune(keep ...cas.Digest) error {
 	for _, d := range keep {
 		pinned[d.String()] = true
 	}
-	for _, d := range n.hydrations.Keys() {
-		pinned[d.String()] = true
-	}
+	// The directory is read before the hydrations in progress are: a work
+	// directory listed belongs to a hydration claimed before the listing,
+	// which the claims read next still show unless it has ended.
 	ents, err := os.ReadDir(filepath.Join(n.dir, "snaps"))
 	if err != nil {
 		return err
 	}
+	hydrating := map[string]bool{}
+	for _, d := range n.hydrations.Keys() {
+		hydrating[d.String()] = true
+	}
 	for _, e := range ents {
-		if !pinned[e.Name()] && !strings.HasPrefix(e.Name(), ".work-") {
+		name, work := strings.CutPrefix(e.Name(), ".work-")
+		// A work directory no hydration holds is what a failed one left;
+		// a later hydration of its root starts over from the store. One
+		// claimed in the instant after the claims were read fails on its
+		// moved work directory, and its caller retries.
+		if work && !hydrating[name] || !work && !pinned[name] && !hydrating[name] {
 			n.discard(filepath.Join(n.dir, "snaps", e.Name()))
 		}
 	}
 	return nil
-}
-
-// Run drains the outbox until ctx ends: entries left by an earlier process
-// first, then each one Submit adds, oldest first. A failed attempt is retried
-// with backoff; an entry that can never be committed (over quota, volume
-// deleted) is dropped and counted.
-func (n *Node) Run(ctx context.Context) {
-	backoff := time.Second
-	for {
-		ents, err := os.ReadDir(filepath.Join(n.dir, "outbox"))
-		if err != nil {
-			klog.ErrorS(err, "Read outbox")
-		}
-		names := make([]string, 0, len(ents))
-		for _, e := range ents {
-			names = append(names, e.Name())
-		}
-		sort.Strings(names)
-		failed := false
-		for _, name := range names {
-			if ctx.Err() != nil {
-				return
-			}
-			err := n.commitEntry(ctx, filepath.Join(n.dir, "outbox", name))
-			switch {
-			case err == nil:
-				n.group.Metrics().Commits.WithLabelValues("applied").Inc()
-			case permanent(err):
-				n.group.Metrics().Commits.WithLabelValues("refused").Inc()
-				klog.ErrorS(err, "tree.Commit refused; the layer is dropped", "entry", name)
-				n.discard(filepath.Join(n.dir, "outbox", name))
-			default:
-				n.group.Metrics().Commits.WithLabelValues("failed").Inc()
-				n.Stats.CommitFailures.Add(1)
-				klog.ErrorS(err, "tree.Commit failed; will retry", "entry", name, "backoff", backoff)
-				failed = true
-			}
-			if failed {
-				break
-			}
-		}
-		wait := time.Minute
-		if failed {
-			wait = backoff
-			backoff = min(2*backoff, time.Minute)
-		} else {
-			backoff = time.Second
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-n.wake:
-		case <-time.After(wait):
-		}
-	}
-}
-
-// WaitIdle waits until every layer submitted before the call is committed or
-// dropped, nudging the committer while it waits.
-func (n *Node) WaitIdle(ctx context.Context) error {
-	for {
-		ents, err := os.ReadDir(filepath.Join(n.dir, "outbox"))
-		if err != nil {
-			return err
-		}
-		if len(ents) == 0 {
-			return nil
-		}
-		n.kick()
-		select {
-		case <-time.After(50 * time.Millisecond):
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
 }
 
 // pin keeps blobs ds on this node until unpin: see Pinned.

@@ -38,38 +38,13 @@ func (n *Node) commitEntry(ctx context.Context, entry string) error {
 	if err != nil || !ok {
 		return fmt.Errorf("%w: %s: %v", errBadLayer, entry, err)
 	}
+	if err := volume.CheckVolumeID(l.VolumeID); err != nil {
+		return fmt.Errorf("%w: %s: %v", errBadLayer, entry, err)
+	}
 	upper := filepath.Join(entry, "upper")
-	mpath := filepath.Join(entry, "manifest.json")
-	var m manifest
-	if b, err := os.ReadFile(mpath); err == nil {
-		if err := json.Unmarshal(b, &m); err != nil {
-			return fmt.Errorf("%w: %s: %v", errBadLayer, mpath, err)
-		}
-	} else {
-		v, err := n.group.Volume(ctx, l.VolumeID)
-		if errors.Is(err, cas.ErrNotFound) {
-			return fmt.Errorf("%w: %s", errVolumeGone, l.VolumeID)
-		}
-		if err != nil {
-			return err
-		}
-		owner := l.FileOwner
-		if owner == nil {
-			owner = v.FileOwner
-		}
-		if m, err = scanUpper(upper, owner); err != nil {
-			return err
-		}
-		m.Commit.Base = l.Base
-		b, _ := json.Marshal(&m)
-		if err := files.WriteAtomic(mpath, b); err != nil {
-			return err
-		}
-		if m.Dropped > 0 {
-			n.Stats.Dropped.Add(int64(m.Dropped))
-			n.group.Metrics().DroppedFiles.Add(float64(m.Dropped))
-			klog.InfoS("Dropped device files, FIFOs and sockets from a commit", "volume", l.VolumeID, "count", m.Dropped)
-		}
+	m, err := n.manifestOf(ctx, entry, l)
+	if err != nil {
+		return err
 	}
 	// The commit's blobs stay on this node until the commit is applied:
 	// re-replication must not hand them over halfway.
@@ -129,6 +104,45 @@ func (n *Node) commitEntry(ctx context.Context, entry string) error {
 		"evicted", res.Evicted, "duration", time.Since(start))
 	n.discard(entry)
 	return nil
+}
+
+// manifestOf returns the manifest of outbox entry (of layer l): the one an
+// earlier attempt wrote, or a new scan of its upper directory, written down
+// before any file moves.
+func (n *Node) manifestOf(ctx context.Context, entry string, l Layer) (manifest, error) {
+	mpath := filepath.Join(entry, "manifest.json")
+	var m manifest
+	if b, err := os.ReadFile(mpath); err == nil {
+		if err := json.Unmarshal(b, &m); err != nil {
+			return m, fmt.Errorf("%w: %s: %v", errBadLayer, mpath, err)
+		}
+		return m, nil
+	}
+	v, err := n.group.Volume(ctx, l.VolumeID)
+	if errors.Is(err, cas.ErrNotFound) {
+		return m, fmt.Errorf("%w: %s", errVolumeGone, l.VolumeID)
+	}
+	if err != nil {
+		return m, err
+	}
+	owner := l.FileOwner
+	if owner == nil {
+		owner = v.FileOwner
+	}
+	if m, err = scanUpper(filepath.Join(entry, "upper"), owner); err != nil {
+		return m, err
+	}
+	m.Commit.Base = l.Base
+	b, _ := json.Marshal(&m)
+	if err := files.WriteAtomic(mpath, b); err != nil {
+		return m, err
+	}
+	if m.Dropped > 0 {
+		n.Stats.Dropped.Add(int64(m.Dropped))
+		n.group.Metrics().DroppedFiles.Add(float64(m.Dropped))
+		klog.InfoS("Dropped device files, FIFOs and sockets from a commit", "volume", l.VolumeID, "count", m.Dropped)
+	}
+	return m, nil
 }
 
 func (n *Node) allBlobsHere(c *tree.Commit) bool {
@@ -217,8 +231,8 @@ func hashFiles(upper string, ops []tree.Op, idx []int) error {
 	})
 }
 
-// hashFile hashes the regular file at path without following a symlink and
-// sets its owner and mode to e's.
+// hashFile hashes the regular file at path without following a symlink,
+// sets its owner and mode to e's and removes its extended attributes.
 func hashFile(path string, e *tree.Entry, buf []byte) error {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
@@ -250,7 +264,40 @@ func hashFile(path string, e *tree.Entry, buf []byte) error {
 			return fmt.Errorf("chmod %s: %w", path, err)
 		}
 	}
+	if err := stripXattrs(fd); err != nil {
+		return fmt.Errorf("remove extended attributes of %s: %w", path, err)
+	}
 	return nil
+}
+
+// stripXattrs removes every extended attribute of the open file fd. The file
+// becomes a blob that every pod of the group reads: a pod's attributes
+// (security.capability, user.*, overlay's trusted.overlay.*) must not ride
+// along, and a tree does not record them.
+func stripXattrs(fd int) error {
+	for {
+		size, err := unix.Flistxattr(fd, nil)
+		if err != nil || size == 0 {
+			return err
+		}
+		buf := make([]byte, size)
+		size, err = unix.Flistxattr(fd, buf)
+		if errors.Is(err, unix.ERANGE) {
+			continue // an attribute was added in between: list again
+		}
+		if err != nil {
+			return err
+		}
+		for name := range strings.SplitSeq(string(buf[:size]), "\x00") {
+			if name == "" {
+				continue
+			}
+			if err := unix.Fremovexattr(fd, name); err != nil && !errors.Is(err, unix.ENODATA) {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+		}
+		return nil
+	}
 }
 
 // opaque reports whether an upper directory hides everything below it in
