@@ -42,6 +42,7 @@ const (
 	reasonBadBodyDigest    = "bad-body-digest"      // the body is not the one signed
 	reasonTooLarge         = "too-large"            // a body over its route's cap
 	reasonHeaderTooLarge   = "header-too-large"     // headers over the server's cap (431)
+	reasonMalformed        = "malformed"            // a request the HTTP server cannot read
 	reasonTooManyConns     = "too-many-connections" // over the connection cap
 	reasonBusy             = "busy"                 // no room to take the request now
 	reasonSlow             = "slow"                 // a body that came too slowly

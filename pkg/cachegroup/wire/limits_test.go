@@ -2,6 +2,8 @@ package wire
 
 import (
 	"bufio"
+	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -245,7 +248,7 @@ func TestBodyMemoryIsBounded(t *testing.T) {
 	}
 }
 
-func TestHeadersOverTheCapAre431AndCounted(t *testing.T) {
+func TestWhatTheHTTPServerRefusesIsCounted(t *testing.T) {
 	p := servePeer(t, "member-a", NewSecretAuth(testSecret))
 	c := dial(t, p.addr)
 	fmt.Fprintf(c, "GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Padding: %s\r\n\r\n", strings.Repeat("x", 2*maxHeaderBytes))
@@ -254,5 +257,65 @@ func TestHeadersOverTheCapAre431AndCounted(t *testing.T) {
 	}
 	if n := p.refused(t, reasonHeaderTooLarge); n != 1 {
 		t.Fatalf("refused as headers too large: %v, want 1", n)
+	}
+	// What the HTTP server cannot read, it answers on its own: counted too.
+	for _, req := range []string{"GET /v1/health HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+		"POST /v1/have HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", "GET /v1/health HTTP/7.0\r\n\r\n"} {
+		c := dial(t, p.addr)
+		io.WriteString(c, req)
+		if resp := answer(t, c, bufio.NewReader(c), time.Second); resp.StatusCode < 400 {
+			t.Fatalf("%q: %s", req, resp.Status)
+		}
+	}
+	if n := p.refused(t, reasonMalformed); n != 3 {
+		t.Fatalf("refused as malformed: %v, want 3", n)
+	}
+	// The member's own answers are not counted as such.
+	auth := NewSecretAuth(testSecret)
+	if code := status(t, signedReq(t, auth, "GET", p.addr, "/v1/volumes/vol-1", nil, "member-b", "member-a")); code != http.StatusBadRequest {
+		t.Fatalf("a bad id: %d", code)
+	}
+	if n := p.refused(t, ""); n != 5 {
+		t.Fatalf("refused %v in all, want 5", n)
+	}
+}
+
+func TestTLSConnectionsAreBoundedAndCountedAlike(t *testing.T) {
+	dir := t.TempDir()
+	ca, caKey := writeCert(t, dir, "group-ca", nil, nil)
+	writeCert(t, dir, "member-a", ca, caKey)
+	writeCert(t, dir, "member-b", ca, caKey)
+	authOf := func(name string) *Auth {
+		a, err := NewAuth("", filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key"), filepath.Join(dir, "group-ca.crt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	p := servePeer(t, "member-a", authOf("member-a"), func(s *Server) { s.ReadHeaderTimeout = 300 * time.Millisecond })
+	b := authOf("member-b")
+	if h, err := NewClient("member-a", p.addr, "member-b", b).Health(context.Background()); err != nil || h.Name != "member-a" {
+		t.Fatalf("health over mutual TLS: %v %v", h, err)
+	}
+	c, err := tls.Dial("tcp", p.addr, b.clientTLS("127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Padding: %s\r\n\r\n", strings.Repeat("x", 2*maxHeaderBytes))
+	if resp := answer(t, c, bufio.NewReader(c), time.Second); resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("headers of %d bytes over TLS: %s", 2*maxHeaderBytes, resp.Status)
+	}
+	if n := p.refused(t, reasonHeaderTooLarge); n != 1 {
+		t.Fatalf("refused as headers too large: %v, want 1", n)
+	}
+	// A connection that never shakes hands is closed within the header bound.
+	raw := dial(t, p.addr)
+	closedWithin(t, raw, bufio.NewReader(raw), time.Second+300*time.Millisecond)
+	// Counted just after the connection is closed.
+	for deadline := time.Now().Add(2 * time.Second); p.refused(t, reasonTLS) != 1; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("refused as failed handshakes: %v, want 1", p.refused(t, reasonTLS))
+		}
 	}
 }

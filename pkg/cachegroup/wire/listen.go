@@ -106,12 +106,28 @@ func (l *peerListener) Accept() (net.Conn, error) {
 	}
 }
 
-// tooLargeAnswer starts the answer the HTTP server writes on its own to
-// headers over MaxHeaderBytes.
-var tooLargeAnswer = []byte("HTTP/1.1 431 Request Header Fields Too Large\r\n")
+// serverAnswer is what follows the status line of the answers the HTTP
+// server writes on its own, in one write, to requests it cannot read (431
+// for headers over MaxHeaderBytes, 400, 501, 505): a handler's answer has a
+// Date header first.
+var serverAnswer = []byte("\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n")
+
+// serverRefusal returns the reason the HTTP server refused a request for, if
+// b is one of its own answers.
+func serverRefusal(b []byte) (string, bool) {
+	const statusLine = "HTTP/1.1 "
+	i := bytes.Index(b, serverAnswer)
+	if !bytes.HasPrefix(b, []byte(statusLine)) || i < len(statusLine)+3 || bytes.Contains(b[:i], []byte("\r\n")) {
+		return "", false
+	}
+	if string(b[len(statusLine):len(statusLine)+3]) == "431" {
+		return reasonHeaderTooLarge, true
+	}
+	return reasonMalformed, true
+}
 
 // peerConn is a connection of a peerListener: it holds a slot until it is
-// closed, counts the server's 431 answers, and does the TLS handshake on its
+// closed, counts the requests the HTTP server refuses on its own, and does the TLS handshake on its
 // first read, counting the handshakes that fail.
 type peerConn struct {
 	net.Conn            // the TLS connection if tls is set
@@ -146,8 +162,8 @@ func (c *peerConn) handshake() {
 }
 
 func (c *peerConn) Write(b []byte) (int, error) {
-	if bytes.HasPrefix(b, tooLargeAnswer) {
-		c.l.metrics.Refused.WithLabelValues(reasonHeaderTooLarge).Inc()
+	if reason, ok := serverRefusal(b); ok {
+		c.l.metrics.Refused.WithLabelValues(reason).Inc()
 	}
 	return c.Conn.Write(b)
 }
