@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -317,5 +318,58 @@ func TestTLSConnectionsAreBoundedAndCountedAlike(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("refused as failed handshakes: %v, want 1", p.refused(t, reasonTLS))
 		}
+	}
+}
+
+// The bounds leave room for what members do: a large blob pushed as a
+// stream of unknown length, fetched whole, in a range and in a batch.
+func TestLargeBlobsStillMove(t *testing.T) {
+	auth := NewSecretAuth(testSecret)
+	p := servePeer(t, "member-a", auth)
+	content := make([]byte, 24<<20+3)
+	for i := range content {
+		content[i] = byte(i * 31 / 7)
+	}
+	d := cas.Sum(content)
+	path := filepath.Join(t.TempDir(), "blob")
+	if err := os.WriteFile(path, content, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ctx := context.Background()
+	cl := NewClient("member-a", p.addr, "member-b", auth)
+	if err := cl.Push(ctx, d, f); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := cl.Fetch(ctx, d, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("fetched %d bytes, %v", len(got), err)
+	}
+	rc, err = cl.FetchRange(ctx, d, 1<<20, 5<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err = io.ReadAll(rc)
+	rc.Close()
+	if err != nil || !bytes.Equal(got, content[1<<20:6<<20]) {
+		t.Fatalf("fetched a range of %d bytes, %v", len(got), err)
+	}
+	var n int64
+	err = cl.FetchBatch(ctx, []cas.Ref{{Digest: d, Size: int64(len(content))}, {Digest: cas.Sum(nil)}}, true, func(ref cas.Ref, size int64, r io.Reader) error {
+		m, err := io.Copy(io.Discard, r)
+		n += m
+		return err
+	})
+	if err != nil || n != int64(len(content)) {
+		t.Fatalf("a batch: %d bytes, %v", n, err)
 	}
 }
