@@ -185,7 +185,7 @@ func (a *Auth) Verify(r *http.Request, self string) (string, cas.Digest, error) 
 		case errors.Is(err, errReplay):
 			return "", cas.Digest{}, refuse(reasonReplay, err)
 		case err != nil:
-			return "", cas.Digest{}, refuse(reasonBusy, err)
+			return "", cas.Digest{}, refuse(reasonNoncesFull, err)
 		}
 	}
 	return s.from, body, nil

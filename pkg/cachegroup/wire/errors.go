@@ -44,7 +44,8 @@ const (
 	reasonHeaderTooLarge   = "header-too-large"     // headers over the server's cap (431)
 	reasonMalformed        = "malformed"            // a request the HTTP server cannot read
 	reasonTooManyConns     = "too-many-connections" // over the connection cap
-	reasonBusy             = "busy"                 // no room to take the request now
+	reasonBusy             = "busy"                 // no room for the request's body now
+	reasonNoncesFull       = "nonces-full"          // too many signed requests within the skew to remember
 	reasonSlow             = "slow"                 // a body that came too slowly
 	reasonTLS              = "tls"                  // a failed TLS handshake
 	reasonBadRequest       = "bad-request"          // malformed ids, digests or JSON

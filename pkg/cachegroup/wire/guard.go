@@ -84,7 +84,7 @@ func refusalStatus(reason string) int {
 	switch reason {
 	case reasonTooLarge:
 		return http.StatusRequestEntityTooLarge
-	case reasonBusy:
+	case reasonBusy, reasonNoncesFull:
 		return http.StatusServiceUnavailable
 	case reasonSlow:
 		return http.StatusRequestTimeout

@@ -293,3 +293,24 @@ func TestStaleAndMalformedCredentialsAreRefused(t *testing.T) {
 		t.Fatalf("refused as unauthenticated: %v, want 9", n)
 	}
 }
+
+// When it cannot remember one more nonce, a member refuses the request
+// rather than forget a nonce whose request could still be replayed.
+func TestFullNonceSetRefusesRatherThanForgets(t *testing.T) {
+	auth := NewSecretAuth(testSecret)
+	auth.nonces = newNonceSet(1)
+	p := servePeer(t, "member-a", auth)
+	first := signedReq(t, auth, "GET", p.addr, "/v1/volumes", nil, "member-b", "member-a")
+	if code := status(t, resend(t, first, nil)); code != http.StatusOK {
+		t.Fatalf("first: %d", code)
+	}
+	if code := status(t, signedReq(t, auth, "GET", p.addr, "/v1/volumes", nil, "member-b", "member-a")); code != http.StatusServiceUnavailable {
+		t.Fatalf("second, with the set full: %d, want 503", code)
+	}
+	if code := status(t, resend(t, first, nil)); code != http.StatusUnauthorized {
+		t.Fatalf("the first, replayed: %d, want 401", code)
+	}
+	if p.refused(t, reasonNoncesFull) != 1 || p.refused(t, reasonReplay) != 1 {
+		t.Fatalf("refused: %v for a full set, %v as replays", p.refused(t, reasonNoncesFull), p.refused(t, reasonReplay))
+	}
+}
