@@ -35,6 +35,7 @@ const (
 // beyond it (pacedWriter).
 const writeTimeout = ThroughTimeout + time.Minute
 
+// orDefault is v, or def if v is not set.
 func orDefault[T int | int64 | time.Duration](v, def T) T {
 	if v > 0 {
 		return v
@@ -48,6 +49,8 @@ func (s *Server) ListenAndServe(ctx context.Context, l net.Listener) error {
 	hdr := orDefault(s.ReadHeaderTimeout, defaultReadHeaderTimeout)
 	var protocols http.Protocols
 	protocols.SetHTTP1(true) // the peer protocol is HTTP/1.1: bounds and closing rely on it
+	// No ReadTimeout: once passed, it cancels the context of a handler still
+	// at work; bodies are read at minRate instead (pacedReader).
 	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: hdr, WriteTimeout: writeTimeout,
 		IdleTimeout: orDefault(s.IdleTimeout, defaultIdleTimeout), MaxHeaderBytes: maxHeaderBytes,
 		Protocols: &protocols, ErrorLog: log.New(serverLog{}, "", 0),
