@@ -56,7 +56,7 @@ func main() {
 	flag.StringVar(&cfg.Member.MembersDNS, "members-dns", "", "DNS name whose addresses are the members (a headless Service)")
 	flag.StringVar(&cfg.Member.MembersService, "members-service", "", "NAMESPACE/NAME of a headless Service whose ready endpoints are the members")
 	flag.StringVar(&cfg.Member.PeerAddress, "peer-address", "", "HOST:PORT this member serves its peers on, e.g. :7600")
-	flag.StringVar(&cfg.Member.PeerSecretFile, "peer-secret-file", "", "file holding the group's shared secret (at least 16 bytes)")
+	flag.StringVar(&cfg.Member.PeerSecretFile, "peer-secret-file", "", "file holding the group's shared secret (at least 16 bytes), and on a second line the previous one while members move to a new secret; re-read when it changes")
 	flag.StringVar(&cfg.Member.PeerCert, "peer-tls-cert", "", "certificate for mutual TLS between members")
 	flag.StringVar(&cfg.Member.PeerKey, "peer-tls-key", "", "key of --peer-tls-cert")
 	flag.StringVar(&cfg.Member.PeerCA, "peer-tls-ca", "", "CA that signs every member's certificate")

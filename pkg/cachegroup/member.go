@@ -39,9 +39,11 @@ type Config struct {
 	// PeerAddress is where this member serves its peers (host:port); empty:
 	// nowhere (a test serves PeerHandler itself).
 	PeerAddress string
-	// PeerSecretFile holds the group's shared secret; PeerCert, PeerKey and
-	// PeerCA enable mutual TLS between members. Auth, if set, is used
-	// instead of them.
+	// PeerSecretFile holds the group's shared secret (and, on a second
+	// line, the previous one while members move to a new secret); PeerCert,
+	// PeerKey and PeerCA enable mutual TLS between members, each
+	// certificate named after its member. The files are re-read when they
+	// change. Auth, if set, is used instead of them.
 	PeerSecretFile, PeerCert, PeerKey, PeerCA string
 	Auth                                      *wire.Auth
 	// Replicas is R, the copies of each blob and head (default 2).

@@ -41,8 +41,16 @@ type Commit struct {
 	Ops  []Op       `json:"ops"`
 }
 
-// Validate checks every op's path and entry.
+// Validate checks every op's path and entry; what it finds wrong is
+// ErrInvalid.
 func (c *Commit) Validate() error {
+	if err := c.validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return nil
+}
+
+func (c *Commit) validate() error {
 	for i, op := range c.Ops {
 		if _, err := SplitPath(op.Path); err != nil {
 			return fmt.Errorf("op %d: %w", i, err)

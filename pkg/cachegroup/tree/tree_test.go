@@ -2,6 +2,7 @@ package tree
 
 import (
 	"bytes"
+	"errors"
 	"strings"
 	"testing"
 
@@ -79,6 +80,26 @@ func TestSplitPath(t *testing.T) {
 		if _, err := SplitPath(bad); err == nil {
 			t.Errorf("SplitPath(%q): no error", bad)
 		}
+	}
+}
+
+// A commit that breaks the rules of a tree is ErrInvalid, so that a home can
+// tell it from a failure of its own.
+func TestInvalidCommitsAreErrInvalid(t *testing.T) {
+	file := Entry{Type: TypeFile, Mode: 0o644, Size: 1, Digest: cas.Sum([]byte("x"))}
+	for name, op := range map[string]Op{
+		"bad path":      {Kind: OpUpsert, Path: "a/../b", Entry: file},
+		"unknown kind":  {Kind: 9, Path: "a"},
+		"setuid":        {Kind: OpUpsert, Path: "a", Entry: Entry{Type: TypeFile, Mode: 0o4755}},
+		"replace file":  {Kind: OpReplace, Path: "a", Entry: file},
+		"unknown entry": {Kind: OpUpsert, Path: "a", Entry: Entry{Type: 7}},
+	} {
+		if err := (&Commit{Ops: []Op{op}}).Validate(); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: %v, want ErrInvalid", name, err)
+		}
+	}
+	if err := (&Commit{Ops: []Op{{Kind: OpUpsert, Path: "a/b", Entry: file}, {Kind: OpDelete, Path: "c"}}}).Validate(); err != nil {
+		t.Fatalf("a valid commit: %v", err)
 	}
 }
 

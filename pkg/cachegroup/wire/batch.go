@@ -2,7 +2,6 @@ package wire
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -34,12 +33,16 @@ const refLen = len(cas.Digest{}) + 8
 // read a few at a time ahead of the one being sent, so that a cold page cache
 // costs one disk wait for several of them, not one each.
 func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(io.LimitReader(r.Body, int64(maxBatch*refLen+1)))
-	if err != nil || len(body)%refLen != 0 || len(body) > maxBatch*refLen {
-		http.Error(w, fmt.Sprintf("a batch names 1 to %d blobs of %d bytes each", maxBatch, refLen), http.StatusBadRequest)
+	body, done, ok := s.readBody(w, r, int64(maxBatch*refLen))
+	if !ok {
 		return
 	}
-	through := r.Header.Get("X-Cachegroup-Through") != ""
+	defer done()
+	if len(body)%refLen != 0 {
+		s.answer(w, r, nil, badRequest(fmt.Errorf("a batch names 1 to %d blobs of %d bytes each", maxBatch, refLen)))
+		return
+	}
+	through := r.URL.Query().Has("through")
 	items := make([]*outgoing, len(body)/refLen)
 	for i := range items {
 		ref := body[i*refLen : (i+1)*refLen]
@@ -60,10 +63,11 @@ func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request) {
 	}()
 
 	w.Header().Set("Content-Type", "application/octet-stream")
-	cw := &countingWriter{ResponseWriter: w}
-	bw := bufio.NewWriterSize(cw, 256<<10)
+	pw := newPacedWriter(w)
+	bw := bufio.NewWriterSize(pw, 256<<10)
 	buf := make([]byte, 64<<10)
 	served := map[string]int64{}
+	var err error
 	for _, it := range items {
 		<-it.ready
 		<-ahead
@@ -155,16 +159,16 @@ func writeHeader(w io.Writer, d cas.Digest, size int64) error {
 // ErrCorrupt skips that blob; any other error of put ends the batch and is
 // returned as it is.
 func (r *Client) FetchBatch(ctx context.Context, refs []cas.Ref, through bool, put func(ref cas.Ref, n int64, rd io.Reader) error) error {
-	var hdr []string
+	path := "/v1/blobs"
 	if through {
-		hdr = []string{"X-Cachegroup-Through", "1"}
+		path += "?through=1"
 	}
 	req := make([]byte, 0, len(refs)*refLen)
 	for _, ref := range refs {
 		req = append(req, ref.Digest[:]...)
 		req = binary.BigEndian.AppendUint64(req, uint64(ref.Size))
 	}
-	resp, err := r.do(ctx, "POST", "/v1/blobs", bytes.NewReader(req), nil, hdr...)
+	resp, err := r.do(ctx, "POST", path, req, nil)
 	if err != nil {
 		return err
 	}

@@ -3,11 +3,13 @@ package wire
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
@@ -30,21 +32,42 @@ type Client struct {
 var _ volume.Service = (*Client)(nil)
 
 // NewClient returns the member called name at addr (host:port), reached as
-// member self.
+// member self. A client of a member known by its address alone (name "")
+// may only ask its Health.
 func NewClient(name, addr, self string, auth *Auth) *Client {
+	dialer := &net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}
 	tr := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext: dialer.DialContext,
+		// Below the server's IdleTimeout, so that the server does not close a
+		// connection just as a request is sent on it.
+		IdleConnTimeout:     45 * time.Second,
 		MaxIdleConnsPerHost: 64,
-		IdleConnTimeout:     90 * time.Second,
 		// A peer pulling a blob through for us answers within its own bound.
 		ResponseHeaderTimeout: ThroughTimeout + time.Minute,
-		TLSClientConfig:       auth.TLS,
 		WriteBufferSize:       256 << 10,
 		ReadBufferSize:        256 << 10,
 	}
 	scheme := "http"
 	if auth.TLS != nil {
 		scheme = "https"
+		// Dialed with the CA and certificate as they are at each dial: they
+		// are reloaded when their files change.
+		tr.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			host, _, err := net.SplitHostPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			c, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			tc := tls.Client(c, auth.clientTLS(host))
+			if err := tc.HandshakeContext(ctx); err != nil {
+				c.Close()
+				return nil, err
+			}
+			return tc, nil
+		}
 	}
 	return &Client{name: name, addr: addr, self: self, auth: auth, client: &http.Client{Transport: tr}, scheme: scheme}
 }
@@ -52,16 +75,30 @@ func NewClient(name, addr, self string, auth *Auth) *Client {
 // Name returns the member's identity.
 func (r *Client) Name() string { return r.name }
 
+// blobBody is the body of a request that streams blob d: its digest is the
+// body's, so it is signed without hashing the body first.
+type blobBody struct {
+	d cas.Digest
+	r io.Reader
+}
+
+// do sends a request whose body is in: nothing, raw bytes, a blobBody, or
+// else a value sent as JSON; the answer's JSON is decoded into out.
 func (r *Client) do(ctx context.Context, method, path string, in, out any, hdr ...string) (*http.Response, error) {
 	var body io.Reader
-	if rd, ok := in.(io.Reader); ok {
-		body = rd
-	} else if in != nil {
+	digest := emptyBody
+	switch v := in.(type) {
+	case nil:
+	case []byte:
+		body, digest = bytes.NewReader(v), cas.Sum(v)
+	case blobBody:
+		body, digest = v.r, v.d
+	default:
 		b, err := json.Marshal(in)
 		if err != nil {
 			return nil, err
 		}
-		body = bytes.NewReader(b)
+		body, digest = bytes.NewReader(b), cas.Sum(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, r.scheme+"://"+r.addr+path, body)
 	if err != nil {
@@ -70,7 +107,7 @@ func (r *Client) do(ctx context.Context, method, path string, in, out any, hdr .
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
-	r.auth.Sign(req, r.self)
+	r.auth.Sign(req, r.self, r.name, digest)
 	resp, err := r.client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("member %s: %w", r.name, err)
@@ -78,7 +115,8 @@ func (r *Client) do(ctx context.Context, method, path string, in, out any, hdr .
 	if resp.StatusCode >= 300 {
 		defer resp.Body.Close()
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return nil, &errRemote{code: resp.StatusCode, msg: fmt.Sprintf("member %s: %s: %s", r.name, resp.Status, bytes.TrimSpace(msg))}
+		return nil, &errRemote{code: resp.StatusCode, name: resp.Header.Get(hdrError),
+			msg: fmt.Sprintf("member %s: %s: %s", r.name, resp.Status, bytes.TrimSpace(msg))}
 	}
 	if out == nil {
 		return resp, nil
@@ -110,11 +148,11 @@ func (r *Client) Health(ctx context.Context) (Health, error) {
 // through, a sharing peer may fetch the blob from its owners first if it
 // does not have it yet.
 func (r *Client) Fetch(ctx context.Context, d cas.Digest, through bool) (io.ReadCloser, error) {
-	var hdr []string
+	path := "/v1/blobs/" + d.String()
 	if through {
-		hdr = []string{"X-Cachegroup-Through", "1"}
+		path += "?through=1"
 	}
-	resp, err := r.do(ctx, "GET", "/v1/blobs/"+d.String(), nil, nil, hdr...)
+	resp, err := r.do(ctx, "GET", path, nil, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -154,13 +192,13 @@ func (r *Client) HaveAll(ctx context.Context, ds []cas.Digest) ([]bool, error) {
 
 // Push sends blob d to the member, which verifies it.
 func (r *Client) Push(ctx context.Context, d cas.Digest, body io.Reader) error {
-	return r.call(ctx, "PUT", "/v1/blobs/"+d.String(), body, nil)
+	return r.call(ctx, "PUT", "/v1/blobs/"+d.String(), blobBody{d: d, r: body}, nil)
 }
 
 // Volume returns a head.
 func (r *Client) Volume(ctx context.Context, id string) (volume.Volume, error) {
 	var v volume.Volume
-	err := r.call(ctx, "GET", "/v1/volumes/"+id, nil, &v)
+	err := r.call(ctx, "GET", "/v1/volumes/"+url.PathEscape(id), nil, &v)
 	return v, err
 }
 
@@ -180,32 +218,40 @@ func (r *Client) CreateVolume(ctx context.Context, spec volume.Spec) (volume.Vol
 
 // DeleteVolume deletes a volume at the member.
 func (r *Client) DeleteVolume(ctx context.Context, id string) error {
-	return r.call(ctx, "DELETE", "/v1/volumes/"+id, nil, nil)
+	return r.call(ctx, "DELETE", "/v1/volumes/"+url.PathEscape(id), nil, nil)
 }
 
 // ExpandVolume raises a volume's quota at the member.
 func (r *Client) ExpandVolume(ctx context.Context, id string, quota int64) (volume.Volume, error) {
 	var v volume.Volume
-	err := r.call(ctx, "POST", "/v1/volumes/"+id+"/expand", struct{ Quota int64 }{quota}, &v)
+	err := r.call(ctx, "POST", "/v1/volumes/"+url.PathEscape(id)+"/expand", struct{ Quota int64 }{quota}, &v)
 	return v, err
 }
 
-// Commit applies a commit at the member.
+// Commit applies a commit at the member. A commit over MaxCommitBody is
+// tree.ErrTooLarge without being sent: no member would take it.
 func (r *Client) Commit(ctx context.Context, id string, c *tree.Commit) (volume.CommitResult, error) {
 	var res volume.CommitResult
-	err := r.call(ctx, "POST", "/v1/volumes/"+id+"/commit", c, &res)
+	b, err := json.Marshal(c)
+	if err != nil {
+		return res, err
+	}
+	if len(b) > MaxCommitBody {
+		return res, fmt.Errorf("commit to %s: %w: %d bytes of ops, a member takes at most %d", id, tree.ErrTooLarge, len(b), MaxCommitBody)
+	}
+	err = r.call(ctx, "POST", "/v1/volumes/"+url.PathEscape(id)+"/commit", b, &res)
 	return res, err
 }
 
 // PutHead gives the member a replicated head.
 func (r *Client) PutHead(ctx context.Context, v volume.Volume) error {
-	return r.call(ctx, "PUT", "/v1/volumes/"+v.ID+"/head", v, nil)
+	return r.call(ctx, "PUT", "/v1/volumes/"+url.PathEscape(v.ID)+"/head", v, nil)
 }
 
 // Snapshot returns a snapshot.
 func (r *Client) Snapshot(ctx context.Context, id string) (volume.Snapshot, error) {
 	var s volume.Snapshot
-	err := r.call(ctx, "GET", "/v1/snapshots/"+id, nil, &s)
+	err := r.call(ctx, "GET", "/v1/snapshots/"+url.PathEscape(id), nil, &s)
 	return s, err
 }
 
@@ -218,12 +264,12 @@ func (r *Client) Snapshots(ctx context.Context) ([]volume.Snapshot, error) {
 
 // PutSnapshot gives the member a replicated snapshot.
 func (r *Client) PutSnapshot(ctx context.Context, s volume.Snapshot) error {
-	return r.call(ctx, "PUT", "/v1/snapshots/"+s.ID, s, nil)
+	return r.call(ctx, "PUT", "/v1/snapshots/"+url.PathEscape(s.ID), s, nil)
 }
 
 // DeleteSnapshot deletes a snapshot at the member.
 func (r *Client) DeleteSnapshot(ctx context.Context, id string) error {
-	return r.call(ctx, "DELETE", "/v1/snapshots/"+id, nil, nil)
+	return r.call(ctx, "DELETE", "/v1/snapshots/"+url.PathEscape(id), nil, nil)
 }
 
 // Holders returns the members sharing snapshot root.

@@ -7,9 +7,19 @@
 //
 // It imports cas, tree and volume, never the group or the node tier.
 //
+// The port is open to the node network, so the server bounds what any caller
+// can make it hold: connections (closed at once beyond a cap), time to send
+// headers, to send a body and to take an answer (a minimum rate, so large
+// blobs still move), idle time, body sizes per route and the body memory of
+// all requests at once. A request is authenticated on its headers, before
+// any of its body is read; its signature binds its method, path and query,
+// body digest, sender, destination, time and nonce (see Auth), and the
+// server checks the body it reads against the digest. Every refusal is
+// counted in the Refused metric, by reason.
+//
 //	GET    /v1/health                   the member's name and weight
-//	GET    /v1/blobs/{digest}           a blob, ranged; sendfile on plain TCP
-//	POST   /v1/blobs                    many blobs in one framed stream
+//	GET    /v1/blobs/{digest}[?through=1]  a blob, ranged; sendfile on plain TCP
+//	POST   /v1/blobs[?through=1]        many blobs in one framed stream
 //	HEAD   /v1/blobs/{digest}           whether the member has (and offers) it
 //	PUT    /v1/blobs/{digest}           store a blob; verified before it is kept
 //	POST   /v1/blobs/{digest}/verify    re-hash a copy a peer found wrong; drop it if so

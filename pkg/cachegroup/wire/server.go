@@ -4,18 +4,17 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
-	"log"
-	"net"
+	"fmt"
 	"net/http"
 	"os"
-	"strings"
+	"sync"
 	"time"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/metrics"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
+	"golang.org/x/sync/semaphore"
 	"k8s.io/klog/v2"
 )
 
@@ -44,11 +43,31 @@ type Backend interface {
 	Holders(root cas.Digest) []string
 }
 
-// Server serves a member to its peers.
+// Server serves a member to its peers. Its bounds on what a request may
+// hold are set before Handler or ListenAndServe is called; zero takes the
+// default.
 type Server struct {
 	b       Backend
 	auth    *Auth
 	metrics *metrics.Set
+
+	// ReadHeaderTimeout bounds the time to read a request's headers (and,
+	// with TLS, to shake hands); default 10s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout bounds how long a connection may wait for its next
+	// request; default 60s.
+	IdleTimeout time.Duration
+	// MaxConns caps the connections open at once; those beyond it are
+	// closed as soon as they are accepted. Default 2048.
+	MaxConns int
+	// BodyMemory caps the bytes of request bodies held at once; a request
+	// waits for room to read its body in. Default 256 MiB.
+	BodyMemory int64
+
+	init       sync.Once
+	self       string // the member's name: requests must be for it
+	bodyMemory int64
+	bodies     *semaphore.Weighted // room in bodyMemory
 }
 
 // NewServer returns the peer server of b.
@@ -58,8 +77,13 @@ func NewServer(b Backend, auth *Auth, m *metrics.Set) *Server {
 
 // Handler returns the server's HTTP handler.
 func (s *Server) Handler() http.Handler {
+	s.init.Do(func() {
+		s.self = s.b.Health().Name
+		s.bodyMemory = orDefault(s.BodyMemory, defaultBodyMemory)
+		s.bodies = semaphore.NewWeighted(s.bodyMemory)
+	})
 	mux := http.NewServeMux()
-	route(mux, "GET /v1/health", func(*http.Request) (any, error) { return s.b.Health(), nil })
+	s.route(mux, "GET "+healthPath, func(*http.Request) (any, error) { return s.b.Health(), nil })
 	s.blobRoutes(mux)
 	s.homeRoutes(mux)
 	return s.authenticate(mux)
@@ -71,29 +95,20 @@ func (s *Server) blobRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/blobs/{digest}", s.serveBlob)
 	mux.HandleFunc("POST /v1/blobs", s.serveBatch)
 	mux.HandleFunc("HEAD /v1/blobs/{digest}", s.serveBlob)
-	mux.HandleFunc("PUT /v1/blobs/{digest}", func(w http.ResponseWriter, r *http.Request) {
-		d, err := cas.ParseDigest(r.PathValue("digest"))
-		if err == nil && !st.Has(d) {
-			_, err = st.Put(r.Body, d)
-		}
-		if errors.Is(err, cas.ErrCorrupt) {
-			s.metrics.Corrupt.Inc()
-		}
-		writeJSONResponse(w, nil, err)
-	})
-	mux.HandleFunc("POST /v1/blobs/{digest}/verify", func(w http.ResponseWriter, r *http.Request) {
-		d, err := cas.ParseDigest(r.PathValue("digest"))
+	mux.HandleFunc("PUT /v1/blobs/{digest}", s.putBlob)
+	s.route(mux, "POST /v1/blobs/{digest}/verify", func(r *http.Request) (any, error) {
+		d, err := digestOf(r, "digest")
 		if err == nil {
 			err = st.Verify(d)
 		}
 		if errors.Is(err, cas.ErrCorrupt) {
 			s.metrics.Corrupt.Inc()
-			klog.ErrorS(err, "A peer reported a corrupt copy; dropped it", "blob", d, "peer", r.Header.Get("X-Cachegroup-Member"))
+			klog.ErrorS(err, "A peer reported a corrupt copy; dropped it", "blob", d, "peer", credsOf(r).from)
 			err = nil // dropped: the caller may push a good copy now
 		}
-		writeJSONResponse(w, nil, err)
+		return nil, err
 	})
-	routeBody(mux, "POST /v1/have", func(_ *http.Request, ds []cas.Digest) (any, error) {
+	routeBody(s, mux, "POST /v1/have", maxJSONBody, func(_ *http.Request, ds []cas.Digest) (any, error) {
 		has := make([]bool, len(ds))
 		for i, d := range ds {
 			has[i] = st.Has(d)
@@ -102,143 +117,212 @@ func (s *Server) blobRoutes(mux *http.ServeMux) {
 	})
 }
 
+// putBlob stores a blob a peer pushes. Its signed body digest is the blob's
+// digest, which the store checks while it stores the blob: the body is
+// streamed, never held.
+func (s *Server) putBlob(w http.ResponseWriter, r *http.Request) {
+	d, err := digestOf(r, "digest")
+	if err == nil && credsOf(r).body != d {
+		err = refuse(reasonBadBodyDigest, fmt.Errorf("the signed body is not blob %s", d))
+	}
+	var rf *refusal
+	switch {
+	case errors.As(err, &rf):
+		s.refuse(w, r, err)
+		return
+	case err != nil:
+		closeAfter(w)
+		s.answer(w, r, nil, err)
+		return
+	}
+	st := s.b.Store()
+	if st.Has(d) {
+		// The server reads a little of the body it was not asked for
+		// before answering: at minRate.
+		http.NewResponseController(w).SetReadDeadline(time.Now().Add(allowed(256 << 10)))
+	} else {
+		_, err = st.Put(s.paced(w, r.Body), d)
+		http.NewResponseController(w).SetReadDeadline(time.Time{})
+	}
+	if errors.Is(err, cas.ErrCorrupt) {
+		s.metrics.Corrupt.Inc()
+		s.count(reasonBadBodyDigest)
+	}
+	s.answer(w, r, nil, err)
+}
+
 // homeRoutes serves the home: heads, commits, snapshots and sharing nodes.
 func (s *Server) homeRoutes(mux *http.ServeMux) {
 	l := s.b.Home()
-	route(mux, "GET /v1/volumes", func(r *http.Request) (any, error) { return l.Volumes(r.Context()) })
-	route(mux, "GET /v1/volumes/{id}", func(r *http.Request) (any, error) { return l.Volume(r.Context(), r.PathValue("id")) })
-	routeBody(mux, "POST /v1/volumes", func(r *http.Request, spec volume.Spec) (any, error) {
+	s.route(mux, "GET /v1/volumes", func(r *http.Request) (any, error) { return l.Volumes(r.Context()) })
+	s.route(mux, "GET /v1/volumes/{id}", func(r *http.Request) (any, error) {
+		return withID(r, volume.CheckVolumeID, func(id string) (any, error) { return l.Volume(r.Context(), id) })
+	})
+	routeBody(s, mux, "POST /v1/volumes", maxJSONBody, func(r *http.Request, spec volume.Spec) (any, error) {
 		return l.CreateVolume(r.Context(), spec)
 	})
-	route(mux, "DELETE /v1/volumes/{id}", func(r *http.Request) (any, error) {
-		return nil, l.DeleteVolume(r.Context(), r.PathValue("id"))
+	s.route(mux, "DELETE /v1/volumes/{id}", func(r *http.Request) (any, error) {
+		return withID(r, volume.CheckVolumeID, func(id string) (any, error) { return nil, l.DeleteVolume(r.Context(), id) })
 	})
-	routeBody(mux, "POST /v1/volumes/{id}/expand", func(r *http.Request, q struct{ Quota int64 }) (any, error) {
-		return l.ExpandVolume(r.Context(), r.PathValue("id"), q.Quota)
+	routeBody(s, mux, "POST /v1/volumes/{id}/expand", maxJSONBody, func(r *http.Request, q struct{ Quota int64 }) (any, error) {
+		return withID(r, volume.CheckVolumeID, func(id string) (any, error) { return l.ExpandVolume(r.Context(), id, q.Quota) })
 	})
-	routeBody(mux, "POST /v1/volumes/{id}/commit", func(r *http.Request, c tree.Commit) (any, error) {
-		return l.Commit(r.Context(), r.PathValue("id"), &c)
+	routeBody(s, mux, "POST /v1/volumes/{id}/commit", MaxCommitBody, func(r *http.Request, c tree.Commit) (any, error) {
+		return withID(r, volume.CheckVolumeID, func(id string) (any, error) {
+			if err := c.Validate(); err != nil {
+				return nil, err // before the home catches up on a commit it cannot apply
+			}
+			return l.Commit(r.Context(), id, &c)
+		})
 	})
-	routeBody(mux, "PUT /v1/volumes/{id}/head", func(r *http.Request, v volume.Volume) (any, error) {
-		return nil, l.PutHead(r.Context(), v)
+	routeBody(s, mux, "PUT /v1/volumes/{id}/head", maxJSONBody, func(r *http.Request, v volume.Volume) (any, error) {
+		return withID(r, volume.CheckVolumeID, func(id string) (any, error) {
+			if v.ID != id {
+				return nil, badRequest(fmt.Errorf("the head of volume %.80q put as volume %s's", v.ID, id))
+			}
+			return nil, l.PutHead(r.Context(), v)
+		})
 	})
-	route(mux, "GET /v1/snapshots", func(r *http.Request) (any, error) { return l.Snapshots(r.Context()) })
-	route(mux, "GET /v1/snapshots/{id}", func(r *http.Request) (any, error) { return l.Snapshot(r.Context(), r.PathValue("id")) })
-	routeBody(mux, "PUT /v1/snapshots/{id}", func(r *http.Request, sn volume.Snapshot) (any, error) {
-		return nil, l.PutSnapshot(r.Context(), sn)
-	})
-	route(mux, "DELETE /v1/snapshots/{id}", func(r *http.Request) (any, error) {
-		return nil, l.DeleteSnapshot(r.Context(), r.PathValue("id"))
-	})
-	route(mux, "GET /v1/holders/{root}", func(r *http.Request) (any, error) {
-		root, err := cas.ParseDigest(r.PathValue("root"))
+	s.snapshotRoutes(mux)
+	s.route(mux, "GET /v1/holders/{root}", func(r *http.Request) (any, error) {
+		root, err := digestOf(r, "root")
 		if err != nil {
-			return nil, badRequest(err)
+			return nil, err
 		}
 		return s.b.Holders(root), nil
 	})
-	routeBody(mux, "POST /v1/holders/{root}", func(r *http.Request, q struct{ Member string }) (any, error) {
-		root, err := cas.ParseDigest(r.PathValue("root"))
+	routeBody(s, mux, "POST /v1/holders/{root}", maxJSONBody, func(r *http.Request, q struct{ Member string }) (any, error) {
+		root, err := digestOf(r, "root")
 		if err != nil {
-			return nil, badRequest(err)
+			return nil, err
+		}
+		if from := credsOf(r).from; q.Member != from {
+			return nil, badRequest(fmt.Errorf("member %s says %.80q holds a snapshot: a member names only itself", from, q.Member))
 		}
 		s.b.AddHolder(root, q.Member)
 		return nil, nil
 	})
 }
 
-// route serves pattern with do's answer as JSON (nothing if it is nil).
-func route(mux *http.ServeMux, pattern string, do func(r *http.Request) (any, error)) {
-	mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-		v, err := do(r)
-		writeJSONResponse(w, v, err)
+// snapshotRoutes serves the home's snapshots.
+func (s *Server) snapshotRoutes(mux *http.ServeMux) {
+	l := s.b.Home()
+	s.route(mux, "GET /v1/snapshots", func(r *http.Request) (any, error) { return l.Snapshots(r.Context()) })
+	s.route(mux, "GET /v1/snapshots/{id}", func(r *http.Request) (any, error) {
+		return withID(r, volume.CheckSnapshotID, func(id string) (any, error) { return l.Snapshot(r.Context(), id) })
+	})
+	routeBody(s, mux, "PUT /v1/snapshots/{id}", maxJSONBody, func(r *http.Request, sn volume.Snapshot) (any, error) {
+		return withID(r, volume.CheckSnapshotID, func(id string) (any, error) {
+			if sn.ID != id {
+				return nil, badRequest(fmt.Errorf("snapshot %.80q put as snapshot %s", sn.ID, id))
+			}
+			return nil, l.PutSnapshot(r.Context(), sn)
+		})
+	})
+	s.route(mux, "DELETE /v1/snapshots/{id}", func(r *http.Request) (any, error) {
+		return withID(r, volume.CheckSnapshotID, func(id string) (any, error) { return nil, l.DeleteSnapshot(r.Context(), id) })
 	})
 }
 
-// routeBody is route for requests whose body is a JSON In.
-func routeBody[In any](mux *http.ServeMux, pattern string, do func(r *http.Request, in In) (any, error)) {
+// withID calls do with the {id} of r's path if check accepts it.
+func withID(r *http.Request, check func(string) error, do func(id string) (any, error)) (any, error) {
+	id := r.PathValue("id")
+	if err := check(id); err != nil {
+		return nil, err
+	}
+	return do(id)
+}
+
+// digestOf returns the digest in r's path value name.
+func digestOf(r *http.Request, name string) (cas.Digest, error) {
+	d, err := cas.ParseDigest(r.PathValue(name))
+	if err != nil {
+		return d, badRequest(err)
+	}
+	return d, nil
+}
+
+// route serves pattern, a request without a body, with do's answer as JSON
+// (nothing if it is nil).
+func (s *Server) route(mux *http.ServeMux, pattern string, do func(r *http.Request) (any, error)) {
 	mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		if _, _, ok := s.readBody(w, r, 0); !ok {
+			return
+		}
+		v, err := do(r)
+		s.answer(w, r, v, err)
+	})
+}
+
+// routeBody is route for requests whose body is a JSON In of at most max
+// bytes, read whole and checked against its signature before do acts on it.
+func routeBody[In any](s *Server, mux *http.ServeMux, pattern string, max int64, do func(r *http.Request, in In) (any, error)) {
+	mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		b, done, ok := s.readBody(w, r, max)
+		if !ok {
+			return
+		}
+		defer done()
 		var in In
-		if !readJSON(w, r, &in) {
+		if err := decodeJSON(b, &in); err != nil {
+			s.answer(w, r, nil, err)
 			return
 		}
 		v, err := do(r, in)
-		writeJSONResponse(w, v, err)
+		s.answer(w, r, v, err)
 	})
 }
 
-// authenticate refuses, and counts, requests without valid credentials.
-func (s *Server) authenticate(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, err := s.auth.Verify(r); err != nil {
-			s.metrics.Refused.WithLabelValues("unauthenticated").Inc()
-			klog.V(1).InfoS("Refused peer request", "remote", r.RemoteAddr, "path", r.URL.Path, "reason", err.Error())
-			http.Error(w, "refused: "+err.Error(), http.StatusUnauthorized)
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
+// decodeJSON decodes a request body into v; what it cannot decode is a bad
+// request.
+func decodeJSON(b []byte, v any) error {
+	if err := json.Unmarshal(b, v); err != nil {
+		return badRequest(fmt.Errorf("request body: %w", err))
+	}
+	return nil
 }
 
 // serveBlob serves one blob, ranged.
 func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request) {
-	d, err := cas.ParseDigest(r.PathValue("digest"))
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+	if _, _, ok := s.readBody(w, r, 0); !ok {
 		return
 	}
-	as, err := s.b.MayServe(r.Context(), d, r.Header.Get("X-Cachegroup-Through") != "")
+	d, err := digestOf(r, "digest")
+	if err != nil {
+		s.answer(w, r, nil, err)
+		return
+	}
+	as, err := s.b.MayServe(r.Context(), d, r.URL.Query().Has("through"))
 	var f *os.File
 	if err == nil {
 		f, err = s.b.Store().Open(d)
 	}
 	if err != nil {
-		writeJSONResponse(w, nil, err)
+		s.answer(w, r, nil, err)
 		return
 	}
 	defer f.Close()
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("X-Cachegroup-Served-As", as)
-	cw := &countingWriter{ResponseWriter: w}
+	pw := newPacedWriter(w)
 	// ServeContent handles Range and uses sendfile from the file to the socket.
-	http.ServeContent(cw, r, "", time.Time{}, f)
-	s.metrics.ServedBytes.WithLabelValues(as).Add(float64(cw.n))
+	http.ServeContent(pw, r, "", time.Time{}, f)
+	s.metrics.ServedBytes.WithLabelValues(as).Add(float64(pw.n))
 }
 
-// countingWriter counts body bytes while keeping ReaderFrom (sendfile).
-type countingWriter struct {
-	http.ResponseWriter
-	n int64
-}
-
-func (c *countingWriter) Write(b []byte) (int, error) {
-	n, err := c.ResponseWriter.Write(b)
-	c.n += int64(n)
-	return n, err
-}
-
-func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
-	n, err := c.ResponseWriter.(io.ReaderFrom).ReadFrom(r)
-	c.n += n
-	return n, err
-}
-
-func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
-	if err := json.NewDecoder(io.LimitReader(r.Body, 256<<20)).Decode(v); err != nil {
-		http.Error(w, "bad request body: "+err.Error(), http.StatusBadRequest)
-		return false
-	}
-	return true
-}
-
-func writeJSONResponse(w http.ResponseWriter, v any, err error) {
+// answer writes v as JSON (nothing if it is nil), or err as its status and
+// sentinel, counting the requests refused as they are written.
+func (s *Server) answer(w http.ResponseWriter, r *http.Request, v any, err error) {
 	if err != nil {
-		code := http.StatusInternalServerError
-		for _, s := range errStatuses {
-			if errors.Is(err, s.err) {
-				code = s.code
-				break
-			}
+		code, name := statusOf(err)
+		switch {
+		case errors.Is(err, tree.ErrInvalid):
+			s.count(reasonInvalid)
+		case code == http.StatusBadRequest:
+			s.count(reasonBadRequest)
+		}
+		if name != "" {
+			w.Header().Set(hdrError, name)
 		}
 		http.Error(w, err.Error(), code)
 		return
@@ -249,37 +333,4 @@ func writeJSONResponse(w http.ResponseWriter, v any, err error) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(v)
-}
-
-// serverLog passes the HTTP server's own errors to klog, counting failed TLS
-// handshakes (no or wrong client certificate) as refused requests.
-type serverLog struct{ m *metrics.Set }
-
-func (l serverLog) Write(b []byte) (int, error) {
-	msg := strings.TrimSpace(string(b))
-	if strings.Contains(msg, "TLS handshake error") {
-		l.m.Refused.WithLabelValues("tls").Inc()
-	}
-	klog.V(1).InfoS("Peer server", "message", msg)
-	return len(b), nil
-}
-
-// ListenAndServe serves s on addr until ctx ends.
-func (s *Server) ListenAndServe(ctx context.Context, l net.Listener) error {
-	srv := &http.Server{Handler: s.Handler(), TLSConfig: s.auth.TLS, ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog: log.New(serverLog{s.metrics}, "", 0)}
-	go func() {
-		<-ctx.Done()
-		srv.Close()
-	}()
-	var err error
-	if s.auth.TLS != nil {
-		err = srv.ServeTLS(l, "", "")
-	} else {
-		err = srv.Serve(l)
-	}
-	if errors.Is(err, http.ErrServerClosed) {
-		return nil
-	}
-	return err
 }
