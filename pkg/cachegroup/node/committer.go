@@ -109,7 +109,7 @@ func (n *Node) attempt(ctx context.Context, name string, r *retry) *retry {
 		return nil
 	case permanent(err):
 		n.group.Metrics().Commits.WithLabelValues("refused").Inc()
-		klog.ErrorS(err, "tree.Commit refused; the layer is dropped", "entry", name)
+		klog.ErrorS(err, "Commit refused; the layer is dropped", "entry", name)
 		n.discard(filepath.Join(n.dir, "outbox", name))
 		return nil
 	case ctx.Err() != nil:
@@ -131,7 +131,7 @@ func (n *Node) attempt(ctx context.Context, name string, r *retry) *retry {
 	}
 	backoff = min(backoff, n.retry.max)
 	r.next = time.Now().Add(backoff)
-	klog.ErrorS(err, "tree.Commit failed; will retry", "entry", name, "attempts", r.attempts, "backoff", backoff)
+	klog.ErrorS(err, "Commit failed; will retry", "entry", name, "attempts", r.attempts, "backoff", backoff)
 	return r
 }
 

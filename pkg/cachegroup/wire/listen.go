@@ -95,9 +95,10 @@ func (l *peerListener) Accept() (net.Conn, error) {
 		case l.slots <- struct{}{}:
 		default:
 			// Over the cap: closed here, rather than left waiting in the
-			// backlog or given a goroutine.
-			c.Close()
+			// backlog or given a goroutine; counted first, so the count is
+			// there when the caller sees the close.
 			l.metrics.Refused.WithLabelValues(reasonTooManyConns).Inc()
+			c.Close()
 			continue
 		}
 		pc := &peerConn{Conn: c, l: l}
