@@ -98,6 +98,15 @@ func (s *Store) Has(d Digest) bool {
 	return err == nil
 }
 
+// Size returns the size of blob d, or -1 if the store lacks it.
+func (s *Store) Size(d Digest) int64 {
+	var st unix.Stat_t
+	if unix.Lstat(s.Path(d), &st) != nil {
+		return -1
+	}
+	return st.Size
+}
+
 // Open opens blob d for reading.
 func (s *Store) Open(d Digest) (*os.File, error) {
 	f, err := os.Open(s.Path(d))

@@ -8,6 +8,8 @@ import (
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/parallel"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
 	"k8s.io/klog/v2"
 )
 
@@ -135,6 +137,72 @@ func (g *Group) push(ctx context.Context, d cas.Digest) error {
 		if err != nil {
 			g.Failed(p, err)
 			errs = append(errs, fmt.Errorf("push blob %s to %s: %w", d, p.Name(), err))
+		}
+	}
+	return joinFew(errs)
+}
+
+// joinFew joins the first few errors of errs and counts the others, so that
+// a commit of many missing blobs answers with a message of bounded size.
+func joinFew(errs []error) error {
+	const few = 4
+	var out []error
+	n := 0
+	for _, err := range errs {
+		if err != nil {
+			if n++; n <= few {
+				out = append(out, err)
+			}
+		}
+	}
+	if n > few {
+		out = append(out, fmt.Errorf("and %d blobs more", n-few))
+	}
+	return errors.Join(out...)
+}
+
+// checkBlobs confirms that every blob of refs is held, with its size, by one
+// of the members that should hold it now (see targets), as a home does before
+// it applies a commit naming them. Each member is asked about its blobs in
+// one request; a member that cannot be asked confirms nothing.
+func (g *Group) checkBlobs(ctx context.Context, refs []cas.Ref) error {
+	g.mu.RLock()
+	alone := g.alone
+	g.mu.RUnlock()
+	if alone {
+		return volume.CheckLocal(g.self.store, refs)
+	}
+	asks := map[Peer][]int{} // indexes of refs, by member asked
+	for i, ref := range refs {
+		for _, p := range g.targets(ref.Digest) {
+			asks[p] = append(asks[p], i)
+		}
+	}
+	errs := make([]error, len(refs))
+	for i, ref := range refs {
+		errs[i] = fmt.Errorf("blob %s: %w", ref.Digest, volume.ErrMissingBlob)
+	}
+	for p, idx := range asks {
+		for start := 0; start < len(idx); start += sizesBatch {
+			batch := idx[start:min(start+sizesBatch, len(idx))]
+			ds := make([]cas.Digest, len(batch))
+			for k, i := range batch {
+				ds[k] = refs[i].Digest
+			}
+			sizes, err := p.Sizes(ctx, ds)
+			if err != nil {
+				g.Failed(p, err)
+				break
+			}
+			for k, i := range batch {
+				// One member with the claimed size confirms it; a wrong size
+				// anywhere is a false claim, since blobs are verified.
+				if err := volume.CheckSize(refs[i], sizes[k]); err == nil && !errors.Is(errs[i], tree.ErrInvalid) {
+					errs[i] = nil
+				} else if errors.Is(err, tree.ErrInvalid) {
+					errs[i] = err
+				}
+			}
 		}
 	}
 	return errors.Join(errs...)

@@ -38,8 +38,9 @@ type Blobs interface {
 	Push(ctx context.Context, d cas.Digest, r io.Reader) error
 	// Verify re-hashes the member's copy of blob d and drops it if wrong.
 	Verify(ctx context.Context, d cas.Digest) error
-	// HaveAll reports which of ds the member holds.
-	HaveAll(ctx context.Context, ds []cas.Digest) ([]bool, error)
+	// Sizes returns the size of each blob of ds at the member, -1 for
+	// those it lacks.
+	Sizes(ctx context.Context, ds []cas.Digest) ([]int64, error)
 }
 
 // Sharers is what a volume's home knows of the nodes sharing a snapshot.
@@ -111,12 +112,12 @@ func (s *self) Push(_ context.Context, d cas.Digest, r io.Reader) error {
 
 func (s *self) Verify(_ context.Context, d cas.Digest) error { return s.store.Verify(d) }
 
-func (s *self) HaveAll(_ context.Context, ds []cas.Digest) ([]bool, error) {
-	has := make([]bool, len(ds))
+func (s *self) Sizes(_ context.Context, ds []cas.Digest) ([]int64, error) {
+	sizes := make([]int64, len(ds))
 	for i, d := range ds {
-		has[i] = s.store.Has(d)
+		sizes[i] = s.store.Size(d)
 	}
-	return has, nil
+	return sizes, nil
 }
 
 func (s *self) AddHolder(_ context.Context, root cas.Digest, member string) error {

@@ -22,8 +22,8 @@ type Pass struct {
 	Failed  int // checks or pushes that failed (retried next pass)
 }
 
-// haveBatch is how many digests one have-request asks about.
-const haveBatch = 2000
+// sizesBatch is how many digests one sizes request asks about.
+const sizesBatch = 2000
 
 // Reconcile brings the group back to its placement after a membership
 // change: heads and snapshots reach all their live homes, every blob this
@@ -152,9 +152,9 @@ func (g *Group) reconcileBlobs(ctx context.Context, p *Pass, inUse func(cas.Dige
 	g.metrics.OwnedBytes.Set(float64(ownedBytes))
 	confirmed := map[cas.Digest]int{}
 	for t, ds := range want {
-		for i := 0; i < len(ds); i += haveBatch {
-			batch := ds[i:min(i+haveBatch, len(ds))]
-			has, err := t.HaveAll(ctx, batch)
+		for i := 0; i < len(ds); i += sizesBatch {
+			batch := ds[i:min(i+sizesBatch, len(ds))]
+			sizes, err := t.Sizes(ctx, batch)
 			if err != nil {
 				g.Failed(t, err)
 				p.Failed += len(batch)
@@ -162,7 +162,7 @@ func (g *Group) reconcileBlobs(ctx context.Context, p *Pass, inUse func(cas.Dige
 			}
 			var missing []cas.Digest
 			for j, d := range batch {
-				if has[j] {
+				if sizes[j] >= 0 {
 					confirmed[d]++
 				} else {
 					missing = append(missing, d)

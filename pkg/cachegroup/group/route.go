@@ -142,10 +142,8 @@ func (h homeHooks) Replicate(ctx context.Context, v volume.Volume, trees []cas.D
 }
 func (h homeHooks) Fetch(ctx context.Context, d cas.Digest) error { return h.g.Fetch(ctx, d) }
 func (h homeHooks) CatchUp(ctx context.Context, id string) bool   { return h.g.catchUp(ctx, id) }
-func (h homeHooks) Alone() bool {
-	h.g.mu.RLock()
-	defer h.g.mu.RUnlock()
-	return h.g.alone
+func (h homeHooks) CheckBlobs(ctx context.Context, refs []cas.Ref) error {
+	return h.g.checkBlobs(ctx, refs)
 }
 
 // replicate pushes a changed head's new tree objects to their owners and the

@@ -76,6 +76,21 @@ func (c *Commit) validate() error {
 	return nil
 }
 
+// Files returns the blobs of the files the commit writes with the sizes the
+// commit gives them, each pair once.
+func (c *Commit) Files() []cas.Ref {
+	seen := map[cas.Ref]bool{}
+	var refs []cas.Ref
+	for _, op := range c.Ops {
+		ref := cas.Ref{Digest: op.Entry.Digest, Size: op.Entry.Size}
+		if op.Kind == OpUpsert && op.Entry.Type == TypeFile && !seen[ref] {
+			seen[ref] = true
+			refs = append(refs, ref)
+		}
+	}
+	return refs
+}
+
 // Bytes returns the bytes of the files the commit writes.
 func (c *Commit) Bytes() int64 {
 	var n int64

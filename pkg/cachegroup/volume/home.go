@@ -47,10 +47,10 @@ type Group interface {
 	// homes keep, before a change is applied to it, and reports whether
 	// every other home answered.
 	CatchUp(ctx context.Context, id string) (complete bool)
-	// Alone reports whether this member is the whole group: then every blob
-	// a commit names must be in the local store; larger groups trust the
-	// committer's pushes.
-	Alone() bool
+	// CheckBlobs confirms, before a commit that names them is applied, that
+	// every blob of refs is at its owners with the size the commit claims:
+	// ErrMissingBlob if one is not, tree.ErrInvalid if a size is wrong.
+	CheckBlobs(ctx context.Context, refs []cas.Ref) error
 }
 
 // Open opens the home over store, keeping its records below dir.
@@ -304,12 +304,18 @@ func (l *Home) Commit(ctx context.Context, id string, c *tree.Commit) (CommitRes
 	if err != nil {
 		return CommitResult{}, err
 	}
-	if l.group == nil || l.group.Alone() {
-		for _, op := range c.Ops {
-			if op.Kind == tree.OpUpsert && op.Entry.Type == tree.TypeFile && !l.store.Has(op.Entry.Digest) {
-				return CommitResult{}, fmt.Errorf("commit %q: blob %s: %w", op.Path, op.Entry.Digest, cas.ErrNotFound)
-			}
-		}
+	if err := c.Validate(); err != nil {
+		return CommitResult{}, fmt.Errorf("volume %s: %w", id, err)
+	}
+	// A commit naming blobs nobody has, or with sizes they do not have,
+	// would make a head that cannot be staged and would pass the quota.
+	refs := c.Files()
+	err = CheckLocal(l.store, refs)
+	if l.group != nil {
+		err = l.group.CheckBlobs(ctx, refs)
+	}
+	if err != nil {
+		return CommitResult{}, fmt.Errorf("volume %s: %w", id, err)
 	}
 	load := func(d cas.Digest) error {
 		if l.group != nil && !l.store.Has(d) {
@@ -332,6 +338,30 @@ func (l *Home) Commit(ctx context.Context, id string, c *tree.Commit) (CommitRes
 		return CommitResult{}, err
 	}
 	return CommitResult{Volume: nv, Evicted: res.Evicted}, nil
+}
+
+// CheckLocal confirms that every blob of refs is in store with its size: the
+// check of a group of one.
+func CheckLocal(store *cas.Store, refs []cas.Ref) error {
+	for _, ref := range refs {
+		if err := CheckSize(ref, store.Size(ref.Digest)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// CheckSize says whether a member holding blob ref with size (-1: not at
+// all) confirms it: ErrMissingBlob if it lacks it, tree.ErrInvalid if the
+// size is not the one claimed.
+func CheckSize(ref cas.Ref, size int64) error {
+	switch {
+	case size < 0:
+		return fmt.Errorf("blob %s: %w", ref.Digest, ErrMissingBlob)
+	case size != ref.Size:
+		return fmt.Errorf("blob %s: %w: %d bytes, the commit says %d", ref.Digest, tree.ErrInvalid, size, ref.Size)
+	}
+	return nil
 }
 
 // Snapshot returns snapshot id.

@@ -109,7 +109,13 @@ func TestCommitRejectsBadPaths(t *testing.T) {
 	// A commit naming a blob that is not in the store is refused.
 	op := treetest.File(t, l.store, "ok", "x", 1)
 	op.Entry.Digest = cas.Sum([]byte("absent"))
-	if _, err := l.Commit(ctx, v.ID, &tree.Commit{Ops: []tree.Op{op}}); !errors.Is(err, cas.ErrNotFound) {
+	if _, err := l.Commit(ctx, v.ID, &tree.Commit{Ops: []tree.Op{op}}); !errors.Is(err, ErrMissingBlob) {
 		t.Errorf("missing blob: %v", err)
+	}
+	// So is one that says a blob has another size than it has.
+	op = treetest.File(t, l.store, "ok", "x", 1)
+	op.Entry.Size = 1 << 30
+	if _, err := l.Commit(ctx, v.ID, &tree.Commit{Ops: []tree.Op{op}}); !errors.Is(err, tree.ErrInvalid) {
+		t.Errorf("wrong size: %v", err)
 	}
 }

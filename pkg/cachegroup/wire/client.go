@@ -178,16 +178,16 @@ func (r *Client) Verify(ctx context.Context, d cas.Digest) error {
 	return r.call(ctx, "POST", "/v1/blobs/"+d.String()+"/verify", nil, nil)
 }
 
-// HaveAll reports which of ds the member holds.
-func (r *Client) HaveAll(ctx context.Context, ds []cas.Digest) ([]bool, error) {
-	var has []bool
-	if err := r.call(ctx, "POST", "/v1/have", ds, &has); err != nil {
+// Sizes returns the size of each blob of ds at the member, -1 for those it lacks.
+func (r *Client) Sizes(ctx context.Context, ds []cas.Digest) ([]int64, error) {
+	var sizes []int64
+	if err := r.call(ctx, "POST", "/v1/sizes", ds, &sizes); err != nil {
 		return nil, err
 	}
-	if len(has) != len(ds) {
-		return nil, fmt.Errorf("member %s: have: %d answers for %d blobs", r.name, len(has), len(ds))
+	if len(sizes) != len(ds) {
+		return nil, fmt.Errorf("member %s: sizes: %d answers for %d blobs", r.name, len(sizes), len(ds))
 	}
-	return has, nil
+	return sizes, nil
 }
 
 // Push sends blob d to the member, which verifies it.

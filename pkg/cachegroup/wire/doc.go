@@ -23,9 +23,9 @@
 //	HEAD   /v1/blobs/{digest}           whether the member has (and offers) it
 //	PUT    /v1/blobs/{digest}           store a blob; verified before it is kept
 //	POST   /v1/blobs/{digest}/verify    re-hash a copy a peer found wrong; drop it if so
-//	POST   /v1/have                     which of a list of blobs the member holds
+//	POST   /v1/sizes                    the sizes of a list of blobs at the member (-1: not here)
 //	GET    /v1/volumes[/{id}]           heads
-//	POST   /v1/volumes                  create (VolumeSpec)
+//	POST   /v1/volumes                  create (volume.Spec)
 //	DELETE /v1/volumes/{id}
 //	POST   /v1/volumes/{id}/expand      raise the quota
 //	POST   /v1/volumes/{id}/commit      apply a Commit

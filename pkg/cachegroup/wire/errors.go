@@ -28,6 +28,7 @@ var errStatuses = []struct {
 	{ErrNotOffered, http.StatusGone, "not-offered"},
 	{errBadRequest, http.StatusBadRequest, "bad-request"},
 	{volume.ErrInvalidID, http.StatusBadRequest, "invalid-id"},
+	{volume.ErrMissingBlob, http.StatusFailedDependency, "missing-blob"},
 }
 
 // hdrError names the sentinel error of an answer.

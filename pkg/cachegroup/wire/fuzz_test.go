@@ -30,7 +30,7 @@ func FuzzVerify(f *testing.F) {
 	seed(auth, "GET", "/v1/volumes", "member-b", "member-c", nil)
 	seed(NewSecretAuth([]byte("another-secret-0123456789")), "GET", "/v1/volumes", "member-b", "member-a", nil)
 	f.Add("GET", "/v1/health", "", "", "", "", "", "")
-	f.Add("POST", "/v1/have?x=\n", "member-b\n", "member-a", "00", "-1", "zz", "zz")
+	f.Add("POST", "/v1/sizes?x=\n", "member-b\n", "member-a", "00", "-1", "zz", "zz")
 	f.Fuzz(func(t *testing.T, method, uri, from, to, body, ts, nonce, mac string) {
 		u, err := url.ParseRequestURI(uri)
 		if err != nil {

@@ -86,7 +86,7 @@ func TestBadIdsDigestsAndBodiesAre400Or422(t *testing.T) {
 		{"POST", "/v1/volumes/" + vol.ID + "/commit", []byte(`{"ops":"x"}`), 400},
 		{"POST", "/v1/volumes/" + vol.ID + "/commit", []byte(`{"base":"zz"}`), 400},
 		{"POST", "/v1/volumes", []byte(`[]`), 400},
-		{"POST", "/v1/have", []byte(`["zz"]`), 400},
+		{"POST", "/v1/sizes", []byte(`["zz"]`), 400},
 		{"POST", "/v1/volumes/" + vol.ID + "/commit", badCommit, 422},
 		{"POST", "/v1/blobs", []byte("not a whole ref"), 400},
 		{"GET", "/v1/volumes", []byte("a body where none goes"), 413},

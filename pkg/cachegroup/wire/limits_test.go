@@ -261,7 +261,7 @@ func TestWhatTheHTTPServerRefusesIsCounted(t *testing.T) {
 	}
 	// What the HTTP server cannot read, it answers on its own: counted too.
 	for _, req := range []string{"GET /v1/health HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
-		"POST /v1/have HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", "GET /v1/health HTTP/7.0\r\n\r\n"} {
+		"POST /v1/sizes HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", "GET /v1/health HTTP/7.0\r\n\r\n"} {
 		c := dial(t, p.addr)
 		io.WriteString(c, req)
 		if resp := answer(t, c, bufio.NewReader(c), time.Second); resp.StatusCode < 400 {

@@ -108,12 +108,12 @@ func (s *Server) blobRoutes(mux *http.ServeMux) {
 		}
 		return nil, err
 	})
-	routeBody(s, mux, "POST /v1/have", maxJSONBody, func(_ *http.Request, ds []cas.Digest) (any, error) {
-		has := make([]bool, len(ds))
+	routeBody(s, mux, "POST /v1/sizes", maxJSONBody, func(_ *http.Request, ds []cas.Digest) (any, error) {
+		sizes := make([]int64, len(ds))
 		for i, d := range ds {
-			has[i] = st.Has(d)
+			sizes[i] = st.Size(d)
 		}
-		return has, nil
+		return sizes, nil
 	})
 }
 

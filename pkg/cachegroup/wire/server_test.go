@@ -163,9 +163,9 @@ func TestSignatureCoversTheBody(t *testing.T) {
 	p := servePeer(t, "member-a", auth)
 	have := []byte(`["` + cas.Sum([]byte("x")).String() + `"]`)
 
-	// The headers of a request to POST /v1/have, captured and sent with
+	// The headers of a request to POST /v1/sizes, captured and sent with
 	// another body: refused before the body is acted on.
-	req := signedReq(t, auth, "POST", p.addr, "/v1/have", have, "member-b", "member-a")
+	req := signedReq(t, auth, "POST", p.addr, "/v1/sizes", have, "member-b", "member-a")
 	other := []byte(`["` + cas.Sum([]byte("y")).String() + `"]`)
 	if code := status(t, resend(t, req, other)); code != http.StatusUnauthorized {
 		t.Fatalf("captured headers with another body: %d, want 401", code)
@@ -173,7 +173,7 @@ func TestSignatureCoversTheBody(t *testing.T) {
 	if n := p.refused(t, reasonBadBodyDigest); n != 1 {
 		t.Fatalf("refused as bad-body-digest: %v, want 1", n)
 	}
-	if code := status(t, signedReq(t, auth, "POST", p.addr, "/v1/have", have, "member-b", "member-a")); code != http.StatusOK {
+	if code := status(t, signedReq(t, auth, "POST", p.addr, "/v1/sizes", have, "member-b", "member-a")); code != http.StatusOK {
 		t.Fatalf("the signed body: %d", code)
 	}
 
