@@ -3,13 +3,8 @@ package cachegroup
 import (
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -19,37 +14,18 @@ import (
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/wire"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/wire/wiretest"
 )
 
 // writeCert makes a certificate for cn signed by ca (self-signed if ca is
 // nil) and writes it and its key as PEM files in dir.
 func writeCert(t *testing.T, dir, cn string, ca *x509.Certificate, caKey *ecdsa.PrivateKey) (*x509.Certificate, *ecdsa.PrivateKey, string, string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
+	var signer *wiretest.Cert
+	if ca != nil {
+		signer = &wiretest.Cert{Cert: ca, Key: caKey}
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign}
-	signer, signKey := tmpl, key
-	if ca == nil {
-		tmpl.IsCA, tmpl.BasicConstraintsValid = true, true
-	} else {
-		signer, signKey = ca, caKey
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, signer, &key.PublicKey, signKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	kb, _ := x509.MarshalECPrivateKey(key)
-	cp, kp := filepath.Join(dir, cn+".crt"), filepath.Join(dir, cn+".key")
-	os.WriteFile(cp, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
-	os.WriteFile(kp, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
-	return cert, key, cp, kp
+	c := wiretest.WriteCert(t, dir, cn, signer)
+	return c.Cert, c.Key, c.CertFile, c.KeyFile
 }
 
 func TestMutualTLSRefusesClientsWithoutACertOfTheGroup(t *testing.T) {
@@ -120,17 +96,8 @@ func TestMutualTLSRefusesClientsWithoutACertOfTheGroup(t *testing.T) {
 // serving its peers on loopback, and returns its peer address.
 func openWithSecret(t *testing.T, name, secret string) (*Member, string) {
 	t.Helper()
-	m, err := Open(Config{NodeID: name, Dir: t.TempDir(), Group: "g", NoNodeTier: true, PeerSecretFile: secret,
+	m := runMember(t, Config{NodeID: name, Dir: t.TempDir(), Group: "g", NoNodeTier: true, PeerSecretFile: secret,
 		PeerAddress: "127.0.0.1:0", Members: []string{"member-x=127.0.0.1:1"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	go m.Run(ctx)
-	t.Cleanup(func() {
-		cancel()
-		m.Close()
-	})
 	return m, m.peerL.Addr().String()
 }
 

@@ -15,7 +15,7 @@ import (
 // group nothing of the node tier.
 var layers = map[string]int{
 	"internal/files": 0, "internal/parallel": 0, "internal/flight": 0, "metrics": 0,
-	"cas": 1, "tree": 2, "tree/treetest": 3, "volume": 3, "wire": 4, "group": 5, "node": 6, ".": 7,
+	"cas": 1, "tree": 2, "tree/treetest": 3, "volume": 3, "wire": 4, "wire/wiretest": 0, "group": 5, "node": 6, ".": 7,
 }
 
 func TestLayersImportOnlyDownwards(t *testing.T) {

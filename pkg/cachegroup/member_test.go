@@ -37,8 +37,14 @@ var testSecret = []byte("0123456789abcdef-test-secret")
 // static) and runs it until the test ends.
 func openMember(t testing.TB, name string, replicas int, clientOnly bool, static ...string) *Member {
 	t.Helper()
-	m, err := Open(Config{NodeID: name, Dir: t.TempDir(), Group: "g", Replicas: replicas, ClientOnly: clientOnly,
+	return runMember(t, Config{NodeID: name, Dir: t.TempDir(), Group: "g", Replicas: replicas, ClientOnly: clientOnly,
 		Members: static, Auth: wire.NewSecretAuth(testSecret)})
+}
+
+// runMember opens the member of cfg and runs it until the test ends.
+func runMember(t testing.TB, cfg Config) *Member {
+	t.Helper()
+	m, err := Open(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
