@@ -11,8 +11,9 @@ import (
 // sharers remembers, per snapshot, the sharing nodes that hydrate or hold
 // it: a volume's home keeps this list for the snapshots of the volume.
 type sharers struct {
-	mu sync.Mutex
-	m  map[cas.Digest]map[string]time.Time
+	mu    sync.Mutex
+	m     map[cas.Digest]map[string]time.Time
+	swept time.Time // when stale entries of every snapshot were last dropped
 }
 
 func newSharers() *sharers { return &sharers{m: map[cas.Digest]map[string]time.Time{}} }
@@ -23,6 +24,14 @@ const sharerTTL = 10 * time.Minute
 func (h *sharers) add(root cas.Digest, member string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	// Every snapshot ever announced would stay a key: drop the stale ones
+	// once a TTL, so the map holds only what was announced within one.
+	if now := time.Now(); now.Sub(h.swept) > sharerTTL {
+		for r := range h.m {
+			h.stale(r)
+		}
+		h.swept = now
+	}
 	if h.m[root] == nil {
 		h.m[root] = map[string]time.Time{}
 	}
@@ -32,15 +41,25 @@ func (h *sharers) add(root cas.Digest, member string) {
 func (h *sharers) list(root cas.Digest) []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.stale(root)
 	out := []string{}
+	for m := range h.m[root] {
+		out = append(out, m)
+	}
+	return out
+}
+
+// stale drops the members of snapshot root not announced within the TTL,
+// and root with them if none is left; h.mu is held.
+func (h *sharers) stale(root cas.Digest) {
 	for m, t := range h.m[root] {
-		if time.Since(t) < sharerTTL {
-			out = append(out, m)
-		} else {
+		if time.Since(t) >= sharerTTL {
 			delete(h.m[root], m)
 		}
 	}
-	return out
+	if len(h.m[root]) == 0 {
+		delete(h.m, root)
+	}
 }
 
 // AddHolder records at this member that member shares snapshot root.
