@@ -105,7 +105,13 @@ func New(cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Driver{cfg: cfg, member: m, group: m.Group(), node: m.Node(), mount: cfg.Mounter}, nil
+	d := &Driver{cfg: cfg, member: m, group: m.Group(), node: m.Node(), mount: cfg.Mounter}
+	if d.node != nil {
+		if ev := newEvents(cfg.Member.NodeID, d.group); ev != nil {
+			d.node.Lost = ev.lost
+		}
+	}
+	return d, nil
 }
 
 // Serve serves the driver's CSI services on l until Stop, and runs the

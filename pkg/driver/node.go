@@ -125,6 +125,16 @@ type publishRequest struct {
 	ephemeral, readOnly bool
 }
 
+// podOf returns "namespace/name" of the pod a publish is for, from the
+// attributes the kubelet adds with podInfoOnMount, or "".
+func podOf(attrs map[string]string) string {
+	ns, name := attrs[attrNamespace], attrs[attrPodName]
+	if ns == "" || name == "" {
+		return ""
+	}
+	return ns + "/" + name
+}
+
 // checkPublish checks a publish request before anything is done with it.
 func (d *Driver) checkPublish(req *csi.NodePublishVolumeRequest) (publishRequest, error) {
 	p := publishRequest{id: req.GetVolumeId(), target: req.GetTargetPath(), attrs: req.GetVolumeContext()}
@@ -224,7 +234,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		owner = v.FileOwner
 	}
 	layer := node.Layer{VolumeID: volID, Handle: p.id, Target: target, Base: v.Root, ReadOnly: p.readOnly,
-		Commit: p.opts.Commit && !p.readOnly, FileOwner: owner, Sharing: !p.opts.NoSharing}
+		Commit: p.opts.Commit && !p.readOnly, FileOwner: owner, Sharing: !p.opts.NoSharing, Pod: podOf(p.attrs)}
 	upper, work, err := d.node.NewLayer(layer)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "publish volume %s: %v", volID, err)

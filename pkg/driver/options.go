@@ -30,6 +30,7 @@ const (
 	attrSize      = "size"   // its quota for a first use, e.g. 10Gi
 	attrEphemeral = "csi.storage.k8s.io/ephemeral"
 	attrNamespace = "csi.storage.k8s.io/pod.namespace"
+	attrPodName   = "csi.storage.k8s.io/pod.name"
 )
 
 // ParseOptions parses mount flags (each may hold several comma-separated

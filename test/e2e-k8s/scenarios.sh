@@ -337,6 +337,41 @@ run_pod e2e-jenkins maven-build-4 "$(pvc_vol maven-cache)" /root/.m2/repository 
 test \"\$(cat /root/.m2/repository/after-restart.txt)\" = after-restart"
 pass "node plugin pod $old deleted and replaced by $new while a pod had the cache mounted: the pod read every file while the plugin was down and after; its writes were committed through the new plugin"
 
+# --- A pod writes more than its claim holds: the commit is refused, and both
+# the claim and the pod are told so with a Warning Event.
+ns e2e-lost
+cat <<EOF | $K apply -f - >/dev/null
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: small
+  namespace: e2e-lost
+spec:
+  storageClassName: cachegroup-ci
+  accessModes: [ReadWriteMany]
+  resources:
+    requests:
+      storage: 1Mi
+EOF
+wait_bound e2e-lost small
+run_pod e2e-lost too-big "$(pvc_vol small)" /cache false 'head -c 2097152 /dev/urandom > /cache/big'
+# not_committed KIND NAME: the message of the WritesNotCommitted Event on the
+# object, once there is one.
+not_committed() {
+	local msg
+	for i in $(seq 1 60); do
+		msg=$($K -n e2e-lost get events -o json | jq -r --arg k "$1" --arg n "$2" \
+			'[.items[] | select(.reason == "WritesNotCommitted" and .type == "Warning" and .involvedObject.kind == $k and .involvedObject.name == $n)][0].message // empty')
+		[ -n "$msg" ] && { echo "$msg"; return 0; }
+		[ "$i" = 60 ] && { $K -n e2e-lost get events >&2; fail "no WritesNotCommitted Event on $1 e2e-lost/$2"; }
+		sleep 1
+	done
+}
+msg=$(not_committed PersistentVolumeClaim small)
+case $msg in *"larger than the volume quota"*) ;; *) fail "the claim's Event does not say why: $msg" ;; esac
+not_committed Pod too-big >/dev/null
+pass "a pod that wrote 2 MiB into a claim of 1 MiB: the commit is refused, and the claim and the pod each get a Warning Event WritesNotCommitted that says why"
+
 # --- The sidecars never hit a permission they lack.
 ctrl=$($K -n cachegroup-system get pods -l app.kubernetes.io/component=controller -o jsonpath='{.items[0].metadata.name}')
 for c in csi-provisioner csi-snapshotter csi-resizer; do

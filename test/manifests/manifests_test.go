@@ -827,6 +827,8 @@ func TestRBACCoversSidecarsAndNoMore(t *testing.T) {
 
 	nodeHave := granted(t, ix, ds.Namespace, ds.Spec.Template.Spec.ServiceAccountName)
 	nodeNeed := perms(ds.Namespace, map[string]string{"discovery.k8s.io/endpointslices": "get list watch"})
+	// Events on the claim and the pod whose writes were not committed.
+	nodeNeed = append(nodeNeed, perms("", map[string]string{"/persistentvolumes": "get", "/events": "create patch"})...)
 	for _, p := range nodeNeed {
 		if !allows(nodeHave, p) {
 			t.Errorf("node plugin needs %s %s/%s", p.verb, p.group, p.resource)

@@ -110,6 +110,7 @@ func (n *Node) attempt(ctx context.Context, name string, r *retry) *retry {
 	case permanent(err):
 		n.group.Metrics().Commits.WithLabelValues("refused").Inc()
 		klog.ErrorS(err, "Commit refused; the layer is dropped", "entry", name)
+		n.lost(name, err)
 		n.discard(filepath.Join(n.dir, "outbox", name))
 		return nil
 	case ctx.Err() != nil:
@@ -141,6 +142,7 @@ func (n *Node) attempt(ctx context.Context, name string, r *retry) *retry {
 func (n *Node) quarantine(name string, reason error) {
 	n.group.Metrics().Commits.WithLabelValues("quarantined").Inc()
 	klog.ErrorS(reason, "Outbox entry quarantined; it is not retried", "entry", name)
+	n.lost(name, reason)
 	src := filepath.Join(n.dir, "outbox", name)
 	// The reason is written first, so a quarantined entry always has one.
 	if err := files.WriteAtomic(filepath.Join(src, "reason"), []byte(reason.Error()+"\n")); err != nil {
@@ -163,6 +165,19 @@ func (n *Node) quarantine(name string, reason error) {
 	for i := 0; i < len(ents)-n.retry.keep; i++ {
 		n.discard(filepath.Join(qdir, ents[i].Name()))
 	}
+}
+
+// lost tells Lost, if set, of outbox entry name's layer, whose writes are
+// not committed because of why.
+func (n *Node) lost(name string, why error) {
+	if n.Lost == nil {
+		return
+	}
+	l, ok, err := readLayer(filepath.Join(n.dir, "outbox", name))
+	if err != nil || !ok {
+		l = Layer{} // unreadable: Lost still hears why
+	}
+	n.Lost(l, why)
 }
 
 // WaitIdle waits until every layer submitted before the call is committed,

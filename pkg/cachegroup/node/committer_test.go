@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -115,4 +116,33 @@ func TestQuarantineIsBounded(t *testing.T) {
 	if len(q) != 2 || !strings.HasSuffix(q[0], names[1]) || !strings.HasSuffix(q[1], names[2]) {
 		t.Fatalf("quarantine %v, want the newest two of %v", q, names)
 	}
+}
+
+// A pod's writes that cannot land are told to Lost with the layer, so that
+// whoever runs the node (the driver: a Kubernetes Event) can say so.
+func TestLostWritesAreTold(t *testing.T) {
+	n, l := newNode(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	v, _ := l.CreateVolume(ctx, volume.Spec{Name: "small", Quota: 4})
+	type told struct {
+		l   Layer
+		why error
+	}
+	lost := make(chan told, 1)
+	n.Lost = func(l Layer, why error) { lost <- told{l, why} }
+	upper, _, err := n.NewLayer(Layer{VolumeID: v.ID, Target: "/pods/big", Base: v.Root, Commit: true, Pod: "ci/build-7"})
+	must(t, err)
+	must(t, os.WriteFile(filepath.Join(upper, "big"), []byte("more than four bytes"), 0o644))
+	must(t, n.Submit("/pods/big"))
+	go n.Run(ctx)
+	select {
+	case got := <-lost:
+		if got.l.VolumeID != v.ID || got.l.Pod != "ci/build-7" || !errors.Is(got.why, tree.ErrTooLarge) {
+			t.Fatalf("told of %+v: %v", got.l, got.why)
+		}
+	case <-ctx.Done():
+		t.Fatal("a commit larger than the quota was dropped without a word")
+	}
+	must(t, n.WaitIdle(ctx))
 }

@@ -36,7 +36,10 @@ type Layer struct {
 	// FileOwner normalises committed files to this uid:gid.
 	FileOwner *volume.FileOwner `json:"owner,omitempty"`
 	// Sharing offers this node's copies to peers (without no-sharing).
-	Sharing bool      `json:"sharing,omitempty"`
+	Sharing bool `json:"sharing,omitempty"`
+	// Pod is the namespace/name of the pod that writes the layer, when the
+	// CO says (podInfoOnMount): who to tell if its writes are lost.
+	Pod     string    `json:"pod,omitempty"`
 	Created time.Time `json:"created"`
 }
 
@@ -74,6 +77,10 @@ type Node struct {
 	trashWake chan struct{}
 	retry     retryPolicy // how the committer retries an outbox entry
 	Stats     Stats
+	// Lost, if set before Run, is told of every layer whose writes the
+	// committer drops or quarantines, with why: the writes a pod made that
+	// no later pod will see.
+	Lost func(l Layer, why error)
 }
 
 // Open opens the node tier under dir, on the group's local store. The
