@@ -222,7 +222,11 @@ func (s *signed) check(keys [][]byte, mac string) (int64, [16]byte, error) {
 	if err != nil || s.ts != strconv.FormatInt(sec, 10) {
 		return 0, nonce, errors.New("missing or malformed request time")
 	}
-	if n, err := hex.Decode(nonce[:], []byte(s.nonce)); err != nil || n != len(nonce) || len(s.nonce) != 2*len(nonce) {
+	// The length first: hex.Decode writes past a destination too small.
+	if len(s.nonce) != 2*len(nonce) {
+		return 0, nonce, errors.New("missing or malformed nonce")
+	}
+	if _, err := hex.Decode(nonce[:], []byte(s.nonce)); err != nil {
 		return 0, nonce, errors.New("missing or malformed nonce")
 	}
 	got, err := hex.DecodeString(mac)
