@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -69,6 +71,7 @@ type Node struct {
 
 	mu      sync.Mutex
 	private map[cas.Digest]bool // node copies of no-sharing mounts: never served
+	swept   time.Time           // when private last lost the marks of blobs gone
 	pinned  map[cas.Digest]int  // blobs of commits in progress: kept here
 	sharing atomic.Int64        // hydrations of shared snapshots in progress
 	layerMu sync.Mutex          // serialises layer creation and submission
@@ -334,7 +337,42 @@ func (n *Node) Prune(keep ...cas.Digest) error {
 			n.discard(filepath.Join(n.dir, "snaps", e.Name()))
 		}
 	}
+	n.forgetPrivate()
 	return nil
+}
+
+// privateSweep is how often the marks of private copies are checked against
+// the store.
+const privateSweep = 10 * time.Minute
+
+// forgetPrivate drops the marks of private copies the store no longer holds
+// (re-replication drops a copy once no snapshot links it and its owners have
+// it), at most once per privateSweep, so the marks are bounded by the blobs
+// on the node, not by all it ever fetched.
+func (n *Node) forgetPrivate() {
+	n.mu.Lock()
+	if time.Since(n.swept) < privateSweep {
+		n.mu.Unlock()
+		return
+	}
+	n.swept = time.Now()
+	ds := slices.Collect(maps.Keys(n.private))
+	n.mu.Unlock()
+	var gone []cas.Digest
+	for _, d := range ds {
+		if !n.store.Has(d) {
+			gone = append(gone, d)
+		}
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, d := range gone {
+		// Again under the lock: a copy fetched meanwhile is marked after it
+		// is stored, so one here now keeps its mark.
+		if !n.store.Has(d) {
+			delete(n.private, d)
+		}
+	}
 }
 
 // pin keeps blobs ds on this node until unpin: see Pinned.

@@ -46,3 +46,24 @@ func TestPruneRemovesWorkDirectoriesOfFailedHydrations(t *testing.T) {
 		t.Fatalf("work directory of a hydration in progress removed: %v", err)
 	}
 }
+
+// The marks of private copies last only as long as the copies: a node that
+// fetched many blobs for no-sharing mounts over months keeps marks only for
+// the blobs it still holds.
+func TestPruneForgetsThePrivateMarksOfBlobsGone(t *testing.T) {
+	n, _ := newNode(t)
+	kept, err := n.store.PutBytes([]byte("still here"))
+	must(t, err)
+	gone := cas.Sum([]byte("dropped by re-replication"))
+	n.markPrivate(kept)
+	n.markPrivate(gone)
+	must(t, n.Prune())
+	if n.Offer(kept) {
+		t.Fatal("a private copy still on the node lost its mark")
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if _, ok := n.private[gone]; ok || len(n.private) != 1 {
+		t.Fatalf("%d marks kept, the one of a blob the node no longer has among them", len(n.private))
+	}
+}
