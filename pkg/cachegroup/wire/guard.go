@@ -15,11 +15,13 @@ import (
 )
 
 // The body caps of the routes. A commit carries the ops of a whole layer,
-// some 300,000 of them at most; every other JSON body is a head, a snapshot,
-// a spec, or a list of at most a few thousand digests.
+// some 250 bytes of JSON each: the cap is what members read before it was
+// set, so that no layer that could be committed before is refused now (a
+// first build of about a million files); every other JSON body is a head,
+// a snapshot, a spec, or a list of at most a few thousand digests.
 const (
 	// MaxCommitBody is the largest commit a member takes, in bytes of JSON.
-	MaxCommitBody = 64 << 20
+	MaxCommitBody = 256 << 20
 	maxJSONBody   = 1 << 20
 )
 

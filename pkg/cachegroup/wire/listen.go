@@ -23,8 +23,8 @@ const (
 	defaultIdleTimeout       = 60 * time.Second
 	// Each open connection costs a goroutine and its buffers, some 30 KiB.
 	defaultMaxConns = 2048
-	// Room for four commits of MaxCommitBody, or many smaller bodies.
-	defaultBodyMemory = 4 * MaxCommitBody
+	// Room for two commits of MaxCommitBody, or many smaller bodies.
+	defaultBodyMemory = 2 * MaxCommitBody
 	// maxHeaderBytes is far above the few hundred bytes of a member's
 	// request headers.
 	maxHeaderBytes = 64 << 10
