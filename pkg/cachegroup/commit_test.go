@@ -3,6 +3,8 @@ package cachegroup
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
@@ -57,6 +59,17 @@ func TestHomesCheckACommitsBlobsAtTheirOwners(t *testing.T) {
 		if _, err := m.node.Materialize(ctx, after.Root, node.Want{VolumeID: vol.ID}); err != nil {
 			t.Fatalf("stage on %s after the refused commits: %v", m.name, err)
 		}
+	}
+	// Many missing blobs and one false size: the answer says the commit is
+	// invalid, names a few blobs and counts the rest.
+	many := file(content, 1)
+	for i := range 200 {
+		many.Ops = append(many.Ops, tree.Op{Kind: tree.OpUpsert, Path: fmt.Sprintf("m%d", i),
+			Entry: tree.Entry{Type: tree.TypeFile, Mode: 0o644, Size: 9, Digest: cas.Sum([]byte(fmt.Sprint(i)))}})
+	}
+	_, err = c.group.Commit(ctx, vol.ID, many)
+	if !errors.Is(err, tree.ErrInvalid) || len(err.Error()) > 2000 || !strings.Contains(err.Error(), "and 197 blobs more") {
+		t.Fatalf("200 missing blobs and a false size: %.300v (%d bytes), want a short ErrInvalid", err, len(err.Error()))
 	}
 	if _, err := c.group.Commit(ctx, vol.ID, file(content, int64(len(content)))); err != nil {
 		t.Fatalf("a commit whose blobs are at their owners: %v", err)

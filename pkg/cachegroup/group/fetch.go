@@ -139,26 +139,7 @@ func (g *Group) push(ctx context.Context, d cas.Digest) error {
 			errs = append(errs, fmt.Errorf("push blob %s to %s: %w", d, p.Name(), err))
 		}
 	}
-	return joinFew(errs)
-}
-
-// joinFew joins the first few errors of errs and counts the others, so that
-// a commit of many missing blobs answers with a message of bounded size.
-func joinFew(errs []error) error {
-	const few = 4
-	var out []error
-	n := 0
-	for _, err := range errs {
-		if err != nil {
-			if n++; n <= few {
-				out = append(out, err)
-			}
-		}
-	}
-	if n > few {
-		out = append(out, fmt.Errorf("and %d blobs more", n-few))
-	}
-	return errors.Join(out...)
+	return errors.Join(errs...)
 }
 
 // checkBlobs confirms that every blob of refs is held, with its size, by one
@@ -178,10 +159,8 @@ func (g *Group) checkBlobs(ctx context.Context, refs []cas.Ref) error {
 			asks[p] = append(asks[p], i)
 		}
 	}
-	errs := make([]error, len(refs))
-	for i, ref := range refs {
-		errs[i] = fmt.Errorf("blob %s: %w", ref.Digest, volume.ErrMissingBlob)
-	}
+	confirmed := make([]bool, len(refs))
+	wrong := map[int]error{} // refs whose size a member contradicts
 	for p, idx := range asks {
 		for start := 0; start < len(idx); start += sizesBatch {
 			batch := idx[start:min(start+sizesBatch, len(idx))]
@@ -197,13 +176,41 @@ func (g *Group) checkBlobs(ctx context.Context, refs []cas.Ref) error {
 			for k, i := range batch {
 				// One member with the claimed size confirms it; a wrong size
 				// anywhere is a false claim, since blobs are verified.
-				if err := volume.CheckSize(refs[i], sizes[k]); err == nil && !errors.Is(errs[i], tree.ErrInvalid) {
-					errs[i] = nil
-				} else if errors.Is(err, tree.ErrInvalid) {
-					errs[i] = err
+				switch err := volume.CheckSize(refs[i], sizes[k]); {
+				case err == nil:
+					confirmed[i] = true
+				case errors.Is(err, tree.ErrInvalid):
+					wrong[i] = err
 				}
 			}
 		}
+	}
+	// The refs that fail, the first few named, so that a commit of many
+	// missing blobs answers with a message of bounded size; false sizes
+	// first, since one of them makes the commit invalid, not just early.
+	const named = 4
+	var errs []error
+	failed := 0
+	fail := func(i int) {
+		if failed++; failed > named {
+			return
+		}
+		if err := wrong[i]; err != nil {
+			errs = append(errs, err)
+		} else {
+			errs = append(errs, fmt.Errorf("blob %s: %w", refs[i].Digest, volume.ErrMissingBlob))
+		}
+	}
+	for i := range wrong {
+		fail(i)
+	}
+	for i := range refs {
+		if !confirmed[i] && wrong[i] == nil {
+			fail(i)
+		}
+	}
+	if failed > named {
+		errs = append(errs, fmt.Errorf("and %d blobs more", failed-named))
 	}
 	return errors.Join(errs...)
 }
