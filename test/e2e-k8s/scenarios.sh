@@ -355,21 +355,21 @@ spec:
 EOF
 wait_bound e2e-lost small
 run_pod e2e-lost too-big "$(pvc_vol small)" /cache false 'head -c 2097152 /dev/urandom > /cache/big'
-# not_committed KIND NAME: the message of the WritesNotCommitted Event on the
-# object, once there is one.
+# not_committed KIND NAME: waits for the WritesNotCommitted Event on the
+# object and sets EVENT_MSG to its message (no subshell, so fail ends the run).
 not_committed() {
-	local msg
+	EVENT_MSG=
 	for i in $(seq 1 60); do
-		msg=$($K -n e2e-lost get events -o json | jq -r --arg k "$1" --arg n "$2" \
+		EVENT_MSG=$($K -n e2e-lost get events -o json | jq -r --arg k "$1" --arg n "$2" \
 			'[.items[] | select(.reason == "WritesNotCommitted" and .type == "Warning" and .involvedObject.kind == $k and .involvedObject.name == $n)][0].message // empty')
-		[ -n "$msg" ] && { echo "$msg"; return 0; }
+		[ -n "$EVENT_MSG" ] && return 0
 		[ "$i" = 60 ] && { $K -n e2e-lost get events >&2; fail "no WritesNotCommitted Event on $1 e2e-lost/$2"; }
 		sleep 1
 	done
 }
-msg=$(not_committed PersistentVolumeClaim small)
-case $msg in *"larger than the volume quota"*) ;; *) fail "the claim's Event does not say why: $msg" ;; esac
-not_committed Pod too-big >/dev/null
+not_committed PersistentVolumeClaim small
+case $EVENT_MSG in *"larger than the volume quota"*) ;; *) fail "the claim's Event does not say why: $EVENT_MSG" ;; esac
+not_committed Pod too-big
 pass "a pod that wrote 2 MiB into a claim of 1 MiB: the commit is refused, and the claim and the pod each get a Warning Event WritesNotCommitted that says why"
 
 # --- The sidecars never hit a permission they lack.
