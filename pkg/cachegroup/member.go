@@ -57,6 +57,9 @@ type Config struct {
 	NoNodeTier bool
 	// MetricsAddress serves Prometheus metrics at /metrics if set.
 	MetricsAddress string
+	// Grace is how long garbage is left before it is collected, and a
+	// replaced head stays live (default 3 minutes; see group.CollectOptions).
+	Grace time.Duration
 }
 
 // membershipInterval is how often members are listed and health-checked.
@@ -102,6 +105,9 @@ func Open(cfg Config) (*Member, error) {
 	}
 	if cfg.Weight == 0 {
 		cfg.Weight = 1
+	}
+	if cfg.Grace == 0 {
+		cfg.Grace = defaultGrace
 	}
 	src, err := memberSource(cfg)
 	if err != nil {
@@ -199,6 +205,8 @@ func (m *Member) Run(ctx context.Context) {
 			}
 		})
 	}
+	goRun(func(ctx context.Context) { m.group.RunCollector(ctx, collectInterval, m.collectOptions) })
+	goRun(m.relieve)
 	if m.members != nil {
 		goRun(m.members.Run)
 		if !m.cfg.ClientOnly {

@@ -41,6 +41,8 @@ type Store struct {
 	locks  [64]sync.Mutex
 	mask   uint32       // permission bits file creation may clear (see createMask)
 	seq    atomic.Int64 // names temporary files
+	fresh  fresh        // blobs written or kept lately: see Sweep
+	full   atomic.Pointer[func()]
 
 	freeMu    sync.Mutex // guards the cached free-space reading
 	lastFree  int64
@@ -236,23 +238,53 @@ func (s *Store) place(src string, d Digest, n int64) error {
 		s.used.Add(-n)
 		return fmt.Errorf("store blob %s: %w", d, err)
 	}
+	s.fresh.touch(d)
 	return nil
 }
 
 // reserve accounts n more bytes, refusing past the cache size or the floor.
 func (s *Store) reserve(n int64) error {
 	if s.limits.CacheSize > 0 && s.used.Load()+n > s.limits.CacheSize {
+		s.onFull()
 		return fmt.Errorf("%w: %d bytes used of %d", ErrNoSpace, s.used.Load(), s.limits.CacheSize)
 	}
 	if s.limits.FreeFloor > 0 {
 		free, err := s.free(n)
 		if err == nil && free-n < s.limits.FreeFloor {
+			s.onFull()
 			return fmt.Errorf("%w: %d bytes free, floor %d", ErrNoSpace, free, s.limits.FreeFloor)
 		}
 	}
 	s.used.Add(n)
 	return nil
 }
+
+// OnFull sets f to be called each time the store refuses a write for want
+// of space, so the member starts making room; f must not block.
+func (s *Store) OnFull(f func()) { s.full.Store(&f) }
+
+func (s *Store) onFull() {
+	if f := s.full.Load(); f != nil {
+		(*f)()
+	}
+}
+
+// Pressure reports whether the store is within margin bytes of its cache
+// size or of its disk's free floor: time to make room before writes fail.
+func (s *Store) Pressure(margin int64) bool {
+	if s.limits.CacheSize > 0 && s.used.Load()+margin > s.limits.CacheSize {
+		return true
+	}
+	if s.limits.FreeFloor > 0 {
+		if free, err := s.Free(); err == nil && free-margin < s.limits.FreeFloor {
+			return true
+		}
+	}
+	return false
+}
+
+// Limits returns the store's bounds.
+func (s *Store) Limits() Limits { return s.limits }
 
 // free returns the disk's free bytes, asking the kernel again only after
 // 64 MiB were written or 100 ms passed: one statfs per blob is too many.
@@ -419,6 +451,7 @@ func (s *Store) Create(path string, ref Ref, m Meta, r io.Reader, buf []byte) er
 	switch {
 	case err == nil:
 		linked = true
+		s.fresh.touch(d)
 	case errors.Is(err, unix.EEXIST):
 		// Stored meanwhile by another way in (a commit): the file keeps its
 		// own inode, with the same verified bytes.

@@ -168,7 +168,7 @@ func (g *Group) checkBlobs(ctx context.Context, refs []cas.Ref) error {
 			for k, i := range batch {
 				ds[k] = refs[i].Digest
 			}
-			sizes, err := p.Sizes(ctx, ds)
+			sizes, err := p.Keep(ctx, ds) // kept from collection until the commit is applied
 			if err != nil {
 				g.Failed(p, err)
 				break

@@ -37,6 +37,8 @@ type Group struct {
 	down    map[string]bool // members whose last contact failed
 	alone   bool            // this member is the whole group
 	changed chan struct{}   // closed and replaced when membership changes
+
+	gc *collector
 }
 
 // Config is what a group is made of on this member.
@@ -60,7 +62,7 @@ func New(c Config) *Group {
 	}
 	g := &Group{name: c.Name, self: &self{Home: c.Home, name: c.Member, store: c.Store, sharers: newSharers()},
 		replicas: max(c.Replicas, 1), weight: 1, metrics: c.Metrics, clientOnly: c.ClientOnly,
-		down: map[string]bool{}, changed: make(chan struct{}), alone: !c.ClientOnly}
+		down: map[string]bool{}, changed: make(chan struct{}), alone: !c.ClientOnly, gc: newCollector()}
 	if !c.ClientOnly {
 		g.members = []Member{{Peer: g.self, Weight: 1}}
 	}

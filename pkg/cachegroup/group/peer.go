@@ -41,6 +41,9 @@ type Blobs interface {
 	// Sizes returns the size of each blob of ds at the member, -1 for
 	// those it lacks.
 	Sizes(ctx context.Context, ds []cas.Digest) ([]int64, error)
+	// Keep is Sizes, and keeps the blobs the member has from collection
+	// for a while (see cas.Store.Keep).
+	Keep(ctx context.Context, ds []cas.Digest) ([]int64, error)
 }
 
 // Sharers is what a volume's home knows of the nodes sharing a snapshot.
@@ -103,7 +106,7 @@ func (s *self) FetchBatch(_ context.Context, refs []cas.Ref, _ bool, put func(ca
 }
 
 func (s *self) Push(_ context.Context, d cas.Digest, r io.Reader) error {
-	if s.store.Has(d) {
+	if s.store.Keep(d) >= 0 {
 		return nil
 	}
 	_, err := s.store.Put(r, d)
@@ -116,6 +119,14 @@ func (s *self) Sizes(_ context.Context, ds []cas.Digest) ([]int64, error) {
 	sizes := make([]int64, len(ds))
 	for i, d := range ds {
 		sizes[i] = s.store.Size(d)
+	}
+	return sizes, nil
+}
+
+func (s *self) Keep(_ context.Context, ds []cas.Digest) ([]int64, error) {
+	sizes := make([]int64, len(ds))
+	for i, d := range ds {
+		sizes[i] = s.store.Keep(d)
 	}
 	return sizes, nil
 }

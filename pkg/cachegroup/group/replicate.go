@@ -129,6 +129,9 @@ func (g *Group) reconcileBlobs(ctx context.Context, p *Pass, inUse func(cas.Dige
 	var owned int
 	var ownedBytes int64
 	for _, d := range all {
+		if g.Garbage(d) {
+			continue // not pushed anywhere: a member back from away resurrects nothing
+		}
 		ts := g.targets(d)
 		for _, t := range ts {
 			if t != Peer(g.self) {
@@ -221,10 +224,22 @@ func (g *Group) pushTo(ctx context.Context, t Peer, d cas.Digest) error {
 // interval would keep the disks and the network of a large group busy.
 const fullPass = 10 * time.Minute
 
+// markWait is how long the reconciler waits for a first collection.
+const markWait = 30 * time.Second
+
 // RunReconciler reconciles until ctx ends: heads every interval, and the
 // blobs of the store after every membership change, after a pass that
 // failed somewhere, and every fullPass.
 func (g *Group) RunReconciler(ctx context.Context, interval time.Duration, inUse func(cas.Digest) bool) {
+	// The first blob pass waits a while for a collection to tell garbage
+	// apart, so that what became garbage while this member was away is not
+	// pushed back to the others.
+	select {
+	case <-g.gc.marked:
+	case <-time.After(markWait):
+	case <-ctx.Done():
+		return
+	}
 	var lastFull time.Time
 	blobs := true
 	for {

@@ -40,6 +40,7 @@ type Set struct {
 	ReplicationPending prometheus.Gauge
 	OwnedBlobs         prometheus.Gauge
 	OwnedBytes         prometheus.Gauge
+	Steady
 }
 
 // Store is what the metrics read of the member's blob store.
@@ -52,6 +53,7 @@ type Store interface {
 func New(s Store) *Set {
 	m := &Set{reg: prometheus.NewRegistry()}
 	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
+	m.Steady = newSteady(f)
 	m.FetchBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachegroup_fetch_bytes_total",
 		Help: "Bytes of blobs a node needed for its snapshots, by source (local, owner, peer)."}, []string{"source"})
 	m.FetchBlobs = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachegroup_fetch_blobs_total",

@@ -340,11 +340,12 @@ func (l *Home) Commit(ctx context.Context, id string, c *tree.Commit) (CommitRes
 	return CommitResult{Volume: nv, Evicted: res.Evicted}, nil
 }
 
-// CheckLocal confirms that every blob of refs is in store with its size: the
-// check of a group of one.
+// CheckLocal confirms that every blob of refs is in store with its size, and
+// keeps them from collection until the commit is applied: the check of a
+// group of one.
 func CheckLocal(store *cas.Store, refs []cas.Ref) error {
 	for _, ref := range refs {
-		if err := CheckSize(ref, store.Size(ref.Digest)); err != nil {
+		if err := CheckSize(ref, store.Keep(ref.Digest)); err != nil {
 			return err
 		}
 	}

@@ -180,12 +180,22 @@ func (r *Client) Verify(ctx context.Context, d cas.Digest) error {
 
 // Sizes returns the size of each blob of ds at the member, -1 for those it lacks.
 func (r *Client) Sizes(ctx context.Context, ds []cas.Digest) ([]int64, error) {
+	return r.sizes(ctx, "/v1/sizes", ds)
+}
+
+// Keep is Sizes, and keeps the blobs the member has from its next
+// collections for a while: a home asks it before it applies a commit.
+func (r *Client) Keep(ctx context.Context, ds []cas.Digest) ([]int64, error) {
+	return r.sizes(ctx, "/v1/keep", ds)
+}
+
+func (r *Client) sizes(ctx context.Context, path string, ds []cas.Digest) ([]int64, error) {
 	var sizes []int64
-	if err := r.call(ctx, "POST", "/v1/sizes", ds, &sizes); err != nil {
+	if err := r.call(ctx, "POST", path, ds, &sizes); err != nil {
 		return nil, err
 	}
 	if len(sizes) != len(ds) {
-		return nil, fmt.Errorf("member %s: sizes: %d answers for %d blobs", r.name, len(sizes), len(ds))
+		return nil, fmt.Errorf("member %s: %s: %d answers for %d blobs", r.name, path, len(sizes), len(ds))
 	}
 	return sizes, nil
 }

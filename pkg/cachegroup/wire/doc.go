@@ -24,6 +24,7 @@
 //	PUT    /v1/blobs/{digest}           store a blob; verified before it is kept
 //	POST   /v1/blobs/{digest}/verify    re-hash a copy a peer found wrong; drop it if so
 //	POST   /v1/sizes                    the sizes of a list of blobs at the member (-1: not here)
+//	POST   /v1/keep                     the same, keeping them from collection a while (a commit's blobs)
 //	GET    /v1/volumes[/{id}]           heads
 //	POST   /v1/volumes                  create (volume.Spec)
 //	DELETE /v1/volumes/{id}

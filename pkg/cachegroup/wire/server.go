@@ -108,13 +108,15 @@ func (s *Server) blobRoutes(mux *http.ServeMux) {
 		}
 		return nil, err
 	})
-	routeBody(s, mux, "POST /v1/sizes", maxJSONBody, func(_ *http.Request, ds []cas.Digest) (any, error) {
-		sizes := make([]int64, len(ds))
-		for i, d := range ds {
-			sizes[i] = st.Size(d)
-		}
-		return sizes, nil
-	})
+	for path, size := range map[string]func(cas.Digest) int64{"/v1/sizes": st.Size, "/v1/keep": st.Keep} {
+		routeBody(s, mux, "POST "+path, maxJSONBody, func(_ *http.Request, ds []cas.Digest) (any, error) {
+			sizes := make([]int64, len(ds))
+			for i, d := range ds {
+				sizes[i] = size(d)
+			}
+			return sizes, nil
+		})
+	}
 }
 
 // putBlob stores a blob a peer pushes. Its signed body digest is the blob's
@@ -136,7 +138,7 @@ func (s *Server) putBlob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st := s.b.Store()
-	if st.Has(d) {
+	if st.Keep(d) >= 0 { // pushed for a commit: kept from collection until it is applied
 		// The server reads a little of the body it was not asked for
 		// before answering: at minRate.
 		http.NewResponseController(w).SetReadDeadline(time.Now().Add(allowed(256 << 10)))

@@ -1,0 +1,333 @@
+package group
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree"
+	"k8s.io/klog/v2"
+)
+
+// Collection is what one garbage collection found and did.
+type Collection struct {
+	Roots   int   // live roots walked
+	Trees   int   // tree objects read
+	Held    int   // blobs in the store
+	Garbage int   // blobs in the store no live root references
+	Bytes   int64 // bytes of garbage
+	Deleted int   // blobs deleted
+	Freed   int64 // bytes deleted
+}
+
+// Collect options.
+type CollectOptions struct {
+	// Grace is how long garbage is left before it is deleted, and how long
+	// a head stays a live root after a newer one replaced it (a node may be
+	// hydrating it), and how long a blob written or kept is left.
+	Grace time.Duration
+	// Pressure deletes garbage at once: the store is full. Blobs of roots
+	// replaced lately are garbage then, and only blobs written less than
+	// pressureWindow ago or kept for a commit are left.
+	Pressure bool
+	// DryRun finds the garbage and deletes nothing.
+	DryRun bool
+	// Roots are further live roots: the snapshots materialised on this node.
+	Roots []cas.Digest
+	// InUse, if set, says which blobs a commit of this node holds.
+	InUse func(cas.Digest) bool
+}
+
+// pressureWindow is how long a blob just written is left by a collection
+// under pressure: long enough for the commit that pushed it to be checked
+// by its home, which keeps it then (see cas.Store.Keep).
+const pressureWindow = 30 * time.Second
+
+// maxTreeObject bounds the tree objects a collection reads from other
+// members into memory.
+const maxTreeObject = 64 << 20
+
+// collector is the state collections share: one at a time, each finding the
+// garbage of the last.
+type collector struct {
+	mu     sync.Mutex
+	seen   map[cas.Digest]time.Time // garbage, with when it was first found
+	recent map[cas.Digest]time.Time // roots live lately, with when last seen
+
+	// garbage is what the last complete collection found, for the
+	// reconciler, which neither pushes nor asks about it; nil before one.
+	gmu     sync.RWMutex
+	garbage map[cas.Digest]bool
+	marked  chan struct{} // closed once a collection has completed
+
+	kick chan bool // asks for a collection; true: under pressure
+}
+
+func newCollector() *collector {
+	return &collector{seen: map[cas.Digest]time.Time{}, recent: map[cas.Digest]time.Time{},
+		marked: make(chan struct{}), kick: make(chan bool, 1)}
+}
+
+// Garbage reports whether the last complete collection found blob d
+// unreferenced.
+func (g *Group) Garbage(d cas.Digest) bool {
+	c := g.gc
+	c.gmu.RLock()
+	defer c.gmu.RUnlock()
+	return c.garbage[d]
+}
+
+// KickCollector asks for a collection soon, under pressure if the store
+// is full; it never blocks.
+func (g *Group) KickCollector(pressure bool) {
+	select {
+	case g.gc.kick <- pressure:
+	default:
+		if pressure { // upgrade a pending kick
+			select {
+			case <-g.gc.kick:
+			default:
+			}
+			select {
+			case g.gc.kick <- true:
+			default:
+			}
+		}
+	}
+}
+
+// Collect deletes the blobs of the local store that no live root references:
+// every volume head and snapshot any member keeps, the heads replaced less
+// than the grace ago, and opt.Roots. It deletes nothing unless every member
+// answered, since a member that did not may keep the only head of a volume.
+// Garbage is deleted once it has been garbage for the grace (at once under
+// pressure), and never while written or kept lately or linked into a
+// snapshot on this node.
+func (g *Group) Collect(ctx context.Context, opt CollectOptions) (Collection, error) {
+	c := g.gc
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var res Collection
+	all, err := g.self.store.All()
+	if err != nil {
+		return res, err
+	}
+	held := make(map[cas.Digest]bool, len(all))
+	for _, d := range all {
+		held[d] = true
+	}
+	res.Held = len(held)
+	delete(held, cas.Sum(tree.Empty()))
+	w := &walk{g: g, ctx: ctx, held: held, visited: map[cas.Digest]bool{}}
+	distinct := map[cas.Digest]bool{}
+	// Roots are listed twice: a commit applied while the first were walked
+	// adds a root the second listing has, so only the instant between the
+	// second listing and the sweep is left, which Keep covers.
+	var listed time.Time // of the last listing
+	for range 2 {
+		listed = time.Now()
+		roots, err := g.liveRoots(ctx)
+		if err != nil {
+			return res, fmt.Errorf("collect: %w: nothing collected", err)
+		}
+		now := time.Now()
+		for _, r := range roots {
+			c.recent[r] = now
+		}
+		roots = append(roots, opt.Roots...)
+		for r, t := range c.recent {
+			switch {
+			case now.Sub(t) >= opt.Grace:
+				delete(c.recent, r)
+			case !opt.Pressure:
+				roots = append(roots, r)
+			}
+		}
+		for _, r := range roots {
+			if err := w.tree(r); err != nil {
+				return res, fmt.Errorf("collect: root %s: %w: nothing collected", r, err)
+			}
+			distinct[r] = true
+		}
+	}
+	res.Roots = len(distinct)
+	res.Trees = len(w.visited)
+	now := time.Now()
+	seen := make(map[cas.Digest]time.Time, len(held))
+	var doomed []cas.Digest
+	for d := range held {
+		if opt.InUse != nil && opt.InUse(d) {
+			continue
+		}
+		first, ok := c.seen[d]
+		if !ok {
+			first = now
+		}
+		seen[d] = first
+		res.Garbage++
+		res.Bytes += max(g.self.store.Size(d), 0)
+		if opt.Pressure || now.Sub(first) >= opt.Grace {
+			doomed = append(doomed, d)
+		}
+	}
+	c.seen = seen
+	c.gmu.Lock()
+	first := c.garbage == nil
+	c.garbage = make(map[cas.Digest]bool, len(seen))
+	for d := range seen {
+		c.garbage[d] = true
+	}
+	c.gmu.Unlock()
+	if first {
+		close(c.marked)
+	}
+	g.metrics.Garbage.Set(float64(res.Garbage))
+	if opt.DryRun {
+		return res, nil
+	}
+	// A blob kept for a commit after since is left: the commit, if it was
+	// not applied before the last listing, is applied within the window.
+	window := opt.Grace
+	if opt.Pressure {
+		window = min(window, pressureWindow)
+	}
+	res.Deleted, res.Freed = g.self.store.Sweep(doomed, listed.Add(-window), time.Now().Add(-opt.Grace))
+	g.metrics.CollectedBlobs.Add(float64(res.Deleted))
+	g.metrics.CollectedBytes.Add(float64(res.Freed))
+	return res, nil
+}
+
+// liveRoots lists the root of every head and snapshot every member keeps.
+func (g *Group) liveRoots(ctx context.Context) ([]cas.Digest, error) {
+	var roots []cas.Digest
+	for _, p := range g.rank("") {
+		vs, err := p.Volumes(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("member %s did not list its volumes: %w", p.Name(), err)
+		}
+		for _, v := range vs {
+			if !v.Deleted {
+				roots = append(roots, v.Root)
+			}
+		}
+		ss, err := p.Snapshots(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("member %s did not list its snapshots: %w", p.Name(), err)
+		}
+		for _, s := range ss {
+			roots = append(roots, s.Root)
+		}
+	}
+	return roots, nil
+}
+
+// walk marks what live roots reference, taking it out of held.
+type walk struct {
+	g       *Group
+	ctx     context.Context
+	held    map[cas.Digest]bool
+	visited map[cas.Digest]bool // tree objects walked: shared subtrees once
+}
+
+// tree walks the tree object d and everything below it.
+func (w *walk) tree(d cas.Digest) error {
+	stack := []cas.Digest{d}
+	for len(stack) > 0 {
+		d := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if w.visited[d] {
+			continue
+		}
+		delete(w.held, d)
+		t, err := w.g.readTree(w.ctx, d)
+		if err != nil {
+			return err
+		}
+		w.visited[d] = true
+		for _, e := range t.Entries {
+			switch e.Type {
+			case tree.TypeFile:
+				delete(w.held, e.Digest)
+			case tree.TypeDir:
+				stack = append(stack, e.Digest)
+			}
+		}
+	}
+	return nil
+}
+
+// readTree reads tree object d from the store, or from the group into
+// memory (a collection walks trees it does not own, which it need not keep).
+func (g *Group) readTree(ctx context.Context, d cas.Digest) (*tree.Tree, error) {
+	b, err := g.self.store.ReadAll(d)
+	if err == nil {
+		return tree.Decode(b)
+	}
+	var errs []error
+	for _, p := range g.Sources(d) {
+		b, err := func() ([]byte, error) {
+			r, err := p.Fetch(ctx, d, false)
+			if err != nil {
+				return nil, err
+			}
+			defer r.Close()
+			return io.ReadAll(io.LimitReader(r, maxTreeObject))
+		}()
+		if err == nil && cas.Sum(b) != d {
+			err = fmt.Errorf("tree %s from %s: %w", d, p.Name(), cas.ErrCorrupt)
+		}
+		if err == nil {
+			return tree.Decode(b)
+		}
+		errs = append(errs, err)
+	}
+	return nil, fmt.Errorf("tree %s: not at this member nor at any other: %w", d, joinOr(errs, cas.ErrNotFound))
+}
+
+// joinOr returns the first of errs, or def if there are none.
+func joinOr(errs []error, def error) error {
+	if len(errs) == 0 {
+		return def
+	}
+	return errs[0]
+}
+
+// RunCollector collects every interval, and soon after KickCollector, until
+// ctx ends; opt is asked for the options of each collection.
+func (g *Group) RunCollector(ctx context.Context, interval time.Duration, opt func(pressure bool) CollectOptions) {
+	pressure := false
+	for {
+		start := time.Now()
+		res, err := g.Collect(ctx, opt(pressure))
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			g.metrics.Collections.WithLabelValues("incomplete").Inc()
+			klog.InfoS("Garbage collection incomplete", "err", err)
+		default:
+			g.metrics.Collections.WithLabelValues("complete").Inc()
+			if res.Deleted > 0 || res.Garbage > 0 {
+				klog.InfoS("Collected garbage", "roots", res.Roots, "trees", res.Trees, "held", res.Held,
+					"garbage", res.Garbage, "deleted", res.Deleted, "freed", res.Freed, "pressure", pressure,
+					"duration", time.Since(start))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case pressure = <-g.gc.kick:
+			// At most one collection a second, however often the store fills.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Until(start.Add(time.Second))):
+			}
+		case <-time.After(interval):
+			pressure = false
+		}
+	}
+}

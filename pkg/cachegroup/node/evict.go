@@ -1,0 +1,116 @@
+package node
+
+import (
+	"cmp"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree"
+	"golang.org/x/sys/unix"
+)
+
+// evictWindow is how long a copy just fetched is left by eviction: a
+// hydration links what it fetched within it.
+const evictWindow = 30 * time.Second
+
+// Roots returns the roots of the snapshots materialised on this node: live
+// roots for garbage collection, since a new generation is built from the
+// one a node has.
+func (n *Node) Roots() []cas.Digest {
+	ents, _ := os.ReadDir(filepath.Join(n.dir, "snaps"))
+	var roots []cas.Digest
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		if d, err := cas.ParseDigest(e.Name()); err == nil {
+			roots = append(roots, d)
+		}
+	}
+	return roots
+}
+
+// Keeps returns whether this node needs blob d kept: a commit in progress
+// holds it, or an outbox entry's manifest names it (moved into the store by
+// an attempt that failed, and, until its commit is applied, perhaps its only
+// copy). The manifests are read when Keeps is called.
+func (n *Node) Keeps() func(cas.Digest) bool {
+	names := map[cas.Digest]bool{}
+	ents, _ := os.ReadDir(filepath.Join(n.dir, "outbox"))
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(n.dir, "outbox", e.Name(), "manifest.json"))
+		if err != nil {
+			continue // no manifest: nothing moved into the store yet
+		}
+		var m manifest
+		if json.Unmarshal(b, &m) != nil {
+			continue
+		}
+		for _, op := range m.Commit.Ops {
+			if op.Entry.Type == tree.TypeFile {
+				names[op.Entry.Digest] = true
+			}
+		}
+	}
+	return func(d cas.Digest) bool { return names[d] || n.Pinned(d) }
+}
+
+// Evict makes room on this node's disk, need bytes if it can: it removes
+// the snapshots no mounted pod reads (staged volumes rebuild theirs at the
+// next pod start), then the node's copies of blobs this member does not
+// own and no snapshot links, least recently used first (a blob's access
+// time is that of every link to it, so a pod's reads count, at the
+// granularity of the disk's relatime: a day). It returns what it removed.
+func (n *Node) Evict(need int64) (blobs int, bytes int64) {
+	if err := n.Prune(); err == nil {
+		n.emptyTrashNow()
+	}
+	type copy struct {
+		d     cas.Digest
+		atime int64
+		size  int64
+	}
+	all, err := n.store.All()
+	if err != nil {
+		return 0, 0
+	}
+	keeps := n.Keeps()
+	var cs []copy
+	for _, d := range all {
+		if n.group.IsOwner(d) || keeps(d) {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Lstat(n.store.Path(d), &st) != nil || st.Nlink > 1 {
+			continue
+		}
+		cs = append(cs, copy{d, st.Atim.Nano(), st.Size})
+	}
+	slices.SortFunc(cs, func(a, b copy) int { return cmp.Compare(a.atime, b.atime) })
+	for _, c := range cs {
+		if bytes >= need {
+			break
+		}
+		if n.store.Evict(c.d, evictWindow) {
+			blobs++
+			bytes += c.size
+		}
+	}
+	m := n.group.Metrics()
+	m.EvictedBlobs.Add(float64(blobs))
+	m.EvictedBytes.Add(float64(bytes))
+	return blobs, bytes
+}
+
+// emptyTrashNow removes what is in the trash before it returns.
+func (n *Node) emptyTrashNow() {
+	ents, _ := os.ReadDir(filepath.Join(n.dir, "trash"))
+	for _, e := range ents {
+		os.RemoveAll(filepath.Join(n.dir, "trash", e.Name()))
+	}
+}

@@ -1,0 +1,96 @@
+package cachegroup
+
+import (
+	"context"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/group"
+)
+
+// defaultGrace is how long garbage is left before it is collected: longer
+// than a hydration of a replaced head and than a commit takes from its
+// pushes to its home's check.
+const defaultGrace = 3 * time.Minute
+
+// collectInterval is how often garbage is collected when nothing asks.
+const collectInterval = time.Minute
+
+// pressureCheck is how often the store is checked for room when no write
+// has been refused.
+const pressureCheck = 10 * time.Second
+
+// collectOptions are the options of a collection on this member.
+func (m *Member) collectOptions(pressure bool) group.CollectOptions {
+	opt := group.CollectOptions{Grace: m.cfg.Grace, Pressure: pressure}
+	if m.node != nil {
+		opt.Roots = m.node.Roots()
+		opt.InUse = m.node.Keeps()
+	}
+	return opt
+}
+
+// margin is the room the member keeps ahead of its bounds: a twentieth of
+// the cache size, at least 8 MiB.
+func (m *Member) margin() int64 {
+	return max(m.cfg.CacheSize/20, 8<<20)
+}
+
+// need is how many bytes the store must lose to be margin inside its
+// bounds, 0 if it is.
+func (m *Member) need() int64 {
+	st := m.store
+	var need int64
+	if l := st.Limits(); l.CacheSize > 0 {
+		need = st.Used() + m.margin() - l.CacheSize
+	}
+	if l := st.Limits(); l.FreeFloor > 0 {
+		if free, err := st.Free(); err == nil {
+			need = max(need, l.FreeFloor+m.margin()-free)
+		}
+	}
+	return max(need, 0)
+}
+
+// relieve makes room whenever the store is within its margin of a bound or
+// refused a write, until ctx ends: garbage first, at once, then the node's
+// copies and snapshots no mounted pod needs, least recently used first.
+func (m *Member) relieve(ctx context.Context) {
+	full := make(chan struct{}, 1)
+	m.store.OnFull(func() {
+		select {
+		case full <- struct{}{}:
+		default:
+		}
+	})
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-full:
+		case <-time.After(pressureCheck):
+			if m.need() == 0 {
+				continue
+			}
+		}
+		start := time.Now()
+		res, err := m.group.Collect(ctx, m.collectOptions(true))
+		if err != nil && ctx.Err() == nil {
+			klog.InfoS("Collection under pressure incomplete", "err", err)
+		}
+		var blobs int
+		var bytes int64
+		if need := m.need(); need > 0 && m.node != nil {
+			blobs, bytes = m.node.Evict(need)
+		}
+		klog.InfoS("Made room", "collected", res.Deleted, "freed", res.Freed, "evicted", blobs,
+			"evictedBytes", bytes, "stillNeeded", m.need(), "duration", time.Since(start))
+		// At most one round a second, however often writes are refused.
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
