@@ -81,6 +81,7 @@ type Member struct {
 	members *group.Membership // nil: a group of one
 
 	peerL, metricsL net.Listener // nil where not served
+	window          time.Duration // of collections under pressure; 0: the default (tests set it)
 
 	ctx    context.Context // ends at Close
 	cancel context.CancelFunc

@@ -23,7 +23,7 @@ const pressureCheck = 10 * time.Second
 
 // collectOptions are the options of a collection on this member.
 func (m *Member) collectOptions(pressure bool) group.CollectOptions {
-	opt := group.CollectOptions{Grace: m.cfg.Grace, Pressure: pressure}
+	opt := group.CollectOptions{Grace: m.cfg.Grace, Pressure: pressure, Window: m.window}
 	if m.node != nil {
 		opt.Roots = m.node.Roots()
 		opt.InUse = m.node.Keeps()
@@ -43,7 +43,7 @@ func (m *Member) need() int64 {
 	st := m.store
 	var need int64
 	if l := st.Limits(); l.CacheSize > 0 {
-		need = st.Used() + m.margin() - l.CacheSize
+		need = st.Used() + st.Charged() + m.margin() - l.CacheSize
 	}
 	if l := st.Limits(); l.FreeFloor > 0 {
 		if free, err := st.Free(); err == nil {

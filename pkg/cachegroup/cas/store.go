@@ -42,6 +42,10 @@ type Store struct {
 	mask   uint32       // permission bits file creation may clear (see createMask)
 	seq    atomic.Int64 // names temporary files
 	fresh  fresh        // blobs written or kept lately: see Sweep
+
+	chargeMu sync.Mutex
+	charges  map[string]int64 // bytes others keep on the store's disk, by what (see Charge)
+	charged  atomic.Int64     // their sum
 	full   atomic.Pointer[func()]
 
 	freeMu    sync.Mutex // guards the cached free-space reading
@@ -242,11 +246,31 @@ func (s *Store) place(src string, d Digest, n int64) error {
 	return nil
 }
 
+// Charge sets the bytes what keeps on the store's disk besides blobs (the
+// outbox, the filesystems of pods' layers): they count against the cache
+// size as blobs do. Charge(what, 0) forgets what.
+func (s *Store) Charge(what string, n int64) {
+	s.chargeMu.Lock()
+	defer s.chargeMu.Unlock()
+	if s.charges == nil {
+		s.charges = map[string]int64{}
+	}
+	s.charged.Add(n - s.charges[what])
+	if n == 0 {
+		delete(s.charges, what)
+	} else {
+		s.charges[what] = n
+	}
+}
+
+// Charged returns the bytes charged to the store's budget besides blobs.
+func (s *Store) Charged() int64 { return s.charged.Load() }
+
 // reserve accounts n more bytes, refusing past the cache size or the floor.
 func (s *Store) reserve(n int64) error {
-	if s.limits.CacheSize > 0 && s.used.Load()+n > s.limits.CacheSize {
+	if used := s.used.Load() + s.charged.Load(); s.limits.CacheSize > 0 && used+n > s.limits.CacheSize {
 		s.onFull()
-		return fmt.Errorf("%w: %d bytes used of %d", ErrNoSpace, s.used.Load(), s.limits.CacheSize)
+		return fmt.Errorf("%w: %d bytes used of %d (%d of them not blobs)", ErrNoSpace, used, s.limits.CacheSize, s.charged.Load())
 	}
 	if s.limits.FreeFloor > 0 {
 		free, err := s.free(n)
@@ -272,7 +296,7 @@ func (s *Store) onFull() {
 // Pressure reports whether the store is within margin bytes of its cache
 // size or of its disk's free floor: time to make room before writes fail.
 func (s *Store) Pressure(margin int64) bool {
-	if s.limits.CacheSize > 0 && s.used.Load()+margin > s.limits.CacheSize {
+	if s.limits.CacheSize > 0 && s.used.Load()+s.charged.Load()+margin > s.limits.CacheSize {
 		return true
 	}
 	if s.limits.FreeFloor > 0 {
@@ -319,7 +343,7 @@ func (s *Store) Capacity() int64 {
 	}
 	c := free - s.limits.FreeFloor
 	if s.limits.CacheSize > 0 {
-		c = min(c, s.limits.CacheSize-s.used.Load())
+		c = min(c, s.limits.CacheSize-s.used.Load()-s.charged.Load())
 	}
 	return max(c, 0)
 }

@@ -108,3 +108,17 @@ func (s *Store) sweep(d Digest, since time.Time) int64 {
 func (s *Store) Evict(d Digest, window time.Duration) bool {
 	return s.sweep(d, time.Now().Add(-window)) >= 0
 }
+
+// Settle forgets that the blobs of live were written or kept before t: a
+// collection found them referenced by a root listed at t, so the commits
+// that wrote them have landed, and once they turn garbage only a new Keep
+// (a new commit naming them) should hold them back.
+func (s *Store) Settle(live []Digest, t time.Time) {
+	s.fresh.mu.Lock()
+	defer s.fresh.mu.Unlock()
+	for _, d := range live {
+		if at, ok := s.fresh.at[d]; ok && at.Before(t) {
+			delete(s.fresh.at, d)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package group
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -30,9 +31,12 @@ type CollectOptions struct {
 	// hydrating it), and how long a blob written or kept is left.
 	Grace time.Duration
 	// Pressure deletes garbage at once: the store is full. Blobs of roots
-	// replaced lately are garbage then, and only blobs written less than
-	// pressureWindow ago or kept for a commit are left.
+	// replaced lately are garbage then, and only blobs written or kept for
+	// a commit less than Window ago are left.
 	Pressure bool
+	// Window is that time under pressure (default 10s): long enough for a
+	// commit to be checked by its home after its blobs were pushed.
+	Window time.Duration
 	// DryRun finds the garbage and deletes nothing.
 	DryRun bool
 	// Roots are further live roots: the snapshots materialised on this node.
@@ -41,10 +45,8 @@ type CollectOptions struct {
 	InUse func(cas.Digest) bool
 }
 
-// pressureWindow is how long a blob just written is left by a collection
-// under pressure: long enough for the commit that pushed it to be checked
-// by its home, which keeps it then (see cas.Store.Keep).
-const pressureWindow = 30 * time.Second
+// pressureWindow is the default Window.
+const pressureWindow = 10 * time.Second
 
 // maxTreeObject bounds the tree objects a collection reads from other
 // members into memory.
@@ -126,9 +128,11 @@ func (g *Group) Collect(ctx context.Context, opt CollectOptions) (Collection, er
 	// Roots are listed twice: a commit applied while the first were walked
 	// adds a root the second listing has, so only the instant between the
 	// second listing and the sweep is left, which Keep covers.
-	var listed time.Time // of the last listing
-	for range 2 {
-		listed = time.Now()
+	var firstListed, listed time.Time // of the first and the last listing
+	for i := range 2 {
+		if listed = time.Now(); i == 0 {
+			firstListed = listed
+		}
 		roots, err := g.liveRoots(ctx)
 		if err != nil {
 			return res, fmt.Errorf("collect: %w: nothing collected", err)
@@ -155,6 +159,13 @@ func (g *Group) Collect(ctx context.Context, opt CollectOptions) (Collection, er
 	}
 	res.Roots = len(distinct)
 	res.Trees = len(w.visited)
+	live := make([]cas.Digest, 0, len(all)-len(held))
+	for _, d := range all {
+		if !held[d] {
+			live = append(live, d)
+		}
+	}
+	g.self.store.Settle(live, firstListed)
 	now := time.Now()
 	seen := make(map[cas.Digest]time.Time, len(held))
 	var doomed []cas.Digest
@@ -192,7 +203,7 @@ func (g *Group) Collect(ctx context.Context, opt CollectOptions) (Collection, er
 	// not applied before the last listing, is applied within the window.
 	window := opt.Grace
 	if opt.Pressure {
-		window = min(window, pressureWindow)
+		window = cmp.Or(opt.Window, pressureWindow)
 	}
 	res.Deleted, res.Freed = g.self.store.Sweep(doomed, listed.Add(-window), time.Now().Add(-opt.Grace))
 	g.metrics.CollectedBlobs.Add(float64(res.Deleted))

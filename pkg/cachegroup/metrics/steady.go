@@ -18,6 +18,8 @@ type Steady struct {
 	EvictedBlobs, EvictedBytes prometheus.Counter
 	// DroppedCommits counts pods' writes given up, by reason.
 	DroppedCommits *prometheus.CounterVec
+	// OutboxBytes is what the outbox holds on the node's disk.
+	OutboxBytes prometheus.Gauge
 }
 
 func newSteady(register func(prometheus.Collector)) Steady {
@@ -35,10 +37,12 @@ func newSteady(register func(prometheus.Collector)) Steady {
 		EvictedBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachegroup_evicted_bytes_total",
 			Help: "Bytes of node copies evicted to make room."}),
 		DroppedCommits: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachegroup_dropped_commits_total",
-			Help: "Pods' writes given up instead of retried, by reason (no-space, outbox-full, too-large, volume-gone, invalid, retries)."}, []string{"reason"}),
+			Help: "Pods' writes given up instead of retried, by reason (no-space, outbox-full, too-large, volume-gone, invalid, quarantined)."}, []string{"reason"}),
+		OutboxBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cachegroup_outbox_bytes",
+			Help: "Bytes of pods' writes waiting in the outbox to be committed."}),
 	}
 	for _, c := range []prometheus.Collector{s.Collections, s.Garbage, s.CollectedBlobs, s.CollectedBytes,
-		s.EvictedBlobs, s.EvictedBytes, s.DroppedCommits} {
+		s.EvictedBlobs, s.EvictedBytes, s.DroppedCommits, s.OutboxBytes} {
 		register(c)
 	}
 	return s

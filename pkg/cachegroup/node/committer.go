@@ -9,7 +9,9 @@ import (
 	"sort"
 	"time"
 
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/files"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree"
 	"k8s.io/klog/v2"
 )
 
@@ -23,16 +25,23 @@ type retryPolicy struct {
 	attempts int
 	age      time.Duration
 	keep     int // quarantined entries kept, the oldest removed past it
+	// noSpace is how many attempts in a row may find the group full before
+	// the entry is dropped: enough for the members to collect garbage and
+	// evict (which a refused write starts at once), not so many that the
+	// node's disk holds writes nobody has room for.
+	noSpace int
 }
 
 // defaultRetry retries for a day: a group partitioned from this node for
 // less than that still gets the writes; older writes of a build cache are
 // worth less than the disk they hold.
-var defaultRetry = retryPolicy{first: time.Second, max: time.Minute, attempts: 30, age: 24 * time.Hour, keep: 32}
+var defaultRetry = retryPolicy{first: time.Second, max: time.Minute, attempts: 30, age: 24 * time.Hour, keep: 32, noSpace: 8}
 
 // retry is what the committer remembers of one entry that failed.
 type retry struct {
 	attempts int
+	noSpace  int       // attempts in a row that found the group full
+	size     int64     // bytes on disk, measured once it failed (0: not yet)
 	first    time.Time // of the first failure
 	next     time.Time // no attempt before
 }
@@ -69,6 +78,7 @@ func (n *Node) drain(ctx context.Context, retries map[string]*retry) time.Durati
 		names = append(names, e.Name())
 	}
 	sort.Strings(names)
+	names = n.bound(names, retries)
 	listed := make(map[string]bool, len(names))
 	wait := time.Minute
 	for _, name := range names {
@@ -96,9 +106,58 @@ func (n *Node) drain(ctx context.Context, retries map[string]*retry) time.Durati
 	return max(wait, 0)
 }
 
+// bound keeps the outbox within the member's cache size and the disk above
+// its free floor, dropping the oldest entries (names, oldest first) past
+// either, and charges what is left to the store's budget, so that blobs and
+// outbox together stay within the cache size. It returns the names left.
+func (n *Node) bound(names []string, retries map[string]*retry) []string {
+	lim := n.store.Limits()
+	sizes := make([]int64, len(names))
+	var total int64
+	for i, name := range names {
+		r := retries[name]
+		if r != nil && r.size > 0 {
+			sizes[i] = r.size
+		} else {
+			sizes[i] = files.DiskUsage(filepath.Join(n.dir, "outbox", name, "upper"))
+			if r != nil {
+				r.size = sizes[i]
+			}
+		}
+		total += sizes[i]
+	}
+	over := func() bool {
+		if lim.CacheSize > 0 && total > lim.CacheSize {
+			return true
+		}
+		free, err := n.store.Free()
+		return lim.FreeFloor > 0 && err == nil && free < lim.FreeFloor
+	}
+	dropped := 0
+	for dropped < len(names) && total > 0 && over() {
+		n.drop(names[dropped], "outbox-full", fmt.Errorf("the outbox holds %d bytes, past the cache size %d or the free floor %d",
+			total, lim.CacheSize, lim.FreeFloor))
+		n.emptyTrashNow()
+		n.store.Charge(outboxCharge(names[dropped]), 0)
+		total -= sizes[dropped]
+		dropped++
+	}
+	for i := dropped; i < len(names); i++ {
+		n.store.Charge(outboxCharge(names[i]), sizes[i])
+	}
+	n.group.Metrics().OutboxBytes.Set(float64(total))
+	return names[dropped:]
+}
+
+// outboxCharge names the charge of outbox entry name to the store's budget.
+func outboxCharge(name string) string { return "outbox/" + name }
+
 // attempt commits entry name once and returns its retry state, or nil once
 // the entry has left the outbox.
 func (n *Node) attempt(ctx context.Context, name string, r *retry) *retry {
+	// The attempt moves the entry's files into the store, whose own
+	// accounting takes them over; the next bound charges what is left.
+	n.store.Charge(outboxCharge(name), 0)
 	err := n.commitEntry(ctx, filepath.Join(n.dir, "outbox", name))
 	switch {
 	case err == nil:
@@ -109,9 +168,7 @@ func (n *Node) attempt(ctx context.Context, name string, r *retry) *retry {
 		return nil
 	case permanent(err):
 		n.group.Metrics().Commits.WithLabelValues("refused").Inc()
-		klog.ErrorS(err, "Commit refused; the layer is dropped", "entry", name)
-		n.lost(name, err)
-		n.discard(filepath.Join(n.dir, "outbox", name))
+		n.drop(name, dropReason(err), err)
 		return nil
 	case ctx.Err() != nil:
 		return r // stopped, not failed: the next process tries again
@@ -122,6 +179,16 @@ func (n *Node) attempt(ctx context.Context, name string, r *retry) *retry {
 		r = &retry{first: time.Now()}
 	}
 	r.attempts++
+	r.size = 0 // files moved into the store: measured again
+	if errors.Is(err, cas.ErrNoSpace) {
+		r.noSpace++
+	} else {
+		r.noSpace = 0
+	}
+	if r.noSpace > 0 && r.noSpace >= n.retry.noSpace {
+		n.drop(name, "no-space", fmt.Errorf("the group had no room for it in %d attempts: %w", r.noSpace, err))
+		return nil
+	}
 	if r.attempts >= n.retry.attempts && time.Since(r.first) >= n.retry.age {
 		n.quarantine(name, fmt.Errorf("failed %d times since %s, last: %w", r.attempts, r.first.UTC().Format(time.RFC3339), err))
 		return nil
@@ -136,14 +203,42 @@ func (n *Node) attempt(ctx context.Context, name string, r *retry) *retry {
 	return r
 }
 
+// drop gives up on outbox entry name for reason (a metric label) and removes
+// it: its writes reach no later pod.
+func (n *Node) drop(name, reason string, err error) {
+	n.group.Metrics().DroppedCommits.WithLabelValues(reason).Inc()
+	klog.ErrorS(err, "Commit dropped", "entry", name, "reason", reason)
+	n.lost(name, err)
+	n.discard(filepath.Join(n.dir, "outbox", name))
+}
+
+// dropReason names why a permanent failure drops a commit.
+func dropReason(err error) string {
+	switch {
+	case errors.Is(err, tree.ErrTooLarge):
+		return "too-large"
+	case errors.Is(err, errVolumeGone):
+		return "volume-gone"
+	case errors.Is(err, cas.ErrNoSpace):
+		return "no-space"
+	}
+	return "invalid"
+}
+
 // quarantine moves outbox entry name out of the outbox, with a file reason
 // saying why it could never be committed, and keeps only the newest
 // quarantined entries.
 func (n *Node) quarantine(name string, reason error) {
 	n.group.Metrics().Commits.WithLabelValues("quarantined").Inc()
+	n.group.Metrics().DroppedCommits.WithLabelValues("quarantined").Inc()
 	klog.ErrorS(reason, "Outbox entry quarantined; it is not retried", "entry", name)
 	n.lost(name, reason)
 	src := filepath.Join(n.dir, "outbox", name)
+	// The pod's files go: a quarantined entry is kept to say what failed,
+	// and must not hold the disk.
+	for _, sub := range []string{"upper", "work"} {
+		n.discard(filepath.Join(src, sub))
+	}
 	// The reason is written first, so a quarantined entry always has one.
 	if err := files.WriteAtomic(filepath.Join(src, "reason"), []byte(reason.Error()+"\n")); err != nil {
 		klog.ErrorS(err, "Write the reason of a quarantined entry; it is dropped", "entry", name)
