@@ -8,8 +8,103 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/node"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
+	"golang.org/x/sys/unix"
 )
+
+// dropCache drops the page cache of every blob in m's store, as a kernel
+// short of memory does over the hours after a build.
+func dropCache(t *testing.T, m *Member) {
+	t.Helper()
+	if err := m.store.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	all, err := m.store.All()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range all {
+		if f, err := os.Open(m.store.Path(d)); err == nil {
+			unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+			f.Close()
+		}
+	}
+}
+
+// readThroughOverlay reads path of the snapshot at dir as a pod does: through
+// an overlay mount whose lower layer it is.
+func readThroughOverlay(t *testing.T, dir, path string) []byte {
+	t.Helper()
+	tmp := t.TempDir()
+	upper, work, mnt := filepath.Join(tmp, "u"), filepath.Join(tmp, "w"), filepath.Join(tmp, "m")
+	for _, d := range []string{upper, work, mnt} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Mount("overlay", mnt, "overlay", 0, "lowerdir="+dir+",upperdir="+upper+",workdir="+work); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(mnt, 0)
+	b, err := os.ReadFile(filepath.Join(mnt, path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// A Maven cache: a jar written long ago that every build reads outlives
+// files written since and never read, when the volume must evict.
+func TestAVolumeOverItsQuotaEvictsWhatNoPodRead(t *testing.T) {
+	ms := newGroup(t, 3)
+	ctx := context.Background()
+	builder := ms[0]
+	vol, err := builder.group.CreateVolume(ctx, volume.Spec{Name: "m2", Quota: 100 << 10}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := func(s string) string { b := make([]byte, 40<<10); copy(b, s); return string(b) }
+	jar, tmp1, tmp2 := blob("jar"), blob("tmp1"), blob("tmp2")
+	v1 := commitOver(t, builder, vol, func(upper string) {
+		writeFiles(t, map[string]string{"repo/lib.jar": jar})(upper)
+		old := time.Now().AddDate(-1, 0, 0)
+		os.Chtimes(filepath.Join(upper, "repo/lib.jar"), old, old) // released a year ago
+	})
+	v2 := commitOver(t, builder, vol, writeFiles(t, map[string]string{"tmp/1": tmp1}))
+	// The next build reads the jar, hours later: the kernel has long
+	// dropped what the last builds wrote.
+	time.Sleep(10 * time.Millisecond)
+	dir, err := builder.node.Materialize(ctx, v2.Root, node.Want{VolumeID: vol.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := builder.node.MarkStaged(vol.ID, true); err != nil { // as NodeStageVolume does
+		t.Fatal(err)
+	}
+	dropCache(t, builder.Member)
+	if got := readThroughOverlay(t, dir, "repo/lib.jar"); string(got) != jar {
+		t.Fatal("the jar reads wrong")
+	}
+	if n := builder.node.ReportUse(ctx); n != 1 {
+		t.Fatalf("%d blobs reported used, want the jar", n)
+	}
+	// A third 40 KiB file passes the quota: one of the older two goes.
+	v3 := commitOver(t, builder, vol, writeFiles(t, map[string]string{"tmp/2": tmp2}))
+	if v3.Count != v1.Count+2 || v3.Size > 100<<10 {
+		t.Fatalf("after eviction the head holds %d entries, %d bytes", v3.Count, v3.Size)
+	}
+	dir, err = builder.node.Materialize(ctx, v3.Root, node.Want{VolumeID: vol.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "repo/lib.jar")); err != nil || string(b) != jar {
+		t.Fatalf("the jar every build reads was evicted (%v)", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "tmp/1")); err == nil {
+		t.Fatal("the file no build read outlived the jar")
+	}
+}
 
 // Builds one after the other on a member whose cache holds little more than
 // one volume, each replacing the last build's output: garbage is collected

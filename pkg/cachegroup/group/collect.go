@@ -342,3 +342,23 @@ func (g *Group) RunCollector(ctx context.Context, interval time.Duration, opt fu
 		}
 	}
 }
+
+// Used tells the homes of the volumes ids that this node's pods read the
+// blobs ds lately, each home once; a home that cannot be told misses it.
+func (g *Group) Used(ctx context.Context, ids []string, ds []cas.Digest) {
+	told := map[string]bool{}
+	for _, id := range ids {
+		for _, h := range g.liveOnly(g.Homes(id)) {
+			if told[h.Name()] {
+				continue
+			}
+			told[h.Name()] = true
+			for i := 0; i < len(ds); i += sizesBatch {
+				if err := h.Used(ctx, ds[i:min(i+sizesBatch, len(ds))]); err != nil {
+					g.Failed(h, err)
+					break
+				}
+			}
+		}
+	}
+}

@@ -55,6 +55,7 @@ func (n *Node) Run(ctx context.Context) {
 	// Keyed by entry name, and only entries still in the outbox: bounded
 	// by the outbox.
 	retries := map[string]*retry{}
+	go n.runUse(ctx)
 	for {
 		wait := n.drain(ctx, retries)
 		select {

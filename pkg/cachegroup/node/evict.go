@@ -63,17 +63,18 @@ func (n *Node) Keeps() func(cas.Digest) bool {
 // Evict makes room on this node's disk, need bytes if it can: it removes
 // the snapshots no mounted pod reads (staged volumes rebuild theirs at the
 // next pod start), then the node's copies of blobs this member does not
-// own and no snapshot links, least recently used first (a blob's access
-// time is that of every link to it, so a pod's reads count, at the
-// granularity of the disk's relatime: a day). It returns what it removed.
+// own and no snapshot links, least recently used first. A copy was last
+// used when the last snapshot linking it went, which is its inode's change
+// time (access times say nothing: reads through an overlay never set them).
+// It returns what it removed.
 func (n *Node) Evict(need int64) (blobs int, bytes int64) {
 	if err := n.Prune(); err == nil {
 		n.emptyTrashNow()
 	}
 	type copy struct {
-		d     cas.Digest
-		atime int64
-		size  int64
+		d    cas.Digest
+		used int64
+		size int64
 	}
 	all, err := n.store.All()
 	if err != nil {
@@ -89,9 +90,9 @@ func (n *Node) Evict(need int64) (blobs int, bytes int64) {
 		if unix.Lstat(n.store.Path(d), &st) != nil || st.Nlink > 1 {
 			continue
 		}
-		cs = append(cs, copy{d, st.Atim.Nano(), st.Size})
+		cs = append(cs, copy{d, st.Ctim.Nano(), st.Size})
 	}
-	slices.SortFunc(cs, func(a, b copy) int { return cmp.Compare(a.atime, b.atime) })
+	slices.SortFunc(cs, func(a, b copy) int { return cmp.Compare(a.used, b.used) })
 	for _, c := range cs {
 		if bytes >= need {
 			break

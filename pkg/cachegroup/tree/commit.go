@@ -334,9 +334,10 @@ type Applied struct {
 }
 
 // Apply applies c on top of the tree at root in s and enforces quota: if the
-// result is larger, the least recently written files the commit did not touch
-// are evicted first. load makes a tree object present in s before it is read.
-func Apply(s *cas.Store, load func(cas.Digest) error, root cas.Digest, c *Commit, quota int64) (Applied, error) {
+// result is larger, the files the commit did not touch are evicted, least
+// recent first by recency (nil: by mtime). load makes a tree object present
+// in s before it is read.
+func Apply(s *cas.Store, load func(cas.Digest) error, root cas.Digest, c *Commit, quota int64, recency func(Entry) int64) (Applied, error) {
 	var res Applied
 	if err := c.Validate(); err != nil {
 		return res, err
@@ -359,32 +360,34 @@ func Apply(s *cas.Store, load func(cas.Digest) error, root cas.Digest, c *Commit
 	if err != nil || quota <= 0 || res.Size <= quota {
 		return res, err
 	}
-	if res.Evicted, err = evict(m, res.Size-quota, touched); err != nil {
+	if recency == nil {
+		recency = func(e Entry) int64 { return e.Mtime }
+	}
+	if res.Evicted, err = evict(m, res.Size-quota, touched, recency); err != nil {
 		return res, err
 	}
 	res.Root, res.Size, res.Count, err = m.write()
 	return res, err
 }
 
-// evict deletes files not in keep, oldest mtime first, until need bytes are
-// freed. Reads never leave the kernel, so the last write is the best recency
-// a member can know.
-func evict(m *mtree, need int64, keep map[string]bool) (int, error) {
+// evict deletes files not in keep, least recent first (of files as recent,
+// the oldest mtime first), until need bytes are freed.
+func evict(m *mtree, need int64, keep map[string]bool, recency func(Entry) int64) (int, error) {
 	type victim struct {
-		path  string
-		mtime int64
-		size  int64
+		path          string
+		recent, mtime int64
+		size          int64
 	}
 	var vs []victim
 	err := m.files("", func(p string, e Entry) {
 		if !keep[p] && e.Type == TypeFile {
-			vs = append(vs, victim{p, e.Mtime, e.Size})
+			vs = append(vs, victim{p, recency(e), e.Mtime, e.Size})
 		}
 	})
 	if err != nil {
 		return 0, err
 	}
-	slices.SortFunc(vs, func(a, b victim) int { return cmp.Compare(a.mtime, b.mtime) })
+	slices.SortFunc(vs, func(a, b victim) int { return cmp.Or(cmp.Compare(a.recent, b.recent), cmp.Compare(a.mtime, b.mtime)) })
 	n := 0
 	for _, v := range vs {
 		if need <= 0 {

@@ -31,6 +31,7 @@ type Home struct {
 	volumes   map[string]*Volume
 	snapshots map[string]*Snapshot
 	commitMu  map[string]*sync.Mutex // serialises commits per volume
+	uses      *uses
 
 	group Group // nil: a group of one
 }
@@ -71,6 +72,7 @@ func Open(store *cas.Store, dir string) (*Home, error) {
 	if _, err := store.PutBytes(tree.Empty()); err != nil {
 		return nil, err
 	}
+	h.uses = loadUses(filepath.Join(dir, "uses"))
 	return h, nil
 }
 
@@ -323,7 +325,14 @@ func (l *Home) Commit(ctx context.Context, id string, c *tree.Commit) (CommitRes
 		}
 		return nil
 	}
-	res, err := tree.Apply(l.store, load, v.Root, c, v.Quota)
+	// What a commit writes counts as used, so a volume over its quota
+	// evicts what was neither written nor read lately.
+	files := make([]cas.Digest, len(refs))
+	for i, ref := range refs {
+		files[i] = ref.Digest
+	}
+	l.uses.touch(files, time.Now())
+	res, err := tree.Apply(l.store, load, v.Root, c, v.Quota, l.uses.recency)
 	if err != nil {
 		return CommitResult{}, fmt.Errorf("volume %s: %w", id, err)
 	}

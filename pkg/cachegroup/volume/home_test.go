@@ -77,7 +77,8 @@ func TestCommitQuota(t *testing.T) {
 	if _, err := l.Commit(ctx, v.ID, &tree.Commit{Ops: []tree.Op{treetest.File(t, s, "old", "1234", 1), treetest.File(t, s, "mid", "5678", 2)}}); err != nil {
 		t.Fatal(err)
 	}
-	// 4 more bytes make 12 > 10: the oldest file goes.
+	// 4 more bytes make 12 > 10: of the two written together and never
+	// read, the one with the oldest mtime goes.
 	r, err := l.Commit(ctx, v.ID, &tree.Commit{Ops: []tree.Op{treetest.File(t, s, "new", "abcd", 3)}})
 	if err != nil {
 		t.Fatal(err)

@@ -85,6 +85,9 @@ type Service interface {
 	Commit(ctx context.Context, id string, c *tree.Commit) (CommitResult, error)
 	// PutHead keeps a head replicated from another home if it is newer.
 	PutHead(ctx context.Context, v Volume) error
+	// Used records that nodes read the blobs ds lately: a volume over its
+	// quota evicts the files neither written nor read for longest.
+	Used(ctx context.Context, ds []cas.Digest) error
 	Snapshot(ctx context.Context, id string) (Snapshot, error)
 	Snapshots(ctx context.Context) ([]Snapshot, error)
 	PutSnapshot(ctx context.Context, s Snapshot) error

@@ -258,6 +258,11 @@ func (r *Client) PutHead(ctx context.Context, v volume.Volume) error {
 	return r.call(ctx, "PUT", "/v1/volumes/"+url.PathEscape(v.ID)+"/head", v, nil)
 }
 
+// Used tells the member, a home, that nodes read the blobs ds lately.
+func (r *Client) Used(ctx context.Context, ds []cas.Digest) error {
+	return r.call(ctx, "POST", "/v1/used", ds, nil)
+}
+
 // Snapshot returns a snapshot.
 func (r *Client) Snapshot(ctx context.Context, id string) (volume.Snapshot, error) {
 	var s volume.Snapshot

@@ -31,6 +31,7 @@
 //	POST   /v1/volumes/{id}/expand      raise the quota
 //	POST   /v1/volumes/{id}/commit      apply a Commit
 //	PUT    /v1/volumes/{id}/head        a replicated head (kept if newer)
+//	POST   /v1/used                     blobs nodes read lately (a home evicts by it)
 //	GET    /v1/snapshots[/{id}], DELETE /v1/snapshots/{id}
 //	PUT    /v1/snapshots/{id}           a replicated snapshot
 //	GET    /v1/holders/{root}, POST /v1/holders/{root}  sharing nodes of a snapshot

@@ -177,6 +177,9 @@ func (s *Server) homeRoutes(mux *http.ServeMux) {
 			return l.Commit(r.Context(), id, &c)
 		})
 	})
+	routeBody(s, mux, "POST /v1/used", maxJSONBody, func(r *http.Request, ds []cas.Digest) (any, error) {
+		return nil, l.Used(r.Context(), ds)
+	})
 	routeBody(s, mux, "PUT /v1/volumes/{id}/head", maxJSONBody, func(r *http.Request, v volume.Volume) (any, error) {
 		return withID(r, volume.CheckVolumeID, func(id string) (any, error) {
 			if v.ID != id {
