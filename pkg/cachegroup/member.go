@@ -80,7 +80,7 @@ type Member struct {
 	auth    *wire.Auth
 	members *group.Membership // nil: a group of one
 
-	peerL, metricsL net.Listener // nil where not served
+	peerL, metricsL net.Listener  // nil where not served
 	window          time.Duration // of collections under pressure; 0: the default (tests set it)
 
 	ctx    context.Context // ends at Close

@@ -46,7 +46,7 @@ type Store struct {
 	chargeMu sync.Mutex
 	charges  map[string]int64 // bytes others keep on the store's disk, by what (see Charge)
 	charged  atomic.Int64     // their sum
-	full   atomic.Pointer[func()]
+	full     atomic.Pointer[func()]
 
 	freeMu    sync.Mutex // guards the cached free-space reading
 	lastFree  int64
