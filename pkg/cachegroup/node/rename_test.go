@@ -1,0 +1,255 @@
+package node
+
+import (
+	"context"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree/treetest"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
+	"github.com/cachegroup/cachegroup/pkg/mounter"
+	"golang.org/x/sys/unix"
+)
+
+// fsOps are file operations on the tree at root, done the same way on a
+// local disk and in a pod's overlay.
+type fsOps func(t *testing.T, root string)
+
+func put(t *testing.T, root, p, content string) {
+	t.Helper()
+	must(t, os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755))
+	must(t, os.WriteFile(filepath.Join(root, p), []byte(content), 0o644))
+}
+
+func mv(t *testing.T, root, from, to string) {
+	t.Helper()
+	// rename(2) itself: no fallback to copying on EXDEV, and unlike
+	// os.Rename it replaces an empty directory.
+	if err := unix.Rename(filepath.Join(root, from), filepath.Join(root, to)); err != nil {
+		t.Fatalf("rename %s %s: %v", from, to, err)
+	}
+}
+
+func rm(t *testing.T, root, p string) {
+	t.Helper()
+	must(t, os.RemoveAll(filepath.Join(root, p)))
+}
+
+func mkdir(t *testing.T, root, p string) {
+	t.Helper()
+	must(t, os.Mkdir(filepath.Join(root, p), 0o755))
+}
+
+// seed is the volume's content the renames start from: every scenario's base.
+func seed(t *testing.T, root string) {
+	put(t, root, "a/f", "a/f")
+	put(t, root, "a/sub/g", "a/sub/g")
+	put(t, root, "a/sub/deep/h", "a/sub/deep/h")
+	put(t, root, "b/x/y", "b/x/y")
+	put(t, root, "z", "z")
+	mkdir(t, root, "e")
+	must(t, os.Symlink("../z", filepath.Join(root, "a/link")))
+}
+
+// listDir lists the tree at root as treetest.Listing lists a tree.
+func listDir(t *testing.T, root string) string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == root {
+			return err
+		}
+		rel := filepath.ToSlash(strings.TrimPrefix(p, root+"/"))
+		switch {
+		case d.IsDir():
+			out = append(out, rel+"/")
+		case d.Type()&fs.ModeSymlink != 0:
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			out = append(out, rel+"->"+target)
+		default:
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			out = append(out, rel+"="+string(b))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(out)
+	return strings.Join(out, " ")
+}
+
+// cluster is a node of a group of one, with its committer running.
+type cluster struct {
+	n   *Node
+	h   *volume.Home
+	v   volume.Volume
+	ctx context.Context
+}
+
+func newCluster(t *testing.T) *cluster {
+	t.Helper()
+	n, h := newNode(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	v, err := h.CreateVolume(ctx, volume.Spec{Name: "v", Quota: 1 << 30})
+	must(t, err)
+	go n.Run(ctx)
+	c := &cluster{n: n, h: h, v: v, ctx: ctx}
+	// The base goes through the committer like any pod's writes.
+	layerWith(t, n, v, "/pods/seed", func(up string) { seed(t, up) })
+	c.idle(t)
+	return c
+}
+
+func (c *cluster) idle(t *testing.T) {
+	t.Helper()
+	must(t, c.n.WaitIdle(c.ctx))
+	if q, _ := os.ReadDir(filepath.Join(c.n.dir, "quarantine")); len(q) > 0 {
+		reason, _ := os.ReadFile(filepath.Join(c.n.dir, "quarantine", q[0].Name(), "reason"))
+		t.Fatalf("a layer was quarantined: %s", reason)
+	}
+}
+
+func (c *cluster) head(t *testing.T) volume.Volume {
+	t.Helper()
+	v, err := c.h.Volume(c.ctx, c.v.ID)
+	must(t, err)
+	return v
+}
+
+// pod is a pod's read-write mount of the volume: a real overlay of the
+// head's snapshot with a fresh upper layer, as a publish makes it.
+type pod struct {
+	c      *cluster
+	target string
+	upper  string
+}
+
+func (c *cluster) mount(t *testing.T) *pod {
+	t.Helper()
+	head := c.head(t)
+	snap, err := c.n.Materialize(c.ctx, head.Root, Want{VolumeID: head.ID})
+	must(t, err)
+	target := filepath.Join(t.TempDir(), "target")
+	must(t, os.Mkdir(target, 0o755))
+	upper, work, err := c.n.NewLayer(Layer{VolumeID: head.ID, Target: target, Base: head.Root, Commit: true})
+	must(t, err)
+	must(t, mounter.Overlay(target, snap, upper, work))
+	t.Cleanup(func() { mounter.Unmount(target) })
+	return &pod{c: c, target: target, upper: upper}
+}
+
+// unmount ends the pod's mount, leaving its upper layer as a pod's end
+// leaves it, not yet submitted.
+func (p *pod) unmount(t *testing.T) {
+	t.Helper()
+	must(t, mounter.Unmount(p.target))
+	must(t, mounter.SyncFS(p.upper))
+}
+
+// end unmounts the pod and commits its writes.
+func (p *pod) end(t *testing.T) {
+	t.Helper()
+	p.unmount(t)
+	must(t, p.c.n.Submit(p.target))
+	p.c.idle(t)
+}
+
+// Each scenario's renames succeed in a pod, and the committed tree holds
+// what a local disk holds after the same operations.
+func TestRenamesInAPodCommitAsOnALocalDisk(t *testing.T) {
+	scenarios := map[string]fsOps{
+		"in place": func(t *testing.T, r string) { mv(t, r, "a", "a2") },
+		"nested": func(t *testing.T, r string) {
+			mv(t, r, "a", "a2")
+			mv(t, r, "a2/sub", "a2/sub2")
+			mv(t, r, "a2/sub2/deep", "deep3")
+			mv(t, r, "b/x", "a2/sub2/x2")
+		},
+		"changes inside": func(t *testing.T, r string) {
+			mv(t, r, "a", "a2")
+			put(t, r, "a2/f", "changed")
+			put(t, r, "a2/new", "added")
+			rm(t, r, "a2/sub/g")
+			rm(t, r, "a2/sub/deep")
+			put(t, r, "a2/nd/n", "in a new dir")
+			mv(t, r, "a2/sub", "a2/sub2")
+			put(t, r, "a2/sub2/g", "back again")
+		},
+		"over an empty directory": func(t *testing.T, r string) { mv(t, r, "a", "e") },
+		"back": func(t *testing.T, r string) {
+			mv(t, r, "a", "a2")
+			mv(t, r, "a2", "a")
+			mv(t, r, "b", "b2")
+			put(t, r, "b2/x/y2", "y2")
+			mv(t, r, "b2", "b")
+			mv(t, r, "a/sub", "b/sub")
+			mv(t, r, "b/sub", "a/sub")
+		},
+		"across directories": func(t *testing.T, r string) {
+			mv(t, r, "a/sub", "b/sub")
+			mv(t, r, "b/x", "a/x")
+			mv(t, r, "b", "a/x/b") // the new parent of a directory moved into it
+		},
+		"new in the upper": func(t *testing.T, r string) {
+			put(t, r, "n/f", "n/f")
+			mv(t, r, "n", "n2")
+			mv(t, r, "n2", "a/n3")
+			mkdir(t, r, "m")
+			mv(t, r, "a", "m/a") // a lower directory into a new one
+		},
+		"swap": func(t *testing.T, r string) {
+			mv(t, r, "a", "t")
+			mv(t, r, "b", "a")
+			mv(t, r, "t", "b")
+		},
+		"below its old place": func(t *testing.T, r string) {
+			mv(t, r, "a", "t")
+			mkdir(t, r, "a")
+			mv(t, r, "t", "a/t")
+		},
+		"then removed": func(t *testing.T, r string) {
+			mv(t, r, "a", "a2")
+			rm(t, r, "a2")
+			mv(t, r, "b", "b2")
+			rm(t, r, "b2/x/y")
+		},
+	}
+	for name, ops := range scenarios {
+		t.Run(strings.ReplaceAll(name, " ", "-"), func(t *testing.T) {
+			local := t.TempDir()
+			seed(t, local)
+			ops(t, local)
+			want := listDir(t, local)
+
+			c := newCluster(t)
+			p := c.mount(t)
+			ops(t, p.target)
+			if got := listDir(t, p.target); got != want {
+				t.Fatalf("the pod sees\n %s\nwhere a local disk holds\n %s", got, want)
+			}
+			p.end(t)
+			if got := treetest.Listing(t, c.n.store, c.head(t).Root); got != want {
+				t.Fatalf("committed\n %s\nwhere a local disk holds\n %s", got, want)
+			}
+			// And a pod started after sees it.
+			next := c.mount(t)
+			if got := listDir(t, next.target); got != want {
+				t.Fatalf("the next pod sees\n %s\nwhere a local disk holds\n %s", got, want)
+			}
+			next.unmount(t)
+		})
+	}
+}
