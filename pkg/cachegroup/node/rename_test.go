@@ -2,14 +2,17 @@ package node
 
 import (
 	"context"
+	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree/treetest"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
 	"github.com/cachegroup/cachegroup/pkg/mounter"
@@ -251,5 +254,194 @@ func TestRenamesInAPodCommitAsOnALocalDisk(t *testing.T) {
 			}
 			next.unmount(t)
 		})
+	}
+}
+
+// A renamed directory is one op however much it holds: the commit carries
+// the base's subtree by its digest, not its files.
+func TestARenamedDirectoryIsOneOp(t *testing.T) {
+	c := newCluster(t)
+	layerWith(t, c.n, c.head(t), "/pods/big", func(up string) {
+		for i := range 300 {
+			put(t, up, filepath.Join("big", strconv.Itoa(i%10), strconv.Itoa(i)), "x")
+		}
+	})
+	c.idle(t)
+	base := c.head(t)
+	p := c.mount(t)
+	mv(t, p.target, "big", "big2")
+	p.unmount(t)
+	m, err := scanUpper(p.upper, nil, &baseTree{store: c.n.store, root: base.Root})
+	must(t, err)
+	want, ok, err := (&baseTree{store: c.n.store, root: base.Root}).dir("big")
+	must(t, err)
+	if !ok {
+		t.Fatal("no big in the base")
+	}
+	ops := m.Commit.Ops
+	if len(ops) != 2 || ops[0].Kind != tree.OpDelete || ops[0].Path != "big" ||
+		ops[1].Kind != tree.OpGraft || ops[1].Path != "big2" || ops[1].From != "big" || ops[1].Entry.Digest != want.Digest {
+		t.Fatalf("ops %+v, want a delete of big and a graft of the base's big (%s) to big2", ops, want.Digest)
+	}
+	must(t, c.n.Submit(p.target))
+	c.idle(t)
+	if head := c.head(t); head.Count != base.Count || head.Size != base.Size {
+		t.Fatalf("after the rename: %d entries of %d bytes, want the base's %d of %d", head.Count, head.Size, base.Count, base.Size)
+	}
+}
+
+// Pod A renames a to a2 and changes a file below it while pod B, started
+// from the same head, writes below a: the outcome Commit's doc states, for
+// each order the commits can land in.
+func TestRenameRacingWritesToTheOldPath(t *testing.T) {
+	podA := func(t *testing.T, r string) {
+		mv(t, r, "a", "a2")
+		put(t, r, "a2/f", "f by A")
+	}
+	podB := func(t *testing.T, r string) {
+		put(t, r, "a/new", "new by B")
+		put(t, r, "a/sub/g", "g by B")
+	}
+	for _, order := range []string{"B-then-A", "A-then-B"} {
+		t.Run(order, func(t *testing.T) {
+			// On a local disk, B's writes then A's rename move B's writes
+			// along; A's rename then B's writes (a file below a missing
+			// directory, so made with its directories) leave B's writes
+			// alone at a.
+			local := t.TempDir()
+			seed(t, local)
+			first, second := podB, podA
+			if order == "A-then-B" {
+				first, second = podA, podB
+			}
+			first(t, local)
+			second(t, local)
+			want := listDir(t, local)
+
+			c := newCluster(t)
+			a, b := c.mount(t), c.mount(t)
+			podA(t, a.target)
+			podB(t, b.target)
+			if order == "B-then-A" {
+				b.end(t)
+				a.end(t)
+			} else {
+				a.end(t)
+				b.end(t)
+			}
+			if got := treetest.Listing(t, c.n.store, c.head(t).Root); got != want {
+				t.Fatalf("committed\n %s\nwant\n %s", got, want)
+			}
+		})
+	}
+}
+
+// quarantined returns the reasons of the quarantined entries.
+func quarantined(t *testing.T, n *Node) []string {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Join(n.dir, "quarantine"))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
+	var reasons []string
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(n.dir, "quarantine", e.Name(), "reason"))
+		must(t, err)
+		reasons = append(reasons, string(b))
+	}
+	return reasons
+}
+
+// A redirect set by hand on an upper directory (a pod cannot set one
+// through the overlay) never leads a commit outside the volume: one the
+// kernel would refuse to follow refuses the layer; a well-formed one is
+// resolved in the volume's base only, so a path the base lacks (though
+// another volume on the node holds it) gives the directory's own content.
+func TestHostileRedirects(t *testing.T) {
+	c := newCluster(t)
+	// Another volume, whose trees are in the same store.
+	other, err := c.h.CreateVolume(c.ctx, volume.Spec{Name: "other"})
+	must(t, err)
+	layerWith(t, c.n, other, "/pods/other", func(up string) { put(t, up, "secret/key", "key") })
+	c.idle(t)
+	base := c.head(t)
+
+	redirected := func(redirect string) func(string) {
+		return func(up string) {
+			put(t, up, "x/mine", "mine")
+			must(t, unix.Setxattr(filepath.Join(up, "x"), redirectXattr, []byte(redirect), 0))
+		}
+	}
+	refused := []string{"", "/", "//a", "/a//sub", "/a/./sub", "/a/../b", "/../other", "/a/sub/", "..", ".", "../b",
+		"a/sub", "x\x00y", "/" + strings.Repeat("d", 256)}
+	for i, r := range refused {
+		layerWith(t, c.n, base, "/pods/refused"+strconv.Itoa(i), redirected(r))
+		must(t, c.n.WaitIdle(c.ctx))
+		reasons := quarantined(t, c.n)
+		if len(reasons) != i+1 || !strings.Contains(reasons[i], "redirect") {
+			t.Fatalf("redirect %q: quarantined %q, want the layer refused for its redirect", r, reasons)
+		}
+		if head := c.head(t); head.Root != base.Root {
+			t.Fatalf("redirect %q: a refused layer changed the head", r)
+		}
+	}
+
+	for name, tc := range map[string]struct {
+		fill func(up string)
+		want string // the listing of the head besides the base's
+	}{
+		"to another volume's directory":     {redirected("/secret"), "x/ x/mine=mine"},
+		"to a file":                         {redirected("/z"), "x/ x/mine=mine"},
+		"relative to a name the base lacks": {redirected("secret"), "x/ x/mine=mine"},
+		"long":                              {redirected(strings.Repeat("/d", 1500)), "x/ x/mine=mine"},
+		"on a file": {func(up string) {
+			put(t, up, "x", "a file")
+			must(t, unix.Setxattr(filepath.Join(up, "x"), redirectXattr, []byte("/a"), 0))
+		}, "x=a file"},
+		"on the root": {func(up string) {
+			put(t, up, "x/mine", "mine")
+			must(t, unix.Setxattr(up, redirectXattr, []byte("/a"), 0))
+		}, "x/ x/mine=mine"},
+		// Within the volume a redirect is followed, as the kernel would:
+		// the layer's writer could have written these files anyway.
+		"to a directory of the volume": {redirected("/a/sub"), "x/ x/deep/ x/deep/h=a/sub/deep/h x/g=a/sub/g x/mine=mine"},
+	} {
+		t.Run(strings.ReplaceAll(name, " ", "-"), func(t *testing.T) {
+			q := len(quarantined(t, c.n))
+			_, err := c.h.Commit(c.ctx, c.v.ID, &tree.Commit{Base: c.head(t).Root, Ops: []tree.Op{{Kind: tree.OpDelete, Path: "x"}}})
+			must(t, err)
+			layerWith(t, c.n, c.head(t), "/pods/"+strings.ReplaceAll(name, " ", "-"), tc.fill)
+			must(t, c.n.WaitIdle(c.ctx))
+			if reasons := quarantined(t, c.n); len(reasons) != q {
+				t.Fatalf("quarantined: %q", reasons[q:])
+			}
+			got := treetest.Listing(t, c.n.store, c.head(t).Root)
+			want := treetest.Listing(t, c.n.store, base.Root) + " " + tc.want
+			if sorted(got) != sorted(want) {
+				t.Fatalf("committed\n %s\nwant\n %s", got, want)
+			}
+		})
+	}
+}
+
+func sorted(listing string) string {
+	s := strings.Fields(listing)
+	sort.Strings(s)
+	return strings.Join(s, " ")
+}
+
+// A redirect longer than the buffer the scan reads it into refuses the
+// layer (on ext4 no value that long can even be set).
+func TestLongRedirectRefused(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for trusted.* attributes")
+	}
+	d := t.TempDir()
+	must(t, unix.Setxattr(d, redirectXattr, []byte("/0123456789abcdef"), 0))
+	if _, err := readRedirect(d, make([]byte, 8)); !errors.Is(err, errBadLayer) {
+		t.Fatalf("redirect past the buffer: %v, want a bad layer", err)
+	}
+	if r, err := readRedirect(d, make([]byte, maxRedirect+1)); err != nil || r != "/0123456789abcdef" {
+		t.Fatalf("readRedirect = %q, %v", r, err)
 	}
 }
