@@ -398,6 +398,11 @@ func TestHostileRedirects(t *testing.T) {
 			put(t, up, "x", "a file")
 			must(t, unix.Setxattr(filepath.Join(up, "x"), redirectXattr, []byte("/a"), 0))
 		}, "x=a file"},
+		// Opaque hides the lower layer before any redirect is looked at.
+		"opaque and redirected": {func(up string) {
+			redirected("/a")(up)
+			must(t, unix.Setxattr(filepath.Join(up, "x"), "trusted.overlay.opaque", []byte("y"), 0))
+		}, "x/ x/mine=mine"},
 		"on the root": {func(up string) {
 			put(t, up, "x/mine", "mine")
 			must(t, unix.Setxattr(up, redirectXattr, []byte("/a"), 0))
