@@ -50,13 +50,16 @@ type dirPlace struct {
 
 // placeDir says how the upper directory at p, called name, enters the
 // commit, given the lower of its parent. It follows the overlay's lookup:
-// an opaque directory hides the lower layer (a replace); a redirect names
-// the lower directory instead of name, an absolute one from the lower root
-// even below an opaque directory, and a directory that it moved elsewhere
-// than its own name's place is a graft of the base's directory there; a
-// redirect to nothing in the base leaves the pod seeing only the upper
-// directory (a replace). Redirects are resolved in the base's tree only, by
-// validated names: none can lead outside the volume.
+// an opaque directory hides the lower layer, redirect or not (a replace); a
+// redirect names the lower directory to merge instead of name (an absolute
+// one from the lower root, even below an opaque directory), and if that is
+// not the one name itself would find, the directory was moved: a graft of
+// the base's directory there. A redirect to nothing in the base leaves the
+// pod seeing only the upper directory (a replace). Redirects are resolved in
+// the base's tree only, by validated names: none can lead outside the
+// volume. The parent need not be marked impure, as the kernel does not ask
+// either; a redirect on a file or on the root is never read, as the kernel
+// (with metacopy=off) never follows one there.
 func placeDir(p, name string, parent lowerDir, base *baseTree, buf []byte) (dirPlace, error) {
 	if opaque(p) {
 		return dirPlace{kind: tree.OpReplace}, nil
