@@ -3,8 +3,9 @@
 //
 // A read-write publish is an overlay whose lower layer is a snapshot on the
 // node and whose upper layer is private to the pod; the upper layer is later
-// read back as plain files, whiteouts (character devices 0/0) and opaque
-// directories (xattr trusted.overlay.opaque=y) by the committer. A read-only
+// read back as plain files, whiteouts (character devices 0/0), opaque
+// directories (xattr trusted.overlay.opaque=y) and renamed directories (xattr
+// trusted.overlay.redirect) by the committer. A read-only
 // publish is a read-only bind mount of the snapshot. All mounts are nosuid and
 // nodev. The functions are safe for concurrent use on distinct paths.
 package mounter

@@ -12,17 +12,20 @@ import (
 )
 
 // requiredOverlayOptions keep the upper layer readable by the committer as
-// plain files, whiteouts and opaque directories. They are given explicitly
-// because the kernel's defaults depend on its build configuration.
+// plain files, whiteouts, opaque directories and redirected directories.
+// They are given explicitly because the kernel's defaults depend on its
+// build configuration.
 //
-//   - redirect_dir=off: renaming a directory that comes from the lower layer
-//     fails with EXDEV and tools fall back to copying, so the upper layer
-//     never holds redirect xattrs that would have to be interpreted.
+//   - redirect_dir=on: renaming a directory that comes from the lower layer
+//     works as on a local disk (os.Rename, Files.move and fs::rename do not
+//     fall back to copying on EXDEV): the kernel moves the upper directory
+//     and records where it came from in trusted.overlay.redirect, which the
+//     committer reads. Linux 4.10 or later.
 //   - metacopy=off: a copied-up file always holds its full data in the upper
 //     layer, never a metadata-only stub that points into the lower layer.
 //   - index=off: no inode index (and no hard-link bookkeeping) in the work dir;
 //     it is only needed for NFS export and hard-link preservation of copy-ups.
-var requiredOverlayOptions = []string{"redirect_dir=off", "metacopy=off", "index=off"}
+var requiredOverlayOptions = []string{"redirect_dir=on", "metacopy=off", "index=off"}
 
 // optionalOverlayOptions only affect speed and inode numbering; a kernel that
 // refuses them still gives a correct overlay, so Overlay retries without them.
@@ -45,13 +48,17 @@ var optionalRefused atomic.Bool
 // overlay option syntax treats specially; lower, upper and work must exist,
 // upper and work on the same filesystem.
 //
-// The options are redirect_dir=off, metacopy=off and index=off, so the upper
-// layer holds only plain files with their full data, whiteouts and opaque
-// directories (renaming a directory that comes from lower fails with EXDEV,
-// and tools copy it instead), plus xino=off and volatile (fsync inside the
-// overlay returns at once), these two dropped if the kernel refuses them.
-// The upper layer also carries trusted.overlay.* bookkeeping xattrs (origin,
-// impure, uuid) that mean nothing outside the overlay. Because the mount is
+// The options are redirect_dir=on, metacopy=off and index=off, so the upper
+// layer holds only plain files with their full data, whiteouts, opaque
+// directories and renamed directories (trusted.overlay.redirect: "/a/b", the
+// path from the lower root, for a move to another directory, or "b", a name
+// in the same parent's lower directory, for a rename in place), plus xino=off
+// and volatile (fsync inside the overlay returns at once), these two dropped
+// if the kernel refuses them. A rename of a lower directory still fails with
+// EXDEV when its absolute redirect would be longer than the overlay module's
+// redirect_max (256 bytes by default; a rename in place stores only the
+// name). The upper layer also carries trusted.overlay.* bookkeeping xattrs
+// (origin, impure, uuid) that mean nothing outside the overlay. Because the mount is
 // volatile, the caller must, after Unmount, call SyncFS on upper before it
 // treats the upper layer as durable, and use a fresh work directory for each
 // mount: the kernel leaves a marker (work/work/incompat/volatile) in a work

@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"time"
@@ -129,7 +130,8 @@ func (n *Node) manifestOf(ctx context.Context, entry string, l Layer) (manifest,
 	if owner == nil {
 		owner = v.FileOwner
 	}
-	if m, err = scanUpper(filepath.Join(entry, "upper"), owner); err != nil {
+	base := &baseTree{store: n.store, root: l.Base, fetch: func(d cas.Digest) error { return n.group.Fetch(ctx, d) }}
+	if m, err = scanUpper(filepath.Join(entry, "upper"), owner, base); err != nil {
 		return m, err
 	}
 	m.Commit.Base = l.Base
@@ -155,13 +157,23 @@ func (n *Node) allBlobsHere(c *tree.Commit) bool {
 }
 
 // scanUpper reads an overlay upper directory as a list of changes: whiteouts
-// become deletes, opaque directories replaces, everything else upserts.
-// Symlinks are recorded and never followed; device files, FIFOs and sockets
-// are dropped; setuid and setgid bits are stripped (on the file itself too,
-// since it becomes the blob). Files are hashed here, once.
-func scanUpper(upper string, owner *volume.FileOwner) (manifest, error) {
+// become deletes, opaque directories replaces, directories a rename moved
+// (overlay redirects, resolved in base, the tree the pod started from)
+// grafts, everything else upserts. Symlinks are recorded and never followed;
+// device files, FIFOs and sockets are dropped; setuid and setgid bits are
+// stripped (on the file itself too, since it becomes the blob). Files are
+// hashed here, once.
+func scanUpper(upper string, owner *volume.FileOwner, base *baseTree) (manifest, error) {
 	var m manifest
 	var files []int // indexes of file ops still to hash
+	// The lower directories of the directories being walked, root first:
+	// the walk goes depth first, so a path's parent is always on it.
+	type walked struct {
+		rel   string
+		lower lowerDir
+	}
+	stack := []walked{{lower: lowerDir{ok: true}}}
+	buf := make([]byte, maxRedirect+1)
 	err := filepath.WalkDir(upper, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -170,6 +182,10 @@ func scanUpper(upper string, owner *volume.FileOwner) (manifest, error) {
 			return nil
 		}
 		rel := filepath.ToSlash(strings.TrimPrefix(p, upper+string(filepath.Separator)))
+		dir, name := path.Split(rel)
+		for stack[len(stack)-1].rel != strings.TrimSuffix(dir, "/") {
+			stack = stack[:len(stack)-1]
+		}
 		var st unix.Stat_t
 		if err := unix.Lstat(p, &st); err != nil {
 			return err
@@ -186,12 +202,13 @@ func scanUpper(upper string, owner *volume.FileOwner) (manifest, error) {
 				m.Dropped++
 			}
 		case unix.S_IFDIR:
-			e.Type = tree.TypeDir
-			kind := tree.OpUpsert
-			if opaque(p) {
-				kind = tree.OpReplace
+			at, err := placeDir(p, name, stack[len(stack)-1].lower, base, buf)
+			if err != nil {
+				return err
 			}
-			m.Commit.Ops = append(m.Commit.Ops, tree.Op{Kind: kind, Path: rel, Entry: e})
+			stack = append(stack, walked{rel: rel, lower: at.lower})
+			e.Type, e.Digest = tree.TypeDir, at.digest
+			m.Commit.Ops = append(m.Commit.Ops, tree.Op{Kind: at.kind, Path: rel, Entry: e, From: at.from})
 		case unix.S_IFLNK:
 			target, err := os.Readlink(p)
 			if err != nil {

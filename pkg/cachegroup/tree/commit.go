@@ -22,20 +22,65 @@ const (
 	// OpReplace makes the path an empty directory with the given metadata,
 	// dropping whatever was there (an overlay's opaque directory).
 	OpReplace
+	// OpGraft makes the path a copy of the directory at From, with the given
+	// metadata, dropping whatever was there: a directory the pod renamed (an
+	// overlay redirect), placed in O(1) as one subtree. From is read in the
+	// head as the commit found it, before its first op, so that grafts do
+	// not depend on each other's order; Entry.Digest is the tree object the
+	// pod's base held at From. See Commit for what a graft gives when
+	// another commit changed From since the base.
+	OpGraft
 )
+
+func (k OpKind) String() string {
+	switch k {
+	case OpUpsert:
+		return "upsert"
+	case OpDelete:
+		return "delete"
+	case OpReplace:
+		return "replace"
+	case OpGraft:
+		return "graft"
+	}
+	return fmt.Sprintf("op(%d)", uint8(k))
+}
 
 // Op is one change of a commit.
 type Op struct {
 	Kind OpKind `json:"k"`
 	// Path is slash-separated and relative to the volume root.
 	Path string `json:"p"`
-	// Entry is the new entry for upserts and replaces; its Name is ignored.
+	// Entry is the new entry for upserts, replaces and grafts; its Name is
+	// ignored, and so are a directory's Size and Count, which the home
+	// computes.
 	Entry Entry `json:"e"`
+	// From is, for a graft only, the slash-separated path of the directory
+	// it copies.
+	From string `json:"f,omitempty"`
 }
 
 // Commit is a pod's writes: changes computed against the snapshot the pod
 // started from (Base), applied on top of the current head in order. The last
 // writer wins per path.
+//
+// A directory the pod renamed is a graft of the directory at its old path
+// (From) to its new one, a delete of the old path (the overlay's whiteout),
+// and the pod's changes below the new path. The graft copies what the head
+// holds at From when the commit is applied, which is the base's subtree
+// unless another commit changed it since. So when a pod renames X to Y while
+// another pod writes below X:
+//   - if the other commit is applied first, its writes below X move to Y
+//     with the rename, as on a local disk where they came first, and this
+//     pod's own changes below Y apply on top of them, path by path; if it
+//     removed X, Y holds only what this pod wrote below it;
+//   - if it is applied after, Y is the base's X with this pod's changes, and
+//     the other pod's writes recreate X holding those writes alone (its
+//     directories are upserts, which create what is missing).
+//
+// Either way no write is applied outside the volume: a graft never reads a
+// tree object the head does not reach, and the sizes and counts it adds are
+// the head's own.
 type Commit struct {
 	Base cas.Digest `json:"base"`
 	Ops  []Op       `json:"ops"`
@@ -55,13 +100,24 @@ func (c *Commit) validate() error {
 		if _, err := SplitPath(op.Path); err != nil {
 			return fmt.Errorf("op %d: %w", i, err)
 		}
+		if op.Kind != OpGraft && op.From != "" {
+			return fmt.Errorf("op %d: from %q on an op other than a graft", i, op.From)
+		}
 		switch op.Kind {
 		case OpDelete:
-		case OpUpsert, OpReplace:
+		case OpUpsert, OpReplace, OpGraft:
 			e := op.Entry
 			e.Name = "x"
-			if op.Kind == OpReplace && e.Type != TypeDir {
-				return fmt.Errorf("op %d: replace of %q with a %s", i, op.Path, e.Type)
+			if (op.Kind == OpReplace || op.Kind == OpGraft) && e.Type != TypeDir {
+				return fmt.Errorf("op %d: %s of %q with a %s", i, op.Kind, op.Path, e.Type)
+			}
+			if op.Kind == OpGraft {
+				if _, err := SplitPath(op.From); err != nil {
+					return fmt.Errorf("op %d: graft from: %w", i, err)
+				}
+				if e.Digest.IsZero() {
+					return fmt.Errorf("op %d: graft of %q without the base's tree", i, op.Path)
+				}
 			}
 			if e.Type == TypeDir {
 				e.Size, e.Count, e.Digest = 0, 0, cas.Digest{}
@@ -261,6 +317,73 @@ func (m *mtree) apply(op Op) error {
 	return nil
 }
 
+// lookup returns the directory entry at parts below m, nil if there is none,
+// without changing anything.
+func (m *mtree) lookup(parts []string) (*Entry, error) {
+	cur := m
+	for i, name := range parts {
+		j := cur.find(name)
+		if j < 0 || cur.entries[j].Type != TypeDir {
+			return nil, nil
+		}
+		if i == len(parts)-1 {
+			e := cur.entries[j]
+			return &e, nil
+		}
+		next, err := cur.sub(name)
+		if err != nil {
+			return nil, err
+		}
+		cur = next
+	}
+	return nil, nil
+}
+
+// graftSources returns, for each graft of ops by index, the directory entry
+// at its From in m as it is now (nil: none there), for the grafts to copy
+// once m has changed.
+func (m *mtree) graftSources(ops []Op) (map[int]*Entry, error) {
+	srcs := map[int]*Entry{}
+	for i, op := range ops {
+		if op.Kind != OpGraft {
+			continue
+		}
+		parts, err := SplitPath(op.From)
+		if err != nil {
+			return nil, err
+		}
+		if srcs[i], err = m.lookup(parts); err != nil {
+			return nil, fmt.Errorf("graft %q from %q: %w", op.Path, op.From, err)
+		}
+	}
+	return srcs, nil
+}
+
+// graft places at op.Path the directory src (the head's at op.From before
+// the commit), or an empty one if there was none, with op's metadata. The
+// subtree is src's tree object, loaded only if a later op walks into it;
+// its size and count are src's, which a home computed.
+func (m *mtree) graft(op Op, src *Entry) error {
+	parts, err := SplitPath(op.Path)
+	if err != nil {
+		return err
+	}
+	dir, err := m.parent(parts, op.Entry)
+	if err != nil {
+		return err
+	}
+	e := op.Entry
+	e.Name = parts[len(parts)-1]
+	if src == nil {
+		e.Digest, e.Size, e.Count = cas.Digest{}, 0, 0
+		dir.put(e, m.empty())
+		return nil
+	}
+	e.Digest, e.Size, e.Count = src.Digest, src.Size, src.Count
+	dir.put(e, nil) // no loaded child: the subtree stays as it is
+	return nil
+}
+
 // touch marks every directory along parts dirty.
 func (m *mtree) touch(parts []string) error {
 	cur := m
@@ -331,12 +454,17 @@ type Applied struct {
 	Size, Count int64
 	Evicted     int          // files evicted to stay within quota
 	Trees       []cas.Digest // tree objects the new root added
+	// Stale counts the grafts whose From the head no longer held as the
+	// commit's base did: renames that raced another commit (see Commit).
+	Stale int
 }
 
 // Apply applies c on top of the tree at root in s and enforces quota: if the
 // result is larger, the files the commit did not touch are evicted, least
 // recent first by recency (nil: by mtime). load makes a tree object present
-// in s before it is read.
+// in s before it is read. A graft copies the directory the tree at root
+// holds at its From; a tree object the commit names is never read (see
+// Commit).
 func Apply(s *cas.Store, load func(cas.Digest) error, root cas.Digest, c *Commit, quota int64, recency func(Entry) int64) (Applied, error) {
 	var res Applied
 	if err := c.Validate(); err != nil {
@@ -349,9 +477,21 @@ func Apply(s *cas.Store, load func(cas.Digest) error, root cas.Digest, c *Commit
 	if err != nil {
 		return res, err
 	}
+	srcs, err := m.graftSources(c.Ops)
+	if err != nil {
+		return res, err
+	}
 	touched := make(map[string]bool, len(c.Ops))
-	for _, op := range c.Ops {
-		if err := m.apply(op); err != nil {
+	for i, op := range c.Ops {
+		if op.Kind == OpGraft {
+			if src := srcs[i]; src == nil || src.Digest != op.Entry.Digest {
+				res.Stale++
+			}
+			err = m.graft(op, srcs[i])
+		} else {
+			err = m.apply(op)
+		}
+		if err != nil {
 			return res, fmt.Errorf("apply %q: %w", op.Path, err)
 		}
 		touched[op.Path] = true
