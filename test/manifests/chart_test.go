@@ -459,3 +459,26 @@ func TestHelmVersionAgrees(t *testing.T) {
 		t.Errorf(".ci/run installs helm %q, test/e2e-k8s/env.sh builds %q", ciV, envV)
 	}
 }
+
+// TestLicense: the repository carries the full Apache License 2.0, as the
+// Kubernetes CSI projects do, and the chart says so.
+func TestLicense(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(repoRoot, "LICENSE"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	for _, want := range []string{"Apache License", "Version 2.0, January 2004", "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION",
+		"9. Accepting Warranty or Additional Liability.", "END OF TERMS AND CONDITIONS", "APPENDIX: How to apply the Apache License to your work."} {
+		if !strings.Contains(text, want) {
+			t.Errorf("LICENSE lacks %q: not the full Apache License 2.0", want)
+		}
+	}
+	chart, err := os.ReadFile(filepath.Join(repoRoot, chartDir, "Chart.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(chart), "artifacthub.io/license: Apache-2.0") {
+		t.Error("Chart.yaml does not name its license")
+	}
+}
