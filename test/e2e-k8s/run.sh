@@ -177,13 +177,24 @@ done
 # schedules nowhere on a cluster whose only node is a member.
 clients=$($K -n cachegroup-system get ds/cachegroup-client -o jsonpath='{.status.desiredNumberScheduled}')
 [ "$clients" = 0 ] || fail "the client DaemonSet wants $clients pods on a cluster of members only"
+# An upgrade keeps the peer secret the chart made at install (lookup), and
+# so the running members.
+peer=$($K -n cachegroup-system get secret cachegroup-peer -o jsonpath='{.data.secret}')
+[ "${#peer}" -ge 32 ] || fail "helm install made no peer secret"
+gen=$($K -n cachegroup-system get ds/cachegroup-member -o jsonpath='{.metadata.generation}')
+$HELM upgrade cachegroup "$REPO/deploy/helm/cachegroup" --kubeconfig "$KUBECONFIG_ADMIN" \
+	--namespace cachegroup-system -f "$E2E_DIR/values.yaml" >/dev/null
+[ "$($K -n cachegroup-system get secret cachegroup-peer -o jsonpath='{.data.secret}')" = "$peer" ] ||
+	fail "helm upgrade replaced the peer secret"
+[ "$($K -n cachegroup-system get ds/cachegroup-member -o jsonpath='{.metadata.generation}')" = "$gen" ] ||
+	fail "helm upgrade with the same values changed the members' DaemonSet"
 # The kustomize manifests, generated from the chart, build with kubectl's
 # kustomize as users apply them.
 for k in deploy/kubernetes/base deploy/kubernetes/classes deploy/kubernetes/overlays/example; do
 	$KBIN/kubectl kustomize "$REPO/$k" >"$E2E_WORK/kustomize-$(basename "$k").yaml" || fail "kubectl kustomize $k"
 done
 grep -q 'value: 150Gi' "$E2E_WORK/kustomize-example.yaml" || fail "the example overlay does not size the members"
-pass "install: helm install of deploy/helm/cachegroup (test/e2e-k8s/values.yaml); member node plugin Ready (CSI Probe through the liveness-probe sidecar), registered with the kubelet (CSINode), controller Ready; no client-only pod on a member node; deploy/kubernetes base, classes and example overlay build with kubectl kustomize"
+pass "install: helm install of deploy/helm/cachegroup (test/e2e-k8s/values.yaml); member node plugin Ready (CSI Probe through the liveness-probe sidecar), registered with the kubelet (CSINode), controller Ready; no client-only pod on a member node; helm upgrade keeps the generated peer secret and the members; deploy/kubernetes base, classes and example overlay build with kubectl kustomize"
 
 phase scenarios
 . "$HERE/scenarios.sh"
