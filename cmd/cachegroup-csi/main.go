@@ -16,7 +16,7 @@ import (
 	"github.com/cachegroup/cachegroup/pkg/driver"
 )
 
-// sizeFlag is a byte count written like a Kubernetes quantity (20Gi).
+// sizeFlag is a byte count written as a Kubernetes quantity (20Gi, 1.5Gi).
 type sizeFlag struct{ v *int64 }
 
 func (s sizeFlag) String() string {
@@ -42,7 +42,9 @@ func main() {
 		mode     string
 		endpoint string
 		members  string
+		version  bool
 	)
+	flag.BoolVar(&version, "version", false, "print the driver's version and exit")
 	flag.StringVar(&mode, "mode", "all", "services to serve: node, controller or all")
 	flag.StringVar(&endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint")
 	flag.StringVar(&cfg.Member.NodeID, "node-id", host, "this node's name: the member's identity")
@@ -66,6 +68,10 @@ func main() {
 	flag.StringVar(&cfg.Member.MetricsAddress, "metrics-address", "", "HOST:PORT to serve Prometheus metrics on, e.g. :9808")
 	klog.InitFlags(nil)
 	flag.Parse()
+	if version {
+		fmt.Println("cachegroup-csi", driver.Version)
+		return
+	}
 
 	cfg.Mode = driver.Mode(mode)
 	if members != "" {

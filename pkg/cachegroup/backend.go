@@ -14,7 +14,11 @@ var _ wire.Backend = (*Member)(nil)
 
 // Health is what the member says of itself to its peers.
 func (m *Member) Health() wire.Health {
-	return wire.Health{Name: m.cfg.NodeID, Group: m.group.Name(), Weight: m.group.Weight()}
+	h := wire.Health{Name: m.cfg.NodeID, Group: m.group.Name(), Weight: m.group.Weight()}
+	if !m.cfg.ClientOnly {
+		h.Capacity = m.store.Capacity()
+	}
+	return h
 }
 
 // MayServe says whether this member may serve blob d, and as what: as its

@@ -282,14 +282,15 @@ func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (
 	return resp, nil
 }
 
-// GetCapacity returns how many more bytes the local store may take.
-func (d *Driver) GetCapacity(_ context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
+// GetCapacity returns how many more bytes of data the group may take, in
+// every mode: the controller holds no data, so it asks the members.
+func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
 	if caps := req.GetVolumeCapabilities(); len(caps) > 0 {
 		if err := validateCapabilities(caps); err != nil {
 			return &csi.GetCapacityResponse{}, nil // nothing of an unsupported kind fits
 		}
 	}
-	return &csi.GetCapacityResponse{AvailableCapacity: d.member.Store().Capacity()}, nil
+	return &csi.GetCapacityResponse{AvailableCapacity: d.group.Capacity(ctx)}, nil
 }
 
 // ControllerExpandVolume raises a volume's quota; nothing on the node changes.

@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/api/resource"
+
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
 )
 
@@ -160,25 +162,28 @@ func validGroupName(s string) error {
 	return nil
 }
 
-// ParseSize parses a byte count with an optional binary or decimal suffix
-// (Ki, Mi, Gi, Ti, k, M, G, T), as Kubernetes quantities are written.
+// maxSizeQuantity bounds a size well inside int64 (4 EiB), so that sums of
+// sizes do not overflow.
+var maxSizeQuantity = *resource.NewQuantity(1<<62, resource.BinarySI)
+
+// ParseSize parses a byte count written as a Kubernetes quantity (100Gi, 1.5Gi,
+// 2M, 512, 1e9): the same syntax as a claim's storage request. It must be a
+// whole, non-negative number of bytes.
 func ParseSize(s string) (int64, error) {
-	units := []struct {
-		suffix string
-		mult   int64
-	}{{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"Ti", 1 << 40},
-		{"k", 1e3}, {"M", 1e6}, {"G", 1e9}, {"T", 1e12}}
-	mult := int64(1)
-	num := s
-	for _, u := range units {
-		if strings.HasSuffix(s, u.suffix) {
-			mult, num = u.mult, strings.TrimSuffix(s, u.suffix)
-			break
-		}
+	// ParseQuantity takes a bare suffix ("Gi") as zero: a size starts with a digit.
+	if s == "" || (s[0] < '0' || s[0] > '9') && s[0] != '.' {
+		return 0, fmt.Errorf("size %q: want a number of bytes, e.g. 10Gi or 1.5Gi", s)
 	}
-	v, err := strconv.ParseInt(num, 10, 64)
-	if err != nil || v < 0 || v > (1<<62)/mult {
-		return 0, fmt.Errorf("size %q: want a non-negative whole number with an optional suffix Ki, Mi, Gi, Ti", s)
+	q, err := resource.ParseQuantity(s)
+	if err != nil {
+		return 0, fmt.Errorf("size %q: %w", s, err)
 	}
-	return v * mult, nil
+	if q.Cmp(maxSizeQuantity) > 0 {
+		return 0, fmt.Errorf("size %q is over the 4 EiB a size may be", s)
+	}
+	v := q.Value() // rounded up to a whole byte
+	if q.Cmp(*resource.NewQuantity(v, q.Format)) != 0 {
+		return 0, fmt.Errorf("size %q is not a whole number of bytes", s)
+	}
+	return v, nil
 }

@@ -62,12 +62,13 @@ func TestParseOptionsErrorsNameTheOption(t *testing.T) {
 }
 
 func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{"0": 0, "512": 512, "10Gi": 10 << 30, "2M": 2e6, "1Ti": 1 << 40} {
+	for in, want := range map[string]int64{"0": 0, "512": 512, "10Gi": 10 << 30, "2M": 2e6, "1Ti": 1 << 40,
+		"1.5Gi": 3 << 29, "0.5Ki": 512, "1e3": 1000, "2G": 2e9, "4096k": 4096e3} {
 		if got, err := ParseSize(in); err != nil || got != want {
 			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
-	for _, bad := range []string{"", "-1", "1.5Gi", "Gi", "99999999999Ti"} {
+	for _, bad := range []string{"", "-1", "-1Gi", "1.5", "100m", "Gi", "ten", "99999999999Ti", "8Ei", "1 Gi"} {
 		if _, err := ParseSize(bad); err == nil {
 			t.Errorf("ParseSize(%q): no error", bad)
 		}

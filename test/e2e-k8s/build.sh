@@ -4,6 +4,7 @@
 #     kubectl) at $KUBE_VERSION;
 #   - the CSI sidecars the proxy serves: csi-provisioner, csi-snapshotter and
 #     snapshot-controller, csi-resizer;
+#   - helm at $HELM_VERSION, which installs the driver's chart;
 # each into $E2E_CACHE (kept between runs on one machine; a build is redone only
 # when its recipe changes). Also builds, every run, into $E2E_WORK/bin the
 # stand-ins for the sidecars the proxy refuses (node-driver-registrar,
@@ -81,6 +82,7 @@ sidecar() {
 }
 build_provisioner() { sidecar github.com/kubernetes-csi/external-provisioner/v6 "$PROVISIONER_VERSION" csi-provisioner; }
 build_snapshotter() { sidecar github.com/kubernetes-csi/external-snapshotter/v8 "$SNAPSHOTTER_VERSION" csi-snapshotter snapshot-controller; }
+build_helm() { GOBIN=$PWD/bin timed go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"; }
 build_resizer() { sidecar github.com/kubernetes-csi/external-resizer/v2 "$RESIZER_VERSION" csi-resizer; }
 
 # The recipe of a cached build: what it is built from. Bump RECIPE when changing
@@ -93,6 +95,7 @@ cached "kubernetes-v$KUBE_VERSION" "$(recipe "$KUBE_VERSION" "$KUBE_COMMANDS")" 
 cached "csi-provisioner-$PROVISIONER_VERSION" "$(recipe "$PROVISIONER_VERSION")" build_provisioner
 cached "csi-snapshotter-$SNAPSHOTTER_VERSION" "$(recipe "$SNAPSHOTTER_VERSION")" build_snapshotter
 cached "csi-resizer-$RESIZER_VERSION" "$(recipe "$RESIZER_VERSION")" build_resizer
+cached "helm-$HELM_VERSION" "$(recipe "$HELM_VERSION")" build_helm
 
 # Every run: the stand-ins (the driver is built by images.sh, as its image).
 log "building: stand-ins"

@@ -17,6 +17,8 @@ KUBE_COMMANDS="kube-apiserver kube-controller-manager kube-scheduler kubelet kub
 PROVISIONER_VERSION=${PROVISIONER_VERSION:-v6.3.0}
 SNAPSHOTTER_VERSION=${SNAPSHOTTER_VERSION:-v8.7.0}
 RESIZER_VERSION=${RESIZER_VERSION:-v2.3.0}
+# Installs the chart; the same version as .ci/run installs for test/manifests.
+HELM_VERSION=${HELM_VERSION:-v3.19.5}
 
 # The cluster runs in a network namespace of its own: every process of it, and
 # so every pod on the host network, and every address it uses, is in there. The
@@ -38,6 +40,8 @@ IN_NS="nsenter --net=/run/netns/$NETNS"
 KBIN=$E2E_CACHE/kubernetes-v$KUBE_VERSION/bin
 KUBECONFIG_ADMIN=$E2E_WORK/pki/admin.kubeconfig
 K="$IN_NS $KBIN/kubectl --kubeconfig=$KUBECONFIG_ADMIN"
+# helm, in the cluster's network namespace (it reaches the API server there).
+HELM="$IN_NS $E2E_CACHE/helm-$HELM_VERSION/bin/helm"
 CTR="timeout 120 ctr -a $E2E_WORK/containerd/containerd.sock -n k8s.io"
 
 log() { echo "[e2e-k8s $(date +%H:%M:%S)] $*"; }

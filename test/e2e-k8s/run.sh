@@ -1,8 +1,8 @@
 #!/bin/bash
 # The end-to-end test on a real single-node Kubernetes (make e2e-k8s): builds
 # (or takes from $E2E_CACHE) Kubernetes and the CSI sidecars, brings the cluster
-# up, installs the driver through deploy/kubernetes (test/e2e-k8s/overlay swaps
-# only images and paths), runs every scenario, and tears everything down; on a
+# up, installs the driver through the Helm chart deploy/helm/cachegroup
+# (test/e2e-k8s/values.yaml swaps only images and paths), runs every scenario, and tears everything down; on a
 # failure it prints the logs first. Each phase's time is printed and appended to
 # $E2E_CACHE/timings.log. With E2E_KEEP=1, a failed run leaves the cluster up
 # for inspection (then: bash test/e2e-k8s/cluster.sh down).
@@ -160,12 +160,12 @@ patches:
 EOF
 $K apply -k "$sc" >/dev/null
 
-# The driver, as the README installs it: namespace and peer Secret, then kustomize.
-$K apply -f "$REPO/deploy/kubernetes/base/namespace.yaml" >/dev/null
-$K -n cachegroup-system create secret generic cachegroup-peer \
-	--from-literal=secret="$(head -c 32 /dev/urandom | base64)" >/dev/null
-$K apply -k "$E2E_DIR/overlay" >/dev/null
-$K -n cachegroup-system rollout status ds/cachegroup-node --timeout=180s
+# The driver, as the README installs it: the member node labelled, then the
+# chart (its peer Secret made at install).
+$K label node "$NODE" cachegroup.io/member=true >/dev/null
+$HELM install cachegroup "$REPO/deploy/helm/cachegroup" --kubeconfig "$KUBECONFIG_ADMIN" \
+	--namespace cachegroup-system --create-namespace -f "$E2E_DIR/values.yaml" --wait=false >/dev/null
+$K -n cachegroup-system rollout status ds/cachegroup-member --timeout=180s
 $K -n cachegroup-system rollout status deploy/cachegroup-controller --timeout=180s
 $K -n kube-system rollout status deploy/snapshot-controller --timeout=180s
 for i in $(seq 1 60); do
@@ -173,7 +173,28 @@ for i in $(seq 1 60); do
 	[ "$i" = 60 ] && fail "the kubelet did not register cachegroup.csi.dev (CSINode)"
 	sleep 1
 done
-pass "install: kubectl apply -k of deploy/kubernetes (through the test overlay); node plugin Ready (CSI Probe through the liveness-probe sidecar), registered with the kubelet (CSINode), controller Ready"
+# The member node is a member, not also a client: the client DaemonSet
+# schedules nowhere on a cluster whose only node is a member.
+clients=$($K -n cachegroup-system get ds/cachegroup-client -o jsonpath='{.status.desiredNumberScheduled}')
+[ "$clients" = 0 ] || fail "the client DaemonSet wants $clients pods on a cluster of members only"
+# An upgrade keeps the peer secret the chart made at install (lookup), and
+# so the running members.
+peer=$($K -n cachegroup-system get secret cachegroup-peer -o jsonpath='{.data.secret}')
+[ "${#peer}" -ge 32 ] || fail "helm install made no peer secret"
+gen=$($K -n cachegroup-system get ds/cachegroup-member -o jsonpath='{.metadata.generation}')
+$HELM upgrade cachegroup "$REPO/deploy/helm/cachegroup" --kubeconfig "$KUBECONFIG_ADMIN" \
+	--namespace cachegroup-system -f "$E2E_DIR/values.yaml" >/dev/null
+[ "$($K -n cachegroup-system get secret cachegroup-peer -o jsonpath='{.data.secret}')" = "$peer" ] ||
+	fail "helm upgrade replaced the peer secret"
+[ "$($K -n cachegroup-system get ds/cachegroup-member -o jsonpath='{.metadata.generation}')" = "$gen" ] ||
+	fail "helm upgrade with the same values changed the members' DaemonSet"
+# The kustomize manifests, generated from the chart, build with kubectl's
+# kustomize as users apply them.
+for k in deploy/kubernetes/base deploy/kubernetes/classes deploy/kubernetes/overlays/example; do
+	$KBIN/kubectl kustomize "$REPO/$k" >"$E2E_WORK/kustomize-$(basename "$k").yaml" || fail "kubectl kustomize $k"
+done
+grep -q 'value: 150Gi' "$E2E_WORK/kustomize-example.yaml" || fail "the example overlay does not size the members"
+pass "install: helm install of deploy/helm/cachegroup (test/e2e-k8s/values.yaml); member node plugin Ready (CSI Probe through the liveness-probe sidecar), registered with the kubelet (CSINode), controller Ready; no client-only pod on a member node; helm upgrade keeps the generated peer secret and the members; deploy/kubernetes base, classes and example overlay build with kubectl kustomize"
 
 phase scenarios
 . "$HERE/scenarios.sh"

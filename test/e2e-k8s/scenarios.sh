@@ -324,11 +324,11 @@ pass "deleting a claim (reclaimPolicy Delete) deletes its PV and the volume: its
 # files stay readable throughout, and its writes are committed through the new
 # plugin when it ends.
 start_pod e2e-jenkins long-build "$(pvc_vol maven-cache)" /root/.m2/repository false "$MAVEN_CHECK"
-old=$($K -n cachegroup-system get pods -l app.kubernetes.io/component=node -o jsonpath='{.items[0].metadata.name}')
+old=$($K -n cachegroup-system get pods -l cachegroup.io/role=member -o jsonpath='{.items[0].metadata.name}')
 $K -n cachegroup-system delete pod "$old" --timeout=120s >/dev/null
 $K -n e2e-jenkins exec long-build -- sh -ec "$MAVEN_CHECK" || fail "the pod's files are not readable while the node plugin is down"
-$K -n cachegroup-system rollout status ds/cachegroup-node --timeout=180s >/dev/null
-new=$($K -n cachegroup-system get pods -l app.kubernetes.io/component=node -o jsonpath='{.items[0].metadata.name}')
+$K -n cachegroup-system rollout status ds/cachegroup-member --timeout=180s >/dev/null
+new=$($K -n cachegroup-system get pods -l cachegroup.io/role=member -o jsonpath='{.items[0].metadata.name}')
 [ "$new" != "$old" ] || fail "the node plugin pod was not replaced"
 $K -n e2e-jenkins exec long-build -- sh -ec "$MAVEN_CHECK
 echo after-restart > /root/.m2/repository/after-restart.txt" || fail "the pod's files are not readable after the node plugin restarted"

@@ -12,6 +12,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	schedulingv1 "k8s.io/api/scheduling/v1"
 	storagev1 "k8s.io/api/storage/v1"
@@ -75,7 +76,7 @@ type Kustomization struct {
 var scheme = func() *runtime.Scheme {
 	s := runtime.NewScheme()
 	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, appsv1.AddToScheme, rbacv1.AddToScheme,
-		storagev1.AddToScheme, schedulingv1.AddToScheme, discoveryv1.AddToScheme} {
+		storagev1.AddToScheme, schedulingv1.AddToScheme, discoveryv1.AddToScheme, policyv1.AddToScheme} {
 		if err := add(s); err != nil {
 			panic(err)
 		}
@@ -132,6 +133,12 @@ func decodeStrict(doc []byte) (schema.GroupVersionKind, metav1.Object, error) {
 		obj = &VolumeSnapshotClass{}
 	case schema.GroupVersionKind{Group: "snapshot.storage.k8s.io", Version: "v1", Kind: "VolumeSnapshot"}:
 		obj = &VolumeSnapshot{}
+	case schema.GroupVersionKind{Group: "monitoring.coreos.com", Version: "v1", Kind: "ServiceMonitor"}:
+		obj = &ServiceMonitor{}
+	case schema.GroupVersionKind{Group: "monitoring.coreos.com", Version: "v1", Kind: "PrometheusRule"}:
+		obj = &PrometheusRule{}
+	case schema.GroupVersionKind{Group: "cert-manager.io", Version: "v1", Kind: "Certificate"}:
+		obj = &Certificate{}
 	default:
 		ro, err := scheme.New(gvk)
 		if err != nil {
@@ -214,7 +221,7 @@ func loadKustomize(t *testing.T, dir string) []object {
 func namespaced(kind string) bool {
 	switch kind {
 	case "Namespace", "CSIDriver", "StorageClass", "PriorityClass", "ClusterRole", "ClusterRoleBinding",
-		"VolumeSnapshotClass", "PersistentVolume":
+		"VolumeSnapshotClass", "PersistentVolume", "CustomResourceDefinition":
 		return false
 	}
 	return true

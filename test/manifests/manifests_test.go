@@ -1,4 +1,6 @@
-// Package manifests tests deploy/kubernetes and the real-cluster test's overlay:
+// Package manifests tests the Helm chart deploy/helm/cachegroup, rendered
+// with its defaults and several value sets (the real-cluster test's among
+// them), and deploy/kubernetes, the kustomize manifests generated from it:
 // every YAML decodes strictly into typed Kubernetes objects, and the objects
 // agree with each other and with the driver binary (driver name, socket paths,
 // service accounts, RBAC, flags, mount options, images).
@@ -41,19 +43,57 @@ const (
 	driverContainer = "cachegroup"
 )
 
-func base(t *testing.T) index {
+// The node plugins' DaemonSets and the role each has.
+const (
+	memberDaemonSetName = "cachegroup-member"
+	clientDaemonSetName = "cachegroup-client"
+	systemNamespace     = "cachegroup-system"
+)
+
+// memberDaemonSet returns the members' DaemonSet.
+func memberDaemonSet(t *testing.T, ix index) *appsv1.DaemonSet {
 	t.Helper()
-	return newIndex(t, loadKustomize(t, baseDir))
+	o, ok := ix.get("DaemonSet", systemNamespace, memberDaemonSetName)
+	if !ok {
+		t.Fatalf("no DaemonSet %s", memberDaemonSetName)
+	}
+	return o.obj.(*appsv1.DaemonSet)
 }
 
-func classes(t *testing.T) index {
-	t.Helper()
-	return newIndex(t, loadKustomize(t, classesDir))
+// clientDaemonSet returns the client-only node plugins' DaemonSet, or nil.
+func clientDaemonSet(ix index) *appsv1.DaemonSet {
+	if o, ok := ix.get("DaemonSet", systemNamespace, clientDaemonSetName); ok {
+		return o.obj.(*appsv1.DaemonSet)
+	}
+	return nil
 }
 
-func nodeDaemonSet(t *testing.T, ix index) *appsv1.DaemonSet {
+// nodeDaemonSets returns every node plugin DaemonSet: the members', and the
+// clients' if there is one. There is no other DaemonSet.
+func nodeDaemonSets(t *testing.T, ix index) []*appsv1.DaemonSet {
 	t.Helper()
-	return ix.mustOne(t, "DaemonSet").obj.(*appsv1.DaemonSet)
+	out := []*appsv1.DaemonSet{memberDaemonSet(t, ix)}
+	if c := clientDaemonSet(ix); c != nil {
+		out = append(out, c)
+	}
+	if n := len(ix.all("DaemonSet")); n != len(out) {
+		t.Errorf("%d DaemonSets, want the members' and the clients' only", n)
+	}
+	return out
+}
+
+// isClient says whether a node plugin DaemonSet is the client-only one.
+func isClient(ds *appsv1.DaemonSet) bool { return ds.Name == clientDaemonSetName }
+
+// podSpecs returns the pod specs of every node plugin DaemonSet and the
+// controller.
+func podSpecs(t *testing.T, ix index) []*corev1.PodSpec {
+	t.Helper()
+	var out []*corev1.PodSpec
+	for _, ds := range nodeDaemonSets(t, ix) {
+		out = append(out, &ds.Spec.Template.Spec)
+	}
+	return append(out, &controllerDeployment(t, ix).Spec.Template.Spec)
 }
 
 func controllerDeployment(t *testing.T, ix index) *appsv1.Deployment {
@@ -157,6 +197,8 @@ func TestEveryYAMLDecodesStrictly(t *testing.T) {
 			loadKustomization(t, filepath.Dir(f))
 		case patches[f]:
 			checkPatchFile(t, f)
+		case filepath.Base(f) == "values.yaml":
+			// Helm values (the chart renders them in TestChart*).
 		default:
 			n += len(loadFile(t, f))
 		}
@@ -319,8 +361,10 @@ func TestKustomizationsReferenceWhatExists(t *testing.T) {
 	}
 }
 
-func TestCSIDriver(t *testing.T) {
-	ix := base(t)
+func TestCSIDriver(t *testing.T) { forEachInstall(t, checkCSIDriver) }
+
+func checkCSIDriver(t *testing.T, in install) {
+	ix := in.ix
 	o := ix.mustOne(t, "CSIDriver")
 	d := o.obj.(*storagev1.CSIDriver)
 	if d.Name != driverName {
@@ -342,8 +386,10 @@ func TestCSIDriver(t *testing.T) {
 	}
 }
 
-func TestDriverNameAgreesEverywhere(t *testing.T) {
-	ix, cl := base(t), classes(t)
+func TestDriverNameAgreesEverywhere(t *testing.T) { forEachInstall(t, checkDriverName) }
+
+func checkDriverName(t *testing.T, in install) {
+	ix, cl := in.ix, in.ix
 	for _, o := range cl.all("StorageClass") {
 		if p := o.obj.(*storagev1.StorageClass).Provisioner; p != driverName {
 			t.Errorf("%v: provisioner %q, want %q", o, p, driverName)
@@ -354,8 +400,7 @@ func TestDriverNameAgreesEverywhere(t *testing.T) {
 			t.Errorf("%v: driver %q, want %q", o, d, driverName)
 		}
 	}
-	ds, dep := nodeDaemonSet(t, ix), controllerDeployment(t, ix)
-	for _, spec := range []*corev1.PodSpec{&ds.Spec.Template.Spec, &dep.Spec.Template.Spec} {
+	for _, spec := range podSpecs(t, ix) {
 		if n := mustArg(t, container(t, spec, driverContainer), "driver-name"); n != driverName {
 			t.Errorf("--driver-name=%s, want %s", n, driverName)
 		}
@@ -379,7 +424,11 @@ func TestDriverNameAgreesEverywhere(t *testing.T) {
 // plugins/<driver> directory, and the registration socket lands in the
 // kubelet's plugins_registry.
 func TestNodeSocketPaths(t *testing.T) {
-	checkNodeSocketPaths(t, nodeDaemonSet(t, base(t)), "/var/lib/kubelet")
+	forEachInstall(t, func(t *testing.T, in install) {
+		for _, ds := range nodeDaemonSets(t, in.ix) {
+			t.Run(ds.Name, func(t *testing.T) { checkNodeSocketPaths(t, ds, in.kubeletDir) })
+		}
+	})
 }
 
 func checkNodeSocketPaths(t *testing.T, ds *appsv1.DaemonSet, kubeletDir string) {
@@ -436,8 +485,10 @@ func mustMount(t *testing.T, c *corev1.Container, p string) corev1.VolumeMount {
 	return m
 }
 
-func TestControllerSocketPaths(t *testing.T) {
-	dep := controllerDeployment(t, base(t))
+func TestControllerSocketPaths(t *testing.T) { forEachInstall(t, checkControllerSocketPaths) }
+
+func checkControllerSocketPaths(t *testing.T, in install) {
+	dep := controllerDeployment(t, in.ix)
 	spec := &dep.Spec.Template.Spec
 	drv := container(t, spec, driverContainer)
 	sock := socketOf(t, mustArg(t, drv, "endpoint"))
@@ -457,9 +508,19 @@ func TestControllerSocketPaths(t *testing.T) {
 	}
 }
 
+// TestNodePlugin: members and clients run on the host network as their node,
+// members keep their store on a cache disk that must exist and serve peers;
+// clients are --client-only, serve no peers, and make their store directory.
 func TestNodePlugin(t *testing.T) {
-	ix := base(t)
-	ds := nodeDaemonSet(t, ix)
+	forEachInstall(t, func(t *testing.T, in install) {
+		for _, ds := range nodeDaemonSets(t, in.ix) {
+			t.Run(ds.Name, func(t *testing.T) { checkNodePlugin(t, in, ds) })
+		}
+	})
+}
+
+func checkNodePlugin(t *testing.T, in install, ds *appsv1.DaemonSet) {
+	ix := in.ix
 	spec := &ds.Spec.Template.Spec
 	drv := container(t, spec, driverContainer)
 	if !spec.HostNetwork {
@@ -477,14 +538,36 @@ func TestNodePlugin(t *testing.T) {
 		t.Error("NODE_NAME must come from spec.nodeName")
 	}
 	store := volume(t, spec, mustMount(t, drv, mustArg(t, drv, "store")).Name)
-	if store.HostPath == nil || store.HostPath.Type == nil || *store.HostPath.Type != corev1.HostPathDirectory {
-		t.Error("the store must be a hostPath of type Directory: the cache disk must exist")
+	_, clientOnly := arg(drv, "client-only")
+	hasPeerPort := slices.ContainsFunc(drv.Ports, func(p corev1.ContainerPort) bool { return p.Name == "peer" })
+	if isClient(ds) {
+		if !clientOnly {
+			t.Error("client node plugins must run --client-only: build nodes never own data")
+		}
+		if store.HostPath == nil || store.HostPath.Type == nil || *store.HostPath.Type != corev1.HostPathDirectoryOrCreate {
+			t.Error("a client's store must be a hostPath of type DirectoryOrCreate: its node has no cache disk, and its node tier must outlive the pod")
+		}
+		if hasPeerPort {
+			t.Error("client node plugins serve no peers, yet declare a peer port")
+		}
+		if spec.Affinity == nil || spec.Affinity.NodeAffinity == nil || spec.Affinity.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution == nil {
+			t.Error("client node plugins have no required node affinity: they must keep off member nodes")
+		}
+	} else {
+		if clientOnly {
+			t.Error("members must not run --client-only")
+		}
+		if store.HostPath == nil || store.HostPath.Type == nil || *store.HostPath.Type != corev1.HostPathDirectory {
+			t.Error("the store must be a hostPath of type Directory: the cache disk must exist")
+		}
+		if !hasPeerPort {
+			t.Error("driver container has no peer port")
+		}
 	}
-	if !slices.ContainsFunc(drv.Ports, func(p corev1.ContainerPort) bool { return p.Name == "peer" }) {
-		t.Error("driver container has no peer port")
-	}
-	if !slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Secret != nil && v.Secret.SecretName == "cachegroup-peer" }) {
-		t.Error("node plugin does not mount the peer secret")
+	for _, s := range []string{in.peerSecret, in.tlsSecret} {
+		if s != "" && !slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Secret != nil && v.Secret.SecretName == s }) {
+			t.Errorf("node plugin does not mount Secret %s", s)
+		}
 	}
 	if pc := spec.PriorityClassName; pc == "" {
 		t.Error("node plugin has no priority class")
@@ -499,6 +582,23 @@ func TestNodePlugin(t *testing.T) {
 	if !slices.ContainsFunc(spec.Tolerations, func(t corev1.Toleration) bool { return t.Operator == corev1.TolerationOpExists && t.Key == "" }) {
 		t.Error("node plugin must tolerate every taint: it must run wherever pods mount caches")
 	}
+	// Sizes: each a Kubernetes quantity the driver parses, through the
+	// environment variable its flag names.
+	for _, f := range []string{"cache-size", "free-floor"} {
+		v := mustArg(t, drv, f)
+		if name, ok := strings.CutPrefix(v, "$("); ok {
+			name = strings.TrimSuffix(name, ")")
+			i := slices.IndexFunc(drv.Env, func(e corev1.EnvVar) bool { return e.Name == name })
+			if i < 0 {
+				t.Errorf("--%s=%s: no such environment variable", f, v)
+				continue
+			}
+			v = drv.Env[i].Value
+		}
+		if _, err := driver.ParseSize(v); err != nil {
+			t.Errorf("--%s: %v", f, err)
+		}
+	}
 }
 
 // TestPortsDoNotCollide: node plugins share their host's network, and the
@@ -506,15 +606,24 @@ func TestNodePlugin(t *testing.T) {
 // a container declares and a sidecar of the same pod serves (healthz) is one
 // listener.
 func TestPortsDoNotCollide(t *testing.T) {
-	ix := base(t)
-	ds, dep := nodeDaemonSet(t, ix), controllerDeployment(t, ix)
+	forEachInstall(t, func(t *testing.T, in install) {
+		// A node runs a member or a client, never both; the controller may
+		// share either's host.
+		for _, ds := range nodeDaemonSets(t, in.ix) {
+			t.Run(ds.Name, func(t *testing.T) { checkPorts(t, ds, controllerDeployment(t, in.ix)) })
+		}
+	})
+}
+
+func checkPorts(t *testing.T, ds *appsv1.DaemonSet, dep *appsv1.Deployment) {
 	owner := map[int32]string{}
 	for _, spec := range []*corev1.PodSpec{&ds.Spec.Template.Spec, &dep.Spec.Template.Spec} {
 		pod := map[int32]string{}
 		for _, c := range spec.Containers {
 			served := map[int32]bool{}
 			for _, a := range []string{"health-port", "http-endpoint", "metrics-address", "peer-address"} {
-				if m, _ := arg(&c, "mode"); a == "peer-address" && m == "controller" {
+				_, clientOnly := arg(&c, "client-only")
+				if m, _ := arg(&c, "mode"); a == "peer-address" && (m == "controller" || clientOnly) {
 					continue // a client of the group: dials the port, serves none
 				}
 				if v, ok := arg(&c, a); ok {
@@ -570,17 +679,21 @@ func TestPortsDoNotCollide(t *testing.T) {
 	}
 }
 
-func TestMembersService(t *testing.T) {
-	ix := base(t)
-	ds := nodeDaemonSet(t, ix)
-	var svc *corev1.Service
-	for _, o := range ix.all("Service") {
-		if s := o.obj.(*corev1.Service); s.Spec.ClusterIP == corev1.ClusterIPNone {
-			svc = s
-		}
+func TestMembersService(t *testing.T) { forEachInstall(t, checkMembersService) }
+
+func checkMembersService(t *testing.T, in install) {
+	ix := in.ix
+	ds := memberDaemonSet(t, ix)
+	// The Service the members find each other through.
+	ms := strings.ReplaceAll(mustArg(t, container(t, &ds.Spec.Template.Spec, driverContainer), "members-service"), "$(POD_NAMESPACE)", ds.Namespace)
+	ns, name, _ := strings.Cut(ms, "/")
+	o, ok := ix.get("Service", ns, name)
+	if !ok {
+		t.Fatalf("no Service %s", ms)
 	}
-	if svc == nil {
-		t.Fatal("no headless Service over the node plugins")
+	svc := o.obj.(*corev1.Service)
+	if svc.Spec.ClusterIP != corev1.ClusterIPNone {
+		t.Errorf("members Service %s is not headless", ms)
 	}
 	if svc.Namespace != ds.Namespace {
 		t.Errorf("members Service in %s, node plugins in %s", svc.Namespace, ds.Namespace)
@@ -590,7 +703,16 @@ func TestMembersService(t *testing.T) {
 	}
 	for k, v := range svc.Spec.Selector {
 		if ds.Spec.Template.Labels[k] != v {
-			t.Errorf("members Service selects %s=%s, node plugin pods have %q", k, v, ds.Spec.Template.Labels[k])
+			t.Errorf("members Service selects %s=%s, member pods have %q", k, v, ds.Spec.Template.Labels[k])
+		}
+	}
+	if c := clientDaemonSet(ix); c != nil {
+		selects := true
+		for k, v := range svc.Spec.Selector {
+			selects = selects && c.Spec.Template.Labels[k] == v
+		}
+		if selects {
+			t.Error("members Service selects the client-only pods: clients must never be members")
 		}
 	}
 	drv := container(t, &ds.Spec.Template.Spec, driverContainer)
@@ -609,9 +731,11 @@ func TestMembersService(t *testing.T) {
 // TestMembershipWiring: the node plugins and the controller find the members
 // through the headless Service, dial the port the node plugins serve, and read
 // the peer secret from the Secret volume.
-func TestMembershipWiring(t *testing.T) {
-	ix := base(t)
-	ds, dep := nodeDaemonSet(t, ix), controllerDeployment(t, ix)
+func TestMembershipWiring(t *testing.T) { forEachInstall(t, checkMembershipWiring) }
+
+func checkMembershipWiring(t *testing.T, in install) {
+	ix := in.ix
+	ds, dep := memberDaemonSet(t, ix), controllerDeployment(t, ix)
 	nodeDrv := container(t, &ds.Spec.Template.Spec, driverContainer)
 	peerPort := ""
 	for _, p := range nodeDrv.Ports {
@@ -619,11 +743,16 @@ func TestMembershipWiring(t *testing.T) {
 			peerPort = strconv.Itoa(int(p.ContainerPort))
 		}
 	}
-	for _, w := range []struct {
+	type workload struct {
 		who  string
 		ns   string
 		spec *corev1.PodSpec
-	}{{"node plugin", ds.Namespace, &ds.Spec.Template.Spec}, {"controller", dep.Namespace, &dep.Spec.Template.Spec}} {
+	}
+	ws := []workload{{"member", ds.Namespace, &ds.Spec.Template.Spec}, {"controller", dep.Namespace, &dep.Spec.Template.Spec}}
+	if c := clientDaemonSet(ix); c != nil {
+		ws = append(ws, workload{"client", c.Namespace, &c.Spec.Template.Spec})
+	}
+	for _, w := range ws {
 		c := container(t, w.spec, driverContainer)
 		ms := mustArg(t, c, "members-service")
 		if strings.Contains(ms, "$(POD_NAMESPACE)") {
@@ -644,15 +773,13 @@ func TestMembershipWiring(t *testing.T) {
 		if _, port, _ := strings.Cut(pa, ":"); port != peerPort {
 			t.Errorf("%s: --peer-address=%s, the node plugins serve peers on port %s", w.who, pa, peerPort)
 		}
-		sf := mustArg(t, c, "peer-secret-file")
-		m := mustMount(t, c, sf)
-		v := volume(t, w.spec, m.Name)
-		if v.Secret == nil || v.Secret.SecretName != "cachegroup-peer" || path.Base(sf) != "secret" || path.Dir(sf) != m.MountPath {
-			t.Errorf("%s: --peer-secret-file=%s is not key \"secret\" of Secret cachegroup-peer", w.who, sf)
-		}
+		checkPeerCredentials(t, in, w.who, w.spec, c)
 		if r := mustArg(t, c, "replicas"); r != mustArg(t, nodeDrv, "replicas") {
 			t.Errorf("%s: --replicas=%s differs from the node plugins'", w.who, r)
 		}
+	}
+	if in.name != "kustomize" {
+		return
 	}
 	b, err := os.ReadFile(filepath.Join(repoRoot, baseDir, "kustomization.yaml"))
 	if err != nil {
@@ -661,6 +788,36 @@ func TestMembershipWiring(t *testing.T) {
 	if !strings.Contains(string(b), "create secret generic cachegroup-peer") || !strings.Contains(string(b), "--from-literal=secret=") {
 		t.Error("base/kustomization.yaml does not say how to create the peer Secret")
 	}
+}
+
+// checkPeerCredentials: the driver reads the peer secret from key "secret" of
+// the install's peer Secret, and with TLS its certificate, key and CA from
+// tls.crt, tls.key and ca.crt of the TLS Secret; nothing when the install
+// has neither.
+func checkPeerCredentials(t *testing.T, in install, who string, spec *corev1.PodSpec, c *corev1.Container) {
+	t.Helper()
+	file := func(flag, secret, key string) {
+		f, ok := arg(c, flag)
+		if secret == "" {
+			if ok {
+				t.Errorf("%s: --%s without a Secret for it", who, flag)
+			}
+			return
+		}
+		if !ok {
+			t.Errorf("%s: no --%s", who, flag)
+			return
+		}
+		m := mustMount(t, c, f)
+		v := volume(t, spec, m.Name)
+		if v.Secret == nil || v.Secret.SecretName != secret || path.Base(f) != key || path.Dir(f) != m.MountPath || !m.ReadOnly {
+			t.Errorf("%s: --%s=%s is not key %q of Secret %s, mounted read-only", who, flag, f, key, secret)
+		}
+	}
+	file("peer-secret-file", in.peerSecret, "secret")
+	file("peer-tls-cert", in.tlsSecret, "tls.crt")
+	file("peer-tls-key", in.tlsSecret, "tls.key")
+	file("peer-tls-ca", in.tlsSecret, "ca.crt")
 }
 
 // permission is one verb on one resource, in one namespace ("" for cluster
@@ -733,17 +890,15 @@ func perms(ns string, spec map[string]string) []permission {
 	return out
 }
 
-func TestServiceAccountsAndRoleRefsExist(t *testing.T) {
-	ix := base(t)
-	ds, dep := nodeDaemonSet(t, ix), controllerDeployment(t, ix)
-	for _, w := range []struct {
-		ns   string
-		spec *corev1.PodSpec
-	}{{ds.Namespace, &ds.Spec.Template.Spec}, {dep.Namespace, &dep.Spec.Template.Spec}} {
-		if w.spec.ServiceAccountName == "" {
+func TestServiceAccountsAndRoleRefsExist(t *testing.T) { forEachInstall(t, checkServiceAccounts) }
+
+func checkServiceAccounts(t *testing.T, in install) {
+	ix := in.ix
+	for _, spec := range podSpecs(t, ix) {
+		if spec.ServiceAccountName == "" {
 			t.Error("a workload runs as the default service account")
-		} else if _, ok := ix.get("ServiceAccount", w.ns, w.spec.ServiceAccountName); !ok {
-			t.Errorf("service account %s/%s does not exist", w.ns, w.spec.ServiceAccountName)
+		} else if _, ok := ix.get("ServiceAccount", systemNamespace, spec.ServiceAccountName); !ok {
+			t.Errorf("service account %s/%s does not exist", systemNamespace, spec.ServiceAccountName)
 		}
 	}
 	subjects := func(ss []rbacv1.Subject, where string) {
@@ -775,9 +930,14 @@ func TestServiceAccountsAndRoleRefsExist(t *testing.T) {
 // accounts may do what their containers need (from each sidecar's upstream RBAC,
 // less the features the driver does not have: attach, topology, capacity
 // objects, group snapshots, volume modification) and nothing else.
-func TestRBACCoversSidecarsAndNoMore(t *testing.T) {
-	ix := base(t)
-	ds, dep := nodeDaemonSet(t, ix), controllerDeployment(t, ix)
+func TestRBACCoversSidecarsAndNoMore(t *testing.T) { forEachInstall(t, checkRBAC) }
+
+func checkRBAC(t *testing.T, in install) {
+	ix := in.ix
+	dep := controllerDeployment(t, ix)
+	for _, ds := range nodeDaemonSets(t, ix) {
+		checkNodeRBAC(t, ix, ds)
+	}
 	cns := dep.Namespace
 	need := map[string][]permission{
 		"csi-provisioner": perms("", map[string]string{
@@ -825,20 +985,6 @@ func TestRBACCoversSidecarsAndNoMore(t *testing.T) {
 		}
 	}
 
-	nodeHave := granted(t, ix, ds.Namespace, ds.Spec.Template.Spec.ServiceAccountName)
-	nodeNeed := perms(ds.Namespace, map[string]string{"discovery.k8s.io/endpointslices": "get list watch"})
-	// Events on the claim and the pod whose writes were not committed.
-	nodeNeed = append(nodeNeed, perms("", map[string]string{"/persistentvolumes": "get", "/events": "create patch"})...)
-	for _, p := range nodeNeed {
-		if !allows(nodeHave, p) {
-			t.Errorf("node plugin needs %s %s/%s", p.verb, p.group, p.resource)
-		}
-	}
-	for _, p := range nodeHave {
-		if !slices.Contains(nodeNeed, p) {
-			t.Errorf("node plugin may %s %s/%s in %q, which it does not need", p.verb, p.group, p.resource, p.ns)
-		}
-	}
 	for _, kind := range []string{"Role", "ClusterRole"} {
 		for _, o := range ix.all(kind) {
 			var rules []rbacv1.PolicyRule
@@ -855,6 +1001,26 @@ func TestRBACCoversSidecarsAndNoMore(t *testing.T) {
 					t.Errorf("%v grants access to secrets", o)
 				}
 			}
+		}
+	}
+}
+
+// checkNodeRBAC: a node plugin (member or client) may read the members'
+// EndpointSlices, and PVs and make Events for pods' lost writes; no more.
+func checkNodeRBAC(t *testing.T, ix index, ds *appsv1.DaemonSet) {
+	t.Helper()
+	nodeHave := granted(t, ix, ds.Namespace, ds.Spec.Template.Spec.ServiceAccountName)
+	nodeNeed := perms(ds.Namespace, map[string]string{"discovery.k8s.io/endpointslices": "get list watch"})
+	// Events on the claim and the pod whose writes were not committed.
+	nodeNeed = append(nodeNeed, perms("", map[string]string{"/persistentvolumes": "get", "/events": "create patch"})...)
+	for _, p := range nodeNeed {
+		if !allows(nodeHave, p) {
+			t.Errorf("node plugin needs %s %s/%s", p.verb, p.group, p.resource)
+		}
+	}
+	for _, p := range nodeHave {
+		if !slices.Contains(nodeNeed, p) {
+			t.Errorf("%s may %s %s/%s in %q, which it does not need", ds.Name, p.verb, p.group, p.resource, p.ns)
 		}
 	}
 }
@@ -914,15 +1080,14 @@ var flagArg = regexp.MustCompile(`^--?([a-z0-9-]+)(=|$)`)
 // binary defines (an unknown flag is a crash loop).
 func TestDriverArgsAreFlagsOfTheBinary(t *testing.T) {
 	flags := driverFlags(t)
-	ix := base(t)
-	ds, dep := nodeDaemonSet(t, ix), controllerDeployment(t, ix)
-	specs := map[string]*corev1.PodSpec{"node": &ds.Spec.Template.Spec, "controller": &dep.Spec.Template.Spec}
-	overlay := filepath.Join(repoRoot, exampleDir, "node-sizing.yaml")
-	if b, err := os.ReadFile(overlay); err == nil {
-		var p appsv1.DaemonSet
-		if err := yaml.Unmarshal(b, &p); err == nil {
-			specs["example overlay"] = &p.Spec.Template.Spec
-		}
+	forEachInstall(t, func(t *testing.T, in install) { checkDriverArgs(t, in, flags) })
+}
+
+func checkDriverArgs(t *testing.T, in install, flags map[string]bool) {
+	ix := in.ix
+	specs := map[string]*corev1.PodSpec{"controller": &controllerDeployment(t, ix).Spec.Template.Spec}
+	for _, ds := range nodeDaemonSets(t, ix) {
+		specs[ds.Name] = &ds.Spec.Template.Spec
 	}
 	for who, spec := range specs {
 		c := container(t, spec, driverContainer)
@@ -940,18 +1105,32 @@ func TestDriverArgsAreFlagsOfTheBinary(t *testing.T) {
 		if mode := mustArg(t, c, "mode"); mode != "node" && mode != "controller" {
 			t.Errorf("%s: --mode=%s", who, mode)
 		}
+		// $(VAR) in an argument is expanded by the kubelet only if the
+		// container has VAR; otherwise the driver gets it verbatim.
+		for _, a := range c.Args {
+			for _, m := range envRef.FindAllStringSubmatch(a, -1) {
+				if !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == m[1] }) {
+					t.Errorf("%s: argument %q refers to $(%s), which the container does not have", who, a, m[1])
+				}
+			}
+		}
 	}
 }
+
+var envRef = regexp.MustCompile(`\$\(([A-Z_][A-Z0-9_]*)\)`)
 
 // TestGroupAndMountOptions parses every StorageClass's mount options and every
 // inline volume's attributes with the driver's own parser, and checks that the
 // group they name is the node plugins' group.
-func TestGroupAndMountOptions(t *testing.T) {
-	ix, cl := base(t), classes(t)
-	ds, dep := nodeDaemonSet(t, ix), controllerDeployment(t, ix)
-	group := mustArg(t, container(t, &ds.Spec.Template.Spec, driverContainer), "group")
-	if g := mustArg(t, container(t, &dep.Spec.Template.Spec, driverContainer), "group"); g != group {
-		t.Errorf("controller --group=%s, node plugins --group=%s", g, group)
+func TestGroupAndMountOptions(t *testing.T) { forEachInstall(t, checkGroupAndMountOptions) }
+
+func checkGroupAndMountOptions(t *testing.T, in install) {
+	ix, cl := in.ix, in.ix
+	group := mustArg(t, container(t, &memberDaemonSet(t, ix).Spec.Template.Spec, driverContainer), "group")
+	for _, spec := range podSpecs(t, ix) {
+		if g := mustArg(t, container(t, spec, driverContainer), "group"); g != group {
+			t.Errorf("--group=%s, the members' --group=%s", g, group)
+		}
 	}
 	scs := cl.all("StorageClass")
 	if len(scs) == 0 {
@@ -979,8 +1158,8 @@ func TestGroupAndMountOptions(t *testing.T) {
 	}
 	if sc, ok := cl.get("StorageClass", "", "cachegroup-ci"); !ok {
 		t.Error("no StorageClass cachegroup-ci")
-	} else if !slices.Equal(sc.obj.(*storagev1.StorageClass).MountOptions, []string{"cache-group=ci", "no-sharing"}) {
-		t.Errorf("cachegroup-ci mount options %v", sc.obj.(*storagev1.StorageClass).MountOptions)
+	} else if mo := sc.obj.(*storagev1.StorageClass).MountOptions; len(mo) < 2 || mo[0] != "cache-group="+group || mo[1] != "no-sharing" {
+		t.Errorf("cachegroup-ci mount options %v, want cache-group=%s, no-sharing first", mo, group)
 	}
 	for _, f := range yamlFiles(t, examples) {
 		for _, o := range loadFile(t, f) {
@@ -1012,10 +1191,16 @@ func TestGroupAndMountOptions(t *testing.T) {
 // TestImages: official sidecar images at pinned versions, the driver's image
 // at a pinned tag; nothing pulled at every start.
 func TestImages(t *testing.T) {
-	ix := base(t)
-	ds, dep := nodeDaemonSet(t, ix), controllerDeployment(t, ix)
+	forEachInstall(t, func(t *testing.T, in install) {
+		if !in.e2e {
+			checkImages(t, in)
+		}
+	})
+}
+
+func checkImages(t *testing.T, in install) {
 	pinned := regexp.MustCompile(`^[a-z0-9.-]+(/[a-z0-9._-]+)+:v\d+\.\d+\.\d+$`)
-	for _, spec := range []*corev1.PodSpec{&ds.Spec.Template.Spec, &dep.Spec.Template.Spec} {
+	for _, spec := range podSpecs(t, in.ix) {
 		for _, c := range spec.Containers {
 			if !pinned.MatchString(c.Image) {
 				t.Errorf("container %s: image %q is not pinned to a version", c.Name, c.Image)
@@ -1030,35 +1215,38 @@ func TestImages(t *testing.T) {
 	}
 }
 
-// TestE2EOverlayReplacesEveryImage: the real-cluster test runs only images it
-// built itself (nothing can be pulled where it runs).
-func TestE2EOverlayReplacesEveryImage(t *testing.T) {
-	ix := base(t)
-	k := loadKustomization(t, e2eDir+"/overlay")
-	swapped := map[string]bool{}
-	for _, im := range k.Images {
-		if !strings.HasPrefix(im.NewName, "localhost/") {
-			t.Errorf("e2e overlay maps %s to %s, not a local image", im.Name, im.NewName)
+// TestE2EValuesReplaceEveryImage: the real-cluster test runs only images it
+// built itself (nothing can be pulled where it runs), and keeps the kubelet
+// directory and the store below its own state directory.
+func TestE2EValuesReplaceEveryImage(t *testing.T) {
+	n := 0
+	forEachInstall(t, func(t *testing.T, in install) {
+		if !in.e2e {
+			return
 		}
-		swapped[im.Name] = true
-	}
-	ds, dep := nodeDaemonSet(t, ix), controllerDeployment(t, ix)
-	for _, spec := range []*corev1.PodSpec{&ds.Spec.Template.Spec, &dep.Spec.Template.Spec} {
-		for _, c := range spec.Containers {
-			name, _, _ := strings.Cut(c.Image, ":")
-			if !swapped[name] {
-				t.Errorf("e2e overlay does not replace image %s", name)
+		n++
+		for _, spec := range podSpecs(t, in.ix) {
+			for _, c := range spec.Containers {
+				if !strings.HasPrefix(c.Image, "localhost/cachegroup-e2e/") {
+					t.Errorf("container %s: image %s is not one the test builds", c.Name, c.Image)
+				}
 			}
 		}
-	}
-	if !slices.Contains(k.Resources, "../../../"+baseDir) {
-		t.Errorf("e2e overlay does not build on %s", baseDir)
+		drv := container(t, &memberDaemonSet(t, in.ix).Spec.Template.Spec, driverContainer)
+		for _, p := range []string{in.kubeletDir, hostPathOf(t, &memberDaemonSet(t, in.ix).Spec.Template.Spec, drv, mustArg(t, drv, "store"))} {
+			if !strings.HasPrefix(p, "/var/lib/cachegroup-e2e/") {
+				t.Errorf("the e2e install uses %s, outside the test's /var/lib/cachegroup-e2e", p)
+			}
+		}
+	})
+	if n != 1 {
+		t.Errorf("%d installs of the e2e values", n)
 	}
 }
 
 // TestExamples: the workload examples refer to classes and objects that exist.
 func TestExamples(t *testing.T) {
-	cl := classes(t)
+	cl := installs(t)[0].ix
 	snaps := map[string]bool{}
 	var all []object
 	for _, f := range yamlFiles(t, examples) {

@@ -23,6 +23,8 @@ type Health struct {
 	Name   string  `json:"name"`
 	Group  string  `json:"group"`
 	Weight float64 `json:"weight"`
+	// Capacity is how many more bytes its store may take (0 on a client).
+	Capacity int64 `json:"capacity,omitempty"`
 }
 
 // Backend is the member a Server serves.
