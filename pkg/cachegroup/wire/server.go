@@ -41,6 +41,8 @@ type Backend interface {
 	// those that do.
 	AddHolder(root cas.Digest, member string)
 	Holders(root cas.Digest) []string
+	// Admin answers an operator's tool (admin.go); nil: no admin routes.
+	Admin() Admin
 }
 
 // Server serves a member to its peers. Its bounds on what a request may
@@ -86,6 +88,7 @@ func (s *Server) Handler() http.Handler {
 	s.route(mux, "GET "+healthPath, func(*http.Request) (any, error) { return s.b.Health(), nil })
 	s.blobRoutes(mux)
 	s.homeRoutes(mux)
+	s.adminRoutes(mux, s.b.Admin())
 	return s.authenticate(mux)
 }
 

@@ -1,0 +1,31 @@
+package node
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Outbox returns how many ended layers wait in the outbox and when the
+// oldest of them was submitted (an entry is named after that time, see
+// Submit).
+func (n *Node) Outbox() (entries int, oldest time.Time) {
+	ents, err := os.ReadDir(filepath.Join(n.dir, "outbox"))
+	if err != nil {
+		return 0, time.Time{}
+	}
+	for _, e := range ents {
+		seq, _, _ := strings.Cut(e.Name(), "-")
+		ns, err := strconv.ParseInt(seq, 10, 64)
+		if err != nil {
+			continue
+		}
+		entries++
+		if t := time.Unix(0, ns); oldest.IsZero() || t.Before(oldest) {
+			oldest = t
+		}
+	}
+	return entries, oldest
+}
