@@ -134,7 +134,7 @@ func Open(cfg Config) (*Member, error) {
 		cfg.MemberGrace = DefaultMemberGrace
 	}
 	m.metrics = metrics.New(m.store)
-	m.metrics.SetBuildInfo(cmp.Or(cfg.Version, "dev"))
+	m.metrics.SetBuildInfo(cmp.Or(cfg.Version, "dev"), cfg.NodeID, cfg.Group)
 	m.group = group.New(group.Config{Name: cfg.Group, Member: cfg.NodeID, Home: m.home, Store: m.store,
 		Replicas: cfg.Replicas, Metrics: m.metrics, ClientOnly: cfg.ClientOnly, Grace: max(cfg.MemberGrace, 0)})
 	m.group.SetWeight(cfg.Weight)

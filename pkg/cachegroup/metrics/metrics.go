@@ -107,6 +107,23 @@ func New(s Store) *Set {
 		f(c)
 	}
 	f(nodeTier{m.FetchBlobs})
+	// Every series a dashboard or an alert reads exists from the start, at
+	// zero, so that rates and increases see the first event.
+	for _, src := range []string{"local", "owner", "peer"} {
+		m.FetchBytes.WithLabelValues(src)
+		m.FetchBlobs.WithLabelValues(src)
+	}
+	for _, as := range []string{"owner", "peer"} {
+		m.ServedBytes.WithLabelValues(as)
+		m.Lookups.WithLabelValues(as, "hit")
+		m.Lookups.WithLabelValues(as, "miss")
+	}
+	for _, r := range []string{"applied", "refused", "failed", "discarded", "quarantined"} {
+		m.Commits.WithLabelValues(r)
+	}
+	for _, a := range []string{"pushed", "dropped"} {
+		m.Replicated.WithLabelValues(a)
+	}
 	for _, c := range []prometheus.Collector{m.FetchBytes, m.FetchBlobs, m.ServedBytes, m.Refused, m.Corrupt,
 		m.HydrateSeconds, m.CommitSeconds, m.Commits, m.Evicted, m.DroppedFiles, m.MembersSeen, m.MembersLive,
 		m.Replicated, m.ReplicationPending, m.OwnedBlobs, m.OwnedBytes} {

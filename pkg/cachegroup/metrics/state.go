@@ -30,8 +30,8 @@ type VolumeState struct {
 }
 
 var (
-	buildInfoDesc = prometheus.NewDesc("cachegroup_build_info", "The driver's version and Go version; always 1.",
-		[]string{"version", "goversion"}, nil)
+	buildInfoDesc = prometheus.NewDesc("cachegroup_build_info", "The driver's version and Go version, the member's name and group; always 1.",
+		[]string{"version", "goversion", "member", "group"}, nil)
 	memberUpDesc = prometheus.NewDesc("cachegroup_member_up", "1 if the member answered its last health check, by member name.",
 		[]string{"member"}, nil)
 	memberDownDesc = prometheus.NewDesc("cachegroup_member_down_seconds", "How long the member has been down (0 while up), by member name.",
@@ -76,10 +76,10 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c collector) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
 
-// SetBuildInfo exports cachegroup_build_info for version.
-func (m *Set) SetBuildInfo(version string) {
+// SetBuildInfo exports cachegroup_build_info for version, of member of group.
+func (m *Set) SetBuildInfo(version, member, group string) {
 	m.reg.Register(collector{[]*prometheus.Desc{buildInfoDesc}, func(ch chan<- prometheus.Metric) {
-		ch <- prometheus.MustNewConstMetric(buildInfoDesc, prometheus.GaugeValue, 1, version, runtime.Version())
+		ch <- prometheus.MustNewConstMetric(buildInfoDesc, prometheus.GaugeValue, 1, version, runtime.Version(), member, group)
 	}})
 }
 

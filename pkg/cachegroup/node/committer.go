@@ -122,6 +122,7 @@ func (n *Node) attempt(ctx context.Context, name string, r *retry) *retry {
 		r = &retry{first: time.Now()}
 	}
 	r.attempts++
+	n.retrying(name, r.attempts, err)
 	if r.attempts >= n.retry.attempts && time.Since(r.first) >= n.retry.age {
 		n.quarantine(name, fmt.Errorf("failed %d times since %s, last: %w", r.attempts, r.first.UTC().Format(time.RFC3339), err))
 		return nil

@@ -74,6 +74,9 @@ type Server struct {
 
 // NewServer returns the peer server of b.
 func NewServer(b Backend, auth *Auth, m *metrics.Set) *Server {
+	for _, r := range reasons {
+		m.Refused.WithLabelValues(r)
+	}
 	return &Server{b: b, auth: auth, metrics: m}
 }
 

@@ -29,3 +29,24 @@ func (n *Node) Outbox() (entries int, oldest time.Time) {
 	}
 	return entries, oldest
 }
+
+// RetryThreshold is the failed attempts in a row after which a commit is
+// reported (metric, Retrying): some 30 seconds of backoff, past a blip.
+const RetryThreshold = 6
+
+// retrying counts an attempt of outbox entry name that failed for the
+// attempts-th time and, at RetryThreshold, tells Retrying of it once.
+func (n *Node) retrying(name string, attempts int, why error) {
+	if attempts < RetryThreshold {
+		return
+	}
+	n.group.Metrics().CommitRetries.Inc()
+	if attempts != RetryThreshold || n.Retrying == nil {
+		return
+	}
+	l, ok, err := readLayer(filepath.Join(n.dir, "outbox", name))
+	if err != nil || !ok {
+		return
+	}
+	n.Retrying(l, attempts, why)
+}
