@@ -49,14 +49,14 @@ func runStatus(ctx context.Context, t *tool, _ []string) error {
 		}
 		cache := "none"
 		if st.CacheSize > 0 {
-			cache = bytes(st.CacheSize)
+			cache = size(st.CacheSize)
 		}
 		oldest := "-"
 		if st.Outbox > 0 {
 			oldest = ago(st.OutboxOldestSeconds)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%g\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", mb.Name, state, mb.Weight, bytes(st.StoreUsed), cache,
-			bytes(st.OwnedBytes), st.OwnedBlobs, st.BelowR, st.Outbox, oldest)
+		fmt.Fprintf(w, "%s\t%s\t%g\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", mb.Name, state, mb.Weight, size(st.StoreUsed), cache,
+			size(st.OwnedBytes), st.OwnedBlobs, st.BelowR, st.Outbox, oldest)
 	}
 	w.Flush()
 	for _, st := range sts {
@@ -124,7 +124,7 @@ func runVolumes(ctx context.Context, t *tool, _ []string) error {
 		if len(snaps) > 0 {
 			sn = fmt.Sprintf("%d (%s)", len(snaps), strings.Join(first(snaps, 3), ", "))
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", r.ID, r.Name, pvc, bytes(r.Size), bytes(r.Quota), use,
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", r.ID, r.Name, pvc, size(r.Size), size(r.Quota), use,
 			r.Count, r.Generation, last, sn)
 	}
 	return w.Flush()
@@ -144,7 +144,7 @@ func runWarm(ctx context.Context, t *tool, args []string) error {
 		how = "still hydrating (it goes on on the node)"
 	}
 	fmt.Fprintf(t.out, "%s: volume %s generation %d (%d files, %s) is %s after %.1fs\n", res.Node, res.Volume,
-		res.Generation, res.Files, bytes(res.Bytes), how, res.Seconds)
+		res.Generation, res.Files, size(res.Bytes), how, res.Seconds)
 	return nil
 }
 
@@ -189,7 +189,7 @@ func runVerify(ctx context.Context, t *tool, args []string) error {
 		w := tabwriter.NewWriter(t.out, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(w, "MEMBER\tCHECKED\tBYTES\tCORRUPT\tREPAIRED\tDROPPED\tERRORS\tTOOK")
 		for _, r := range reports {
-			fmt.Fprintf(w, "%s\t%d\t%s\t%d\t%d\t%d\t%d\t%v\n", r.Member, r.Checked, bytes(r.Bytes), r.CorruptCount, r.Repaired,
+			fmt.Fprintf(w, "%s\t%d\t%s\t%d\t%d\t%d\t%d\t%v\n", r.Member, r.Checked, size(r.Bytes), r.CorruptCount, r.Repaired,
 				r.Dropped, len(r.Errors), r.Finished.Sub(r.Started).Round(time.Millisecond))
 		}
 		w.Flush()
@@ -210,8 +210,8 @@ func runVerify(ctx context.Context, t *tool, args []string) error {
 	return nil
 }
 
-// bytes writes n in binary units.
-func bytes(n int64) string {
+// size writes n bytes in binary units.
+func size(n int64) string {
 	const unit = 1024
 	if n < unit {
 		return fmt.Sprintf("%dB", n)

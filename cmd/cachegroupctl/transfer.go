@@ -101,7 +101,7 @@ func runImport(ctx context.Context, t *tool, args []string) error {
 		return t.json(res)
 	}
 	fmt.Fprintf(t.out, "imported %d files (%s, %d distinct blobs) into volume %s as generation %d in %.1fs",
-		res.Files, bytes(res.Bytes), res.Blobs, id, res.Generation, res.Seconds)
+		res.Files, size(res.Bytes), res.Blobs, id, res.Generation, res.Seconds)
 	if res.Evicted > 0 {
 		fmt.Fprintf(t.out, "; %d files evicted to stay within quota", res.Evicted)
 	}
@@ -425,12 +425,12 @@ func runExport(ctx context.Context, t *tool, args []string) error {
 	res.Seconds = time.Since(start).Seconds()
 	switch {
 	case args[1] == "-":
-		fmt.Fprintf(os.Stderr, "exported %d files (%s) of volume %s\n", res.Files, bytes(res.Bytes), res.Volume)
+		fmt.Fprintf(os.Stderr, "exported %d files (%s) of volume %s\n", res.Files, size(res.Bytes), res.Volume)
 	case t.o.output == "json":
 		return t.json(res)
 	default:
 		fmt.Fprintf(t.out, "exported %d files, %d directories, %d symlinks (%s) of volume %s to %s in %.1fs\n",
-			res.Files, res.Dirs, res.Symlinks, bytes(res.Bytes), res.Volume, args[1], res.Seconds)
+			res.Files, res.Dirs, res.Symlinks, size(res.Bytes), res.Volume, args[1], res.Seconds)
 	}
 	return nil
 }

@@ -69,8 +69,17 @@ func (a *admin) self() wire.Status {
 	m := a.m
 	st := wire.Status{Health: m.Health(), Version: m.cfg.Version, Replicas: m.group.Replicas(),
 		GraceSeconds: m.group.Grace().Seconds(), StoreUsed: m.store.Used(), CacheSize: m.cfg.CacheSize,
-		Capacity: m.store.Capacity(), OwnedBlobs: int64(gauge(m.metrics.OwnedBlobs)),
-		OwnedBytes: int64(gauge(m.metrics.OwnedBytes)), BelowR: int64(gauge(m.metrics.BelowR))}
+		Capacity: m.store.Capacity(), BelowR: int64(gauge(m.metrics.BelowR))}
+	// Owned now, not as of the last pass: an import or a commit since
+	// counts. One stat of each blob of the store.
+	if all, err := m.store.All(); err == nil {
+		for _, d := range all {
+			if m.group.IsOwner(d) {
+				st.OwnedBlobs++
+				st.OwnedBytes += max(m.store.Size(d), 0)
+			}
+		}
+	}
 	for _, s := range m.group.MemberStates() {
 		st.Members = append(st.Members, wire.MemberStatus{Name: s.Name, Weight: s.Weight, Live: s.Up, Gone: s.Gone,
 			DownSeconds: s.DownFor.Seconds()})

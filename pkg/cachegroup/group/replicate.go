@@ -120,6 +120,12 @@ func (g *Group) reconcileHeads(ctx context.Context) int {
 
 // reconcileBlobs walks the local store.
 func (g *Group) reconcileBlobs(ctx context.Context, p *Pass, inUse func(cas.Digest) bool) error {
+	down := 0
+	for _, m := range g.Members() {
+		if !g.Live(m.Name()) {
+			down++
+		}
+	}
 	all, err := g.self.store.All()
 	if err != nil {
 		return err
@@ -208,6 +214,7 @@ func (g *Group) reconcileBlobs(ctx context.Context, p *Pass, inUse func(cas.Dige
 	}
 	g.metrics.ReplicationPending.Set(0)
 	g.metrics.BelowR.Set(float64(below))
+	g.metrics.PassDown.Set(float64(down))
 	g.metrics.BlobPasses.Inc()
 	p.BelowR = below
 	return nil

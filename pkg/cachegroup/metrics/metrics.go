@@ -44,6 +44,8 @@ type Set struct {
 	// group, as of the last re-replication pass; BlobPasses counts passes.
 	BelowR     prometheus.Gauge
 	BlobPasses prometheus.Counter
+	// PassDown is the members the last pass found down (and worked around).
+	PassDown prometheus.Gauge
 	// Lookups counts blob requests this member answered as a tier of the
 	// cache (owner, or peer for a sharing node), hit or miss; the node
 	// tier's are derived from FetchBlobs (see lookups.go).
@@ -99,11 +101,13 @@ func New(s Store) *Set {
 		Help: "Blobs held here with fewer than R copies known in the group, as of the last re-replication pass."})
 	m.BlobPasses = prometheus.NewCounter(prometheus.CounterOpts{Name: "cachegroup_rereplication_passes_total",
 		Help: "Re-replication passes over the blobs of the store completed."})
+	m.PassDown = prometheus.NewGauge(prometheus.GaugeOpts{Name: "cachegroup_rereplication_last_pass_down_members",
+		Help: "Members the last completed re-replication pass found down."})
 	m.Lookups = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachegroup_tier_requests_total",
 		Help: lookupsHelp}, []string{"tier", "result"})
 	m.CommitRetries = prometheus.NewCounter(prometheus.CounterOpts{Name: "cachegroup_commit_retries_past_threshold_total",
 		Help: "Commit attempts that failed after the entry had already failed the retry threshold's number of times."})
-	for _, c := range []prometheus.Collector{m.BelowR, m.BlobPasses, m.Lookups, m.CommitRetries} {
+	for _, c := range []prometheus.Collector{m.BelowR, m.BlobPasses, m.PassDown, m.Lookups, m.CommitRetries} {
 		f(c)
 	}
 	f(nodeTier{m.FetchBlobs})

@@ -68,8 +68,8 @@ type Status struct {
 	StoreUsed int64 `json:"storeUsed"`
 	CacheSize int64 `json:"cacheSize"`
 	Capacity  int64 `json:"capacity"`
-	// OwnedBlobs, OwnedBytes and BelowR are as of the last re-replication
-	// pass: the blobs it owns and the blobs it holds with fewer than R
+	// OwnedBlobs and OwnedBytes are the blobs of its store it owns; BelowR,
+	// as of the last re-replication pass, those it holds with fewer than R
 	// copies known in the group.
 	OwnedBlobs int64 `json:"ownedBlobs"`
 	OwnedBytes int64 `json:"ownedBytes"`
