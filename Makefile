@@ -11,6 +11,7 @@ GO        ?= go
 BIN       := bin
 VERSION   ?= $(shell git describe --tags --always 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/cachegroup/cachegroup/pkg/driver.Version=$(VERSION)
+CTLFLAGS  := -X main.version=$(VERSION)
 # Each fuzz target runs this long in `make test`.
 FUZZTIME  ?= 10s
 # Bounds each test binary; `make test` stays well under 15 minutes.
@@ -23,6 +24,9 @@ all: build
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/cachegroup-csi ./cmd/cachegroup-csi
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/cachegroup-demo ./cmd/cachegroup-demo
+	$(GO) build -ldflags '$(CTLFLAGS)' -o $(BIN)/cachegroupctl ./cmd/cachegroupctl
+	# The same tool as a kubectl plugin (krew naming): `kubectl cachegroup`.
+	$(GO) build -ldflags '$(CTLFLAGS)' -o $(BIN)/kubectl-cachegroup ./cmd/cachegroupctl
 
 # Lint first (cheap), then brief fuzzing, then every test, one after the
 # other even under -j; the last lines are go test's own summary, which CI reads.

@@ -13,6 +13,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/cachegroup/cachegroup/pkg/cachegroup"
 	"github.com/cachegroup/cachegroup/pkg/driver"
 )
 
@@ -66,6 +67,10 @@ func main() {
 	flag.Float64Var(&cfg.Member.Weight, "weight", 1, "this member's share of placement, e.g. its disk size in TiB")
 	flag.BoolVar(&cfg.Member.ClientOnly, "client-only", false, "mount volumes for this node's pods without holding group data")
 	flag.StringVar(&cfg.Member.MetricsAddress, "metrics-address", "", "HOST:PORT to serve Prometheus metrics on, e.g. :9808")
+	flag.DurationVar(&cfg.Member.MemberGrace, "member-grace-period", cachegroup.DefaultMemberGrace,
+		"how long another member may be down (restarting, rolled) and keep its place: no data is moved to stand-ins meanwhile; reads and commits fall back along the placement order (negative: none)")
+	flag.DurationVar(&cfg.Member.GarbageGrace, "garbage-grace-period", cachegroup.DefaultGarbageGrace,
+		"how long blobs no volume references any more are kept before they are deleted, and a replaced head stays live (nodes may still be hydrating it)")
 	klog.InitFlags(nil)
 	flag.Parse()
 	if version {
@@ -74,6 +79,7 @@ func main() {
 	}
 
 	cfg.Mode = driver.Mode(mode)
+	cfg.Member.Version = driver.Version
 	if members != "" {
 		cfg.Member.Members = strings.Split(members, ",")
 	}

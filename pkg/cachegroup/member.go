@@ -1,6 +1,7 @@
 package cachegroup
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -57,10 +58,20 @@ type Config struct {
 	NoNodeTier bool
 	// MetricsAddress serves Prometheus metrics at /metrics if set.
 	MetricsAddress string
-	// Grace is how long garbage is left before it is collected, and a
+	// GarbageGrace is how long garbage is left before it is collected, and a
 	// replaced head stays live (default 3 minutes; see group.CollectOptions).
-	Grace time.Duration
+	GarbageGrace time.Duration
+	// MemberGrace is how long another member may be down and keep its place
+	// in placement (no data moved to stand-ins and back while it restarts);
+	// 0 takes DefaultMemberGrace, a negative value none at all.
+	MemberGrace time.Duration
+	// Version is the driver's version, exported as cachegroup_build_info.
+	Version string
 }
+
+// DefaultMemberGrace is the grace period of a member that is down: longer
+// than a node plugin's restart or a DaemonSet's rolling update of one pod.
+const DefaultMemberGrace = 3 * time.Minute
 
 // membershipInterval is how often members are listed and health-checked.
 const membershipInterval = 2 * time.Second
@@ -79,6 +90,7 @@ type Member struct {
 	metrics *metrics.Set
 	auth    *wire.Auth
 	members *group.Membership // nil: a group of one
+	admin   *admin            // what it answers an operator's tool
 
 	peerL, metricsL net.Listener  // nil where not served
 	window          time.Duration // of collections under pressure; 0: the default (tests set it)
@@ -107,8 +119,8 @@ func Open(cfg Config) (*Member, error) {
 	if cfg.Weight == 0 {
 		cfg.Weight = 1
 	}
-	if cfg.Grace == 0 {
-		cfg.Grace = defaultGrace
+	if cfg.GarbageGrace == 0 {
+		cfg.GarbageGrace = DefaultGarbageGrace
 	}
 	src, err := memberSource(cfg)
 	if err != nil {
@@ -118,20 +130,29 @@ func Open(cfg Config) (*Member, error) {
 		return nil, errors.New("a client-only node needs a member source (--members, --members-dns or --members-service)")
 	}
 	m := &Member{cfg: cfg, auth: cfg.Auth}
+	m.admin = &admin{m: m}
 	if m.store, err = cas.OpenStore(cfg.Dir, cas.Limits{CacheSize: cfg.CacheSize, FreeFloor: cfg.FreeFloor}); err != nil {
 		return nil, err
 	}
 	if m.home, err = volume.Open(m.store, filepath.Join(cfg.Dir, "meta")); err != nil {
 		return nil, err
 	}
+	if cfg.MemberGrace == 0 {
+		cfg.MemberGrace = DefaultMemberGrace
+	}
 	m.metrics = metrics.New(m.store)
+	m.metrics.SetBuildInfo(cmp.Or(cfg.Version, "dev"), cfg.NodeID, cfg.Group)
 	m.group = group.New(group.Config{Name: cfg.Group, Member: cfg.NodeID, Home: m.home, Store: m.store,
-		Replicas: cfg.Replicas, Metrics: m.metrics, ClientOnly: cfg.ClientOnly})
+		Replicas: cfg.Replicas, Metrics: m.metrics, ClientOnly: cfg.ClientOnly, Grace: max(cfg.MemberGrace, 0)})
 	m.group.SetWeight(cfg.Weight)
 	if !cfg.NoNodeTier {
 		if m.node, err = node.Open(filepath.Join(cfg.Dir, "node"), m.group); err != nil {
 			return nil, err
 		}
+		m.metrics.WatchOutbox(m.node.Outbox)
+	}
+	if !cfg.ClientOnly {
+		m.metrics.WatchVolumes(m.homeVolumes)
 	}
 	if src != nil && m.auth == nil {
 		if m.auth, err = wire.NewAuth(cfg.PeerSecretFile, cfg.PeerCert, cfg.PeerKey, cfg.PeerCA); err != nil {

@@ -9,10 +9,10 @@ import (
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/group"
 )
 
-// defaultGrace is how long garbage is left before it is collected: longer
-// than a hydration of a replaced head and than a commit takes from its
-// pushes to its home's check.
-const defaultGrace = 3 * time.Minute
+// DefaultGarbageGrace is how long garbage is left before it is collected:
+// longer than a hydration of a replaced head and than a commit takes from
+// its pushes to its home's check.
+const DefaultGarbageGrace = 3 * time.Minute
 
 // collectInterval is how often garbage is collected when nothing asks.
 const collectInterval = time.Minute
@@ -23,7 +23,7 @@ const pressureCheck = 10 * time.Second
 
 // collectOptions are the options of a collection on this member.
 func (m *Member) collectOptions(pressure bool) group.CollectOptions {
-	opt := group.CollectOptions{Grace: m.cfg.Grace, Pressure: pressure, Window: m.window}
+	opt := group.CollectOptions{Grace: m.cfg.GarbageGrace, Pressure: pressure, Window: m.window}
 	if m.node != nil {
 		opt.Roots = m.node.Roots()
 		opt.InUse = m.node.Keeps()

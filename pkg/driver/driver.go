@@ -108,7 +108,7 @@ func New(cfg Config) (*Driver, error) {
 	d := &Driver{cfg: cfg, member: m, group: m.Group(), node: m.Node(), mount: cfg.Mounter}
 	if d.node != nil {
 		if ev := newEvents(cfg.Member.NodeID, d.group); ev != nil {
-			d.node.Lost = ev.lost
+			ev.watch(d.node)
 		}
 	}
 	return d, nil

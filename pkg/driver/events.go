@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"time"
 
@@ -18,9 +19,12 @@ import (
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/node"
 )
 
-// reasonNotCommitted is the reason of the Event that says a pod's writes were
-// dropped or quarantined instead of committed.
-const reasonNotCommitted = "WritesNotCommitted"
+// The reasons of the Events: a pod's writes dropped or quarantined instead of
+// committed; a pod's writes whose commit keeps failing (retried still).
+const (
+	reasonNotCommitted = "WritesNotCommitted"
+	reasonRetrying     = "CommitRetrying"
+)
 
 // events tells Kubernetes, as Events, what fails after a pod has ended: the
 // writes of a pod that no later pod will see. They go to the claim of the
@@ -50,15 +54,57 @@ func newEvents(nodeID string, g *group.Group) *events {
 		recorder: b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "cachegroup-node", Host: nodeID})}
 }
 
+// watch has the node tier n tell e what fails after a pod has ended.
+func (e *events) watch(n *node.Node) {
+	n.Lost = e.lost
+	n.Retrying = e.retrying
+}
+
+// maxMessage bounds an Event's message: Events are for people, the reason,
+// not a dump.
+const maxMessage = 1024
+
+func bounded(msg string) string {
+	if len(msg) > maxMessage {
+		return msg[:maxMessage] + "..."
+	}
+	return msg
+}
+
+// retrying posts a Warning on the claim of layer l, and on its pod if the
+// pod still exists, whose commit has failed attempts times in a row: the
+// writes are kept and retried, but later pods do not see them yet.
+func (e *events) retrying(l node.Layer, attempts int, why error) {
+	msg := bounded(fmt.Sprintf("the writes of pod %s to volume %s failed to commit %d times in a row and are retried: %v",
+		l.Pod, l.VolumeID, attempts, why))
+	if ref := e.claimOf(l.VolumeID); ref != nil {
+		e.recorder.Event(ref, corev1.EventTypeWarning, reasonRetrying, msg)
+	}
+	if ref := e.livePod(l.Pod); ref != nil {
+		e.recorder.Event(ref, corev1.EventTypeWarning, reasonRetrying, msg)
+	}
+}
+
+// livePod returns the pod namespace/name if it still exists.
+func (e *events) livePod(nsName string) *corev1.ObjectReference {
+	ns, name, ok := strings.Cut(nsName, "/")
+	if !ok {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p, err := e.client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil // gone, or not known: the claim's Event still says it
+	}
+	return &corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: ns, Name: name, UID: p.UID}
+}
+
 // lost posts a Warning on the claim and the pod of layer l, whose writes are
 // not committed because of why. It is called by the committer, so it bounds
 // its own look-ups.
 func (e *events) lost(l node.Layer, why error) {
-	msg := "the writes of this pod to volume " + l.VolumeID + " are not committed: " + why.Error()
-	const maxMessage = 1024 // Events are for people: the reason, not a dump
-	if len(msg) > maxMessage {
-		msg = msg[:maxMessage] + "..."
-	}
+	msg := bounded("the writes of this pod to volume " + l.VolumeID + " are not committed: " + why.Error())
 	if ref := e.claimOf(l.VolumeID); ref != nil {
 		e.recorder.Event(ref, corev1.EventTypeWarning, reasonNotCommitted, msg)
 	}

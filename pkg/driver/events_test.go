@@ -75,3 +75,38 @@ type event struct {
 func (r *recorder) Event(obj runtime.Object, kind, reason, message string) {
 	r.got = append(r.got, event{obj.(*corev1.ObjectReference), kind, reason, message})
 }
+
+// A commit that keeps failing is told to the claim, and to its pod only if
+// the pod still exists.
+func TestRetriedCommitsAreToldToTheClaimAndALivePod(t *testing.T) {
+	m, err := cachegroup.Open(cachegroup.Config{NodeID: "n1", Dir: filepath.Join(t.TempDir(), "store"), NoNodeTier: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	vol, err := m.Group().CreateVolume(context.Background(), volume.Spec{Name: "pvc-5678", Quota: 1}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := fake.NewSimpleClientset(
+		&corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: "pvc-5678"},
+			Spec: corev1.PersistentVolumeSpec{ClaimRef: &corev1.ObjectReference{Namespace: "ci", Name: "npm-cache"}}},
+		&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ci", Name: "still-here"}})
+	rec := &recorder{}
+	e := &events{client: client, recorder: rec, group: m.Group()}
+
+	e.retrying(node.Layer{VolumeID: vol.ID, Pod: "ci/still-here"}, node.RetryThreshold, errors.New("home unreachable"))
+	if len(rec.got) != 2 || rec.got[0].ref.Name != "npm-cache" || rec.got[1].ref.Name != "still-here" {
+		t.Fatalf("events %+v, want one on the claim and one on the pod", rec.got)
+	}
+	for _, ev := range rec.got {
+		if ev.reason != reasonRetrying || !strings.Contains(ev.message, "home unreachable") || !strings.Contains(ev.message, vol.ID) {
+			t.Errorf("event %s %q, want %s naming the volume and the error", ev.reason, ev.message, reasonRetrying)
+		}
+	}
+	rec.got = nil
+	e.retrying(node.Layer{VolumeID: vol.ID, Pod: "ci/gone"}, node.RetryThreshold, errors.New("home unreachable"))
+	if len(rec.got) != 1 || rec.got[0].ref.Kind != "PersistentVolumeClaim" {
+		t.Fatalf("pod gone: events %+v, want one on the claim only", rec.got)
+	}
+}

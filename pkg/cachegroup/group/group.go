@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/metrics"
@@ -31,12 +32,14 @@ type Group struct {
 	weight     float64
 	clientOnly bool
 	metrics    *metrics.Set
+	grace      time.Duration // how long a member may be down and keep its blobs
 
 	mu      sync.RWMutex
 	members []Member
-	down    map[string]bool // members whose last contact failed
-	alone   bool            // this member is the whole group
-	changed chan struct{}   // closed and replaced when membership changes
+	down    map[string]time.Time // members whose last contact failed, since when
+	gone    map[string]bool      // of those, the ones down past the grace period
+	alone   bool                 // this member is the whole group
+	changed chan struct{}        // closed and replaced when membership changes
 
 	gc *collector
 }
@@ -52,6 +55,12 @@ type Config struct {
 	// ClientOnly never counts this member as a member: it owns nothing and
 	// is never a home, it only reads and commits.
 	ClientOnly bool
+	// Grace is how long a member may be down (unreachable, or missing from
+	// the member source) and keep its place: its blobs are not copied to
+	// stand-ins meanwhile, so a restart or a rollout moves no data. Reads and
+	// commits fall back along the rendezvous order all the same. Zero: a
+	// member counts as gone as soon as it is down.
+	Grace time.Duration
 }
 
 // New returns the group c.Name holding just this member, with R copies of
@@ -61,14 +70,18 @@ func New(c Config) *Group {
 		c.Metrics = metrics.New(c.Store)
 	}
 	g := &Group{name: c.Name, self: &self{Home: c.Home, name: c.Member, store: c.Store, sharers: newSharers()},
-		replicas: max(c.Replicas, 1), weight: 1, metrics: c.Metrics, clientOnly: c.ClientOnly,
-		down: map[string]bool{}, changed: make(chan struct{}), alone: !c.ClientOnly, gc: newCollector()}
+		replicas: max(c.Replicas, 1), weight: 1, metrics: c.Metrics, clientOnly: c.ClientOnly, grace: max(c.Grace, 0),
+		down: map[string]time.Time{}, gone: map[string]bool{}, changed: make(chan struct{}), alone: !c.ClientOnly, gc: newCollector()}
 	if !c.ClientOnly {
 		g.members = []Member{{Peer: g.self, Weight: 1}}
 	}
 	c.Home.Join(homeHooks{g})
+	c.Metrics.WatchMembers(g.memberStates, g.grace)
 	return g
 }
+
+// Grace returns how long a member may be down and keep its place.
+func (g *Group) Grace() time.Duration { return g.grace }
 
 // Name returns the group's name.
 func (g *Group) Name() string { return g.name }
@@ -132,6 +145,16 @@ func (g *Group) SetMembers(ms []Member) {
 	}
 	sort.Slice(ms, func(i, j int) bool { return ms[i].Name() < ms[j].Name() })
 	g.mu.Lock()
+	listed := map[string]bool{}
+	for _, m := range ms {
+		listed[m.Name()] = true
+	}
+	for name := range g.down {
+		if !listed[name] { // left the list: its liveness is forgotten with it
+			delete(g.down, name)
+			delete(g.gone, name)
+		}
+	}
 	same := len(ms) == len(g.members)
 	for i := 0; same && i < len(ms); i++ {
 		same = ms[i].Name() == g.members[i].Name() && ms[i].Weight == g.members[i].Weight
@@ -163,15 +186,20 @@ func (g *Group) Changed() <-chan struct{} {
 // SetLive records whether a member answered.
 func (g *Group) SetLive(name string, live bool) {
 	g.mu.Lock()
-	was := !g.down[name]
-	if live {
+	_, wasDown := g.down[name]
+	was := !wasDown
+	switch {
+	case live:
 		delete(g.down, name)
-	} else if name != g.self.name {
-		g.down[name] = true
+		delete(g.gone, name)
+	case name != g.self.name && wasDown:
+	case name != g.self.name:
+		g.down[name] = time.Now()
+		g.gone[name] = g.grace == 0
 	}
 	n := 0
 	for _, m := range g.members {
-		if !g.down[m.Name()] {
+		if _, d := g.down[m.Name()]; !d {
 			n++
 		}
 	}
@@ -186,12 +214,59 @@ func (g *Group) SetLive(name string, live bool) {
 	}
 }
 
+// ExpireGrace counts as gone the members down past the grace period, and
+// wakes re-replication if it finds any: their blobs go to stand-ins now.
+// Membership calls it on every refresh.
+func (g *Group) ExpireGrace() {
+	g.mu.Lock()
+	var expired []string
+	for name, since := range g.down {
+		if !g.gone[name] && time.Since(since) >= g.grace {
+			g.gone[name] = true
+			expired = append(expired, name)
+		}
+	}
+	if len(expired) > 0 {
+		close(g.changed)
+		g.changed = make(chan struct{})
+	}
+	g.mu.Unlock()
+	for _, name := range expired {
+		klog.InfoS("Member down past the grace period; its blobs are re-replicated", "member", name, "grace", g.grace)
+	}
+}
+
 // Live reports whether member name is thought to be up.
 func (g *Group) Live(name string) bool {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
-	return !g.down[name]
+	_, down := g.down[name]
+	return !down
 }
+
+// Gone reports whether member name has been down past the grace period.
+func (g *Group) Gone(name string) bool {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return g.gone[name]
+}
+
+// memberStates is what the metrics and the admin status say of each member.
+func (g *Group) memberStates() []metrics.MemberState {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	out := make([]metrics.MemberState, len(g.members))
+	for i, m := range g.members {
+		out[i] = metrics.MemberState{Name: m.Name(), Weight: m.Weight, Up: true}
+		if since, down := g.down[m.Name()]; down {
+			out[i].Up, out[i].DownFor, out[i].Gone = false, time.Since(since), g.gone[m.Name()]
+		}
+	}
+	return out
+}
+
+// MemberStates returns each member's name, weight and liveness.
+func (g *Group) MemberStates() []metrics.MemberState { return g.memberStates() }
 
 // Failed marks p down if err says it could not be reached.
 func (g *Group) Failed(p Peer, err error) {
@@ -211,7 +286,7 @@ func (g *Group) byLiveness(ps []Peer) (live, down []Peer) {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	for _, p := range ps {
-		if g.down[p.Name()] {
+		if _, d := g.down[p.Name()]; d {
 			down = append(down, p)
 		} else {
 			live = append(live, p)
@@ -269,10 +344,23 @@ func (g *Group) IsOwner(d cas.Digest) bool {
 	return slices.ContainsFunc(g.Owners(d), func(p Peer) bool { return p == Peer(g.self) })
 }
 
-// targets returns the R live members that should hold blob d now: its owners,
+// targets returns the R live members that should take blob d now: its owners,
 // or the next members in rendezvous order standing in for owners that are
-// down (re-replication moves the copy back when they return).
+// down (re-replication moves the copy back when they return). New blobs go
+// there, so that a commit never waits for a member to come back.
 func (g *Group) targets(d cas.Digest) []Peer {
 	r := g.liveOnly(g.rank("blob/" + d.String()))
+	return r[:min(g.replicas, len(r))]
+}
+
+// placed returns the R members that should keep blob d: its owners, or the
+// next members in rendezvous order standing in for owners gone past the grace
+// period. An owner down within it keeps its place: re-replication neither
+// copies its blobs to stand-ins nor drops copies it would have to confirm.
+func (g *Group) placed(d cas.Digest) []Peer {
+	r := g.rank("blob/" + d.String())
+	g.mu.RLock()
+	r = slices.DeleteFunc(r, func(p Peer) bool { return g.gone[p.Name()] })
+	g.mu.RUnlock()
 	return r[:min(g.replicas, len(r))]
 }

@@ -74,11 +74,22 @@ type Membership struct {
 	self     string
 	interval time.Duration
 	remotes  map[string]*wire.Client // by address
+	// listed is every member the source listed lately, by name, with when:
+	// one the source stops listing (a pod restarting leaves the ready
+	// endpoints at once) stays a member, down, for the group's grace period.
+	listed map[string]listing
+}
+
+// listing is a member as the source last listed it.
+type listing struct {
+	member Member
+	at     time.Time
 }
 
 // NewMembership returns a membership that polls src every interval.
 func NewMembership(g *Group, src Source, auth *wire.Auth, interval time.Duration) *Membership {
-	return &Membership{group: g, src: src, auth: auth, self: g.self.name, interval: interval, remotes: map[string]*wire.Client{}}
+	return &Membership{group: g, src: src, auth: auth, self: g.self.name, interval: interval,
+		remotes: map[string]*wire.Client{}, listed: map[string]listing{}}
 }
 
 // Run updates the group until ctx ends.
@@ -130,7 +141,7 @@ func (m *Membership) Refresh(ctx context.Context) {
 				r = wire.NewClient(h.Name, ep.Addr, m.self, m.auth)
 				m.remotes[ep.Addr] = r
 			}
-		case ep.Name == "":
+		case ep.Name == "" && r.Name() == "":
 			continue // nameless and silent: nothing to place on it
 		}
 		if seen[r.Name()] {
@@ -138,11 +149,33 @@ func (m *Membership) Refresh(ctx context.Context) {
 		}
 		seen[r.Name()] = true
 		weight := 1.0
+		if last, ok := m.listed[r.Name()]; ok && last.member.Peer == Peer(r) {
+			weight = last.member.Weight // a silent member keeps the weight it said
+		}
 		if err == nil && h.Weight > 0 {
 			weight = h.Weight
 		}
-		members = append(members, Member{Peer: r, Weight: weight})
+		mb := Member{Peer: r, Weight: weight}
+		members = append(members, mb)
+		m.listed[r.Name()] = listing{member: mb, at: time.Now()}
 		m.group.SetLive(r.Name(), err == nil)
 	}
+	// Members the source no longer lists keep their place, down, for the
+	// grace period: placement does not change while one restarts.
+	var kept []string
+	for name, l := range m.listed {
+		switch {
+		case seen[name]:
+		case time.Since(l.at) < m.group.Grace():
+			members = append(members, l.member)
+			kept = append(kept, name)
+		default:
+			delete(m.listed, name)
+		}
+	}
 	m.group.SetMembers(members)
+	for _, name := range kept {
+		m.group.SetLive(name, false)
+	}
+	m.group.ExpireGrace()
 }

@@ -20,6 +20,7 @@ type Pass struct {
 	Dropped int // blob copies dropped here after they moved elsewhere
 	Owned   int // blobs this member owns
 	Failed  int // checks or pushes that failed (retried next pass)
+	BelowR  int // blobs held here with fewer than R copies known in the group
 }
 
 // sizesBatch is how many digests one sizes request asks about.
@@ -119,6 +120,12 @@ func (g *Group) reconcileHeads(ctx context.Context) int {
 
 // reconcileBlobs walks the local store.
 func (g *Group) reconcileBlobs(ctx context.Context, p *Pass, inUse func(cas.Digest) bool) error {
+	down := 0
+	for _, m := range g.Members() {
+		if !g.Live(m.Name()) {
+			down++
+		}
+	}
 	all, err := g.self.store.All()
 	if err != nil {
 		return err
@@ -132,9 +139,11 @@ func (g *Group) reconcileBlobs(ctx context.Context, p *Pass, inUse func(cas.Dige
 		if g.Garbage(d) {
 			continue // not pushed anywhere: a member back from away resurrects nothing
 		}
-		ts := g.targets(d)
+		ts := g.placed(d)
 		for _, t := range ts {
-			if t != Peer(g.self) {
+			// An owner down within the grace period is neither given
+			// copies nor replaced: it keeps its place until it is gone.
+			if t != Peer(g.self) && g.Live(t.Name()) {
 				want[t] = append(want[t], d)
 			}
 		}
@@ -184,10 +193,16 @@ func (g *Group) reconcileBlobs(ctx context.Context, p *Pass, inUse func(cas.Dige
 			g.metrics.ReplicationPending.Sub(float64(len(batch)))
 		}
 	}
-	// Drop copies this member no longer should hold, once every target has one.
+	// Drop copies this member no longer should hold, once every target has
+	// one; count the blobs with fewer than R copies known.
+	below := 0
 	for _, d := range all {
-		ts := g.targets(d)
-		if slices.Contains(ts, Peer(g.self)) || confirmed[d] < len(ts) || len(ts) < g.replicas {
+		ts := g.placed(d)
+		mine := slices.Contains(ts, Peer(g.self))
+		if copies := confirmed[d]; mine && copies+1 < g.replicas || !mine && copies < g.replicas {
+			below++
+		}
+		if mine || confirmed[d] < len(ts) || len(ts) < g.replicas {
 			continue
 		}
 		if inUse != nil && inUse(d) {
@@ -201,6 +216,10 @@ func (g *Group) reconcileBlobs(ctx context.Context, p *Pass, inUse func(cas.Dige
 		g.metrics.Replicated.WithLabelValues("dropped").Inc()
 	}
 	g.metrics.ReplicationPending.Set(0)
+	g.metrics.BelowR.Set(float64(below))
+	g.metrics.PassDown.Set(float64(down))
+	g.metrics.BlobPasses.Inc()
+	p.BelowR = below
 	return nil
 }
 

@@ -40,6 +40,19 @@ type Set struct {
 	ReplicationPending prometheus.Gauge
 	OwnedBlobs         prometheus.Gauge
 	OwnedBytes         prometheus.Gauge
+	// BelowR is the blobs held here with fewer than R copies known in the
+	// group, as of the last re-replication pass; BlobPasses counts passes.
+	BelowR     prometheus.Gauge
+	BlobPasses prometheus.Counter
+	// PassDown is the members the last pass found down (and worked around).
+	PassDown prometheus.Gauge
+	// Lookups counts blob requests this member answered as a tier of the
+	// cache (owner, or peer for a sharing node), hit or miss; the node
+	// tier's are derived from FetchBlobs (see lookups.go).
+	Lookups *prometheus.CounterVec
+	// CommitRetries counts commits that failed an attempt RetryThreshold
+	// times or more; Corrupt counts the copies found wrong.
+	CommitRetries prometheus.Counter
 	Steady
 }
 
@@ -86,6 +99,37 @@ func New(s Store) *Set {
 		Help: "Blobs this member owns, as of the last re-replication pass."})
 	m.OwnedBytes = prometheus.NewGauge(prometheus.GaugeOpts{Name: "cachegroup_owned_bytes",
 		Help: "Bytes this member owns, as of the last re-replication pass."})
+	m.BelowR = prometheus.NewGauge(prometheus.GaugeOpts{Name: "cachegroup_blobs_below_r",
+		Help: "Blobs held here with fewer than R copies known in the group, as of the last re-replication pass."})
+	m.BlobPasses = prometheus.NewCounter(prometheus.CounterOpts{Name: "cachegroup_rereplication_passes_total",
+		Help: "Re-replication passes over the blobs of the store completed."})
+	m.PassDown = prometheus.NewGauge(prometheus.GaugeOpts{Name: "cachegroup_rereplication_last_pass_down_members",
+		Help: "Members the last completed re-replication pass found down."})
+	m.Lookups = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachegroup_tier_requests_total",
+		Help: lookupsHelp}, []string{"tier", "result"})
+	m.CommitRetries = prometheus.NewCounter(prometheus.CounterOpts{Name: "cachegroup_commit_retries_past_threshold_total",
+		Help: "Commit attempts that failed after the entry had already failed the retry threshold's number of times."})
+	for _, c := range []prometheus.Collector{m.BelowR, m.BlobPasses, m.PassDown, m.Lookups, m.CommitRetries} {
+		f(c)
+	}
+	f(nodeTier{m.FetchBlobs})
+	// Every series a dashboard or an alert reads exists from the start, at
+	// zero, so that rates and increases see the first event.
+	for _, src := range []string{"local", "owner", "peer"} {
+		m.FetchBytes.WithLabelValues(src)
+		m.FetchBlobs.WithLabelValues(src)
+	}
+	for _, as := range []string{"owner", "peer"} {
+		m.ServedBytes.WithLabelValues(as)
+		m.Lookups.WithLabelValues(as, "hit")
+		m.Lookups.WithLabelValues(as, "miss")
+	}
+	for _, r := range []string{"applied", "refused", "failed", "discarded", "quarantined"} {
+		m.Commits.WithLabelValues(r)
+	}
+	for _, a := range []string{"pushed", "dropped"} {
+		m.Replicated.WithLabelValues(a)
+	}
 	for _, c := range []prometheus.Collector{m.FetchBytes, m.FetchBlobs, m.ServedBytes, m.Refused, m.Corrupt,
 		m.HydrateSeconds, m.CommitSeconds, m.Commits, m.Evicted, m.DroppedFiles, m.MembersSeen, m.MembersLive,
 		m.Replicated, m.ReplicationPending, m.OwnedBlobs, m.OwnedBytes} {

@@ -180,6 +180,7 @@ func (n *Node) attempt(ctx context.Context, name string, r *retry) *retry {
 		r = &retry{first: time.Now()}
 	}
 	r.attempts++
+	n.retrying(name, r.attempts, err)
 	r.size = 0 // files moved into the store: measured again
 	if errors.Is(err, cas.ErrNoSpace) {
 		r.noSpace++

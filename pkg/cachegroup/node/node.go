@@ -84,6 +84,9 @@ type Node struct {
 	// committer drops or quarantines, with why: the writes a pod made that
 	// no later pod will see.
 	Lost func(l Layer, why error)
+	// Retrying, if set before Run, is told of a layer whose commit has
+	// failed RetryThreshold attempts in a row, with the last error.
+	Retrying func(l Layer, attempts int, why error)
 }
 
 // Open opens the node tier under dir, on the group's local store. The

@@ -35,4 +35,5 @@
 //	GET    /v1/snapshots[/{id}], DELETE /v1/snapshots/{id}
 //	PUT    /v1/snapshots/{id}           a replicated snapshot
 //	GET    /v1/holders/{root}, POST /v1/holders/{root}  sharing nodes of a snapshot
+//	       /v1/admin/...                what an operator's tool asks (see admin.go)
 package wire

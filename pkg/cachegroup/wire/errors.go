@@ -53,6 +53,12 @@ const (
 	reasonInvalid          = "invalid"              // a commit that breaks the rules of a tree
 )
 
+// reasons lists every reason a refusal is counted under, so that each
+// series exists from the start (rates see the first refusal).
+var reasons = []string{reasonUnauthenticated, reasonStale, reasonReplay, reasonWrongDestination, reasonBadBodyDigest,
+	reasonTooLarge, reasonHeaderTooLarge, reasonMalformed, reasonTooManyConns, reasonBusy, reasonNoncesFull, reasonSlow,
+	reasonTLS, reasonBadRequest, reasonInvalid}
+
 // ErrNotOffered is a member's answer for a blob it holds only as a private
 // node copy of a no-sharing mount.
 var ErrNotOffered = errors.New("blob is a private node copy")

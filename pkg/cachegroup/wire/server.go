@@ -43,6 +43,8 @@ type Backend interface {
 	// those that do.
 	AddHolder(root cas.Digest, member string)
 	Holders(root cas.Digest) []string
+	// Admin answers an operator's tool (admin.go); nil: no admin routes.
+	Admin() Admin
 }
 
 // Server serves a member to its peers. Its bounds on what a request may
@@ -74,6 +76,9 @@ type Server struct {
 
 // NewServer returns the peer server of b.
 func NewServer(b Backend, auth *Auth, m *metrics.Set) *Server {
+	for _, r := range reasons {
+		m.Refused.WithLabelValues(r)
+	}
 	return &Server{b: b, auth: auth, metrics: m}
 }
 
@@ -88,6 +93,7 @@ func (s *Server) Handler() http.Handler {
 	s.route(mux, "GET "+healthPath, func(*http.Request) (any, error) { return s.b.Health(), nil })
 	s.blobRoutes(mux)
 	s.homeRoutes(mux)
+	s.adminRoutes(mux, s.b.Admin())
 	return s.authenticate(mux)
 }
 

@@ -29,11 +29,13 @@ type testBackend struct {
 	home    *volume.Home
 	mu      sync.Mutex
 	holders map[cas.Digest][]string
+	admin   Admin // nil: no admin routes
 }
 
 func (b *testBackend) Health() Health     { return Health{Name: b.name, Group: "g", Weight: 1} }
 func (b *testBackend) Home() *volume.Home { return b.home }
 func (b *testBackend) Store() *cas.Store  { return b.store }
+func (b *testBackend) Admin() Admin       { return b.admin }
 
 func (b *testBackend) MayServe(_ context.Context, d cas.Digest, _ bool) (string, error) {
 	if !b.store.Has(d) {
