@@ -227,7 +227,9 @@ func (m *Member) Run(ctx context.Context) {
 			}
 		})
 	}
-	goRun(func(ctx context.Context) { m.group.RunCollector(ctx, collectInterval, m.collectOptions) })
+	goRun(func(ctx context.Context) {
+		m.group.RunCollector(ctx, collectInterval, func() group.CollectOptions { return m.collectOptions(false) })
+	})
 	goRun(m.relieve)
 	if m.members != nil {
 		goRun(m.members.Run)

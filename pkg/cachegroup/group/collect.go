@@ -65,12 +65,12 @@ type collector struct {
 	garbage map[cas.Digest]bool
 	marked  chan struct{} // closed once a collection has completed
 
-	kick chan bool // asks for a collection; true: under pressure
+	kick chan struct{} // asks for a collection soon
 }
 
 func newCollector() *collector {
 	return &collector{seen: map[cas.Digest]time.Time{}, recent: map[cas.Digest]time.Time{},
-		marked: make(chan struct{}), kick: make(chan bool, 1)}
+		marked: make(chan struct{}), kick: make(chan struct{}, 1)}
 }
 
 // Garbage reports whether the last complete collection found blob d
@@ -82,22 +82,12 @@ func (g *Group) Garbage(d cas.Digest) bool {
 	return c.garbage[d]
 }
 
-// KickCollector asks for a collection soon, under pressure if the store
-// is full; it never blocks.
-func (g *Group) KickCollector(pressure bool) {
+// KickCollector asks for a collection soon (after a volume or snapshot is
+// deleted); it never blocks.
+func (g *Group) KickCollector() {
 	select {
-	case g.gc.kick <- pressure:
+	case g.gc.kick <- struct{}{}:
 	default:
-		if pressure { // upgrade a pending kick
-			select {
-			case <-g.gc.kick:
-			default:
-			}
-			select {
-			case g.gc.kick <- true:
-			default:
-			}
-		}
 	}
 }
 
@@ -307,12 +297,12 @@ func joinOr(errs []error, def error) error {
 }
 
 // RunCollector collects every interval, and soon after KickCollector, until
-// ctx ends; opt is asked for the options of each collection.
-func (g *Group) RunCollector(ctx context.Context, interval time.Duration, opt func(pressure bool) CollectOptions) {
-	pressure := false
+// ctx ends; opt returns the options of each collection. (Collections under
+// pressure are the member's to start, when its store fills.)
+func (g *Group) RunCollector(ctx context.Context, interval time.Duration, opt func() CollectOptions) {
 	for {
 		start := time.Now()
-		res, err := g.Collect(ctx, opt(pressure))
+		res, err := g.Collect(ctx, opt())
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -323,22 +313,21 @@ func (g *Group) RunCollector(ctx context.Context, interval time.Duration, opt fu
 			g.metrics.Collections.WithLabelValues("complete").Inc()
 			if res.Deleted > 0 || res.Garbage > 0 {
 				klog.InfoS("Collected garbage", "roots", res.Roots, "trees", res.Trees, "held", res.Held,
-					"garbage", res.Garbage, "deleted", res.Deleted, "freed", res.Freed, "pressure", pressure,
+					"garbage", res.Garbage, "deleted", res.Deleted, "freed", res.Freed,
 					"duration", time.Since(start))
 			}
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case pressure = <-g.gc.kick:
-			// At most one collection a second, however often the store fills.
+		case <-g.gc.kick:
+			// At most one collection a second, however often it is asked.
 			select {
 			case <-ctx.Done():
 				return
 			case <-time.After(time.Until(start.Add(time.Second))):
 			}
 		case <-time.After(interval):
-			pressure = false
 		}
 	}
 }

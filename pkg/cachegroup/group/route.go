@@ -110,6 +110,7 @@ func (g *Group) CreateVolume(ctx context.Context, spec volume.Spec, source strin
 
 // DeleteVolume deletes a volume at its primary home.
 func (g *Group) DeleteVolume(ctx context.Context, id string) error {
+	defer g.KickCollector() // its blobs are garbage from now on
 	return g.onPrimary(ctx, id, func(h volume.Service) error { return h.DeleteVolume(ctx, id) })
 }
 
@@ -280,6 +281,7 @@ func (g *Group) CreateSnapshot(ctx context.Context, name, volumeID string) (volu
 
 // DeleteSnapshot removes snapshot id from its homes.
 func (g *Group) DeleteSnapshot(ctx context.Context, id string) error {
+	defer g.KickCollector()
 	for _, h := range g.liveOnly(g.Homes(id)) {
 		if err := h.DeleteSnapshot(ctx, id); err != nil {
 			g.Failed(h, err)
