@@ -39,7 +39,8 @@ type options struct {
 	output                    string
 	timeout                   time.Duration
 	snapshot                  string // export: a snapshot instead of the head
-	all                       bool   // verify: every member
+	all                       bool   // verify, gc: every member
+	dryRun                    bool   // gc: find the garbage, delete nothing
 	showVersion               bool
 }
 
@@ -58,10 +59,11 @@ var commands = map[string]command{
 	"export":  {"VOLUME DIR|-", "copy VOLUME's head (or --snapshot's) to a directory, or as a tar stream to stdout", runExport, [2]int{2, 2}},
 	"warm":    {"NODE VOLUME", "hydrate VOLUME's head on member NODE ahead of a burst of builds", runWarm, [2]int{2, 2}},
 	"verify":  {"[MEMBER]", "re-hash a member's store (default: the one reached; --all: every one), repairing bad copies", runVerify, [2]int{0, 1}},
+	"gc":      {"[MEMBER]", "collect a member's garbage now (--all: every one's; --dry-run: only find it)", runCollect, [2]int{0, 1}},
 }
 
 // order is the order commands are listed in.
-var order = []string{"status", "volumes", "import", "export", "warm", "verify"}
+var order = []string{"status", "volumes", "import", "export", "warm", "verify", "gc"}
 
 func main() {
 	if err := run(os.Args[1:], os.Stdout); err != nil {
@@ -104,7 +106,8 @@ func flags(o *options) *flag.FlagSet {
 	fs.StringVar(&o.output, "o", "table", "output: table or json")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "bound on the whole command")
 	fs.StringVar(&o.snapshot, "snapshot", "", "export: the snapshot (name or id) to export instead of the volume's head")
-	fs.BoolVar(&o.all, "all", false, "verify: every member's store, one after the other")
+	fs.BoolVar(&o.all, "all", false, "verify, gc: every member's store, one after the other")
+	fs.BoolVar(&o.dryRun, "dry-run", false, "gc: find the garbage and delete nothing")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	fs.Usage = func() {
 		w := fs.Output()

@@ -154,3 +154,55 @@ func TestImportExportRoundTrip(t *testing.T) {
 		t.Fatalf("verify:\n%s", out)
 	}
 }
+
+// gc finds a deleted volume's blobs as garbage, and deletes them at once
+// unless asked only to look.
+func TestCollectNow(t *testing.T) {
+	a, addr, secret := pair(t)
+	ctx := context.Background()
+	v, err := a.Group().CreateVolume(ctx, volume.Spec{Name: "pvc-gc", Quota: 1 << 30}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, "f"), []byte("soon garbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	collect := func(args ...string) []wire.Collection {
+		t.Helper()
+		var out bytes.Buffer
+		if err := run(append(args, "--address="+addr, "--secret-file="+secret, "-o", "json"), &out); err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out.String())
+		}
+		var cs []wire.Collection
+		if err := json.Unmarshal(out.Bytes(), &cs); err != nil && len(args) > 0 && args[0] == "gc" {
+			t.Fatal(err)
+		}
+		return cs
+	}
+	collect("import", src, "pvc-gc")
+	garbage := func(cs []wire.Collection) (g, deleted int) {
+		for _, c := range cs {
+			g += c.Garbage
+			deleted += c.Deleted
+		}
+		return g, deleted
+	}
+	if cs := collect("gc", "--all", "--dry-run"); len(cs) != 2 {
+		t.Fatalf("gc --all answered for %d members, want 2", len(cs))
+	} else if g, _ := garbage(cs); g != 0 {
+		t.Fatalf("%d blobs garbage while the volume lives", g)
+	}
+	if err := a.Group().DeleteVolume(ctx, v.ID); err != nil {
+		t.Fatal(err)
+	}
+	if g, d := garbage(collect("gc", "--all", "--dry-run")); g == 0 || d != 0 {
+		t.Fatalf("dry run after the delete: %d garbage, %d deleted", g, d)
+	}
+	if g, d := garbage(collect("gc", "--all")); g == 0 || d != g {
+		t.Fatalf("gc after the delete: %d garbage, %d deleted", g, d)
+	}
+	if g, _ := garbage(collect("gc", "--all", "--dry-run")); g != 0 {
+		t.Fatalf("%d blobs still garbage after gc", g)
+	}
+}

@@ -151,19 +151,9 @@ func runWarm(ctx context.Context, t *tool, args []string) error {
 // runVerify re-hashes a member's store (or every member's, one after the
 // other) and reports the copies found corrupt and repaired.
 func runVerify(ctx context.Context, t *tool, args []string) error {
-	members := []string{t.o.member}
-	if len(args) == 1 {
-		members = args
-	}
-	if t.o.all {
-		sts, err := t.member.AdminStatus(ctx, false)
-		if err != nil {
-			return err
-		}
-		members = nil
-		for _, mb := range sts[0].Members {
-			members = append(members, mb.Name)
-		}
+	members, err := t.chosen(ctx, args)
+	if err != nil {
+		return err
 	}
 	var reports []wire.VerifyState
 	for _, m := range members {
@@ -241,4 +231,24 @@ func first(s []string, n int) []string {
 		return append(s[:n:n], "...")
 	}
 	return s
+}
+
+// chosen returns the members a command is about: the one named in args,
+// every one with --all, or else the one reached.
+func (t *tool) chosen(ctx context.Context, args []string) ([]string, error) {
+	if !t.o.all {
+		if len(args) == 1 {
+			return args, nil
+		}
+		return []string{t.o.member}, nil
+	}
+	sts, err := t.member.AdminStatus(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	var members []string
+	for _, mb := range sts[0].Members {
+		members = append(members, mb.Name)
+	}
+	return members, nil
 }

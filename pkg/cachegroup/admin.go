@@ -293,3 +293,25 @@ func (a *admin) runVerify(ctx context.Context) {
 		})
 	}
 }
+
+// Collect collects the garbage of member q.Member's store now, passing the
+// request on if that is another member: a collection under pressure, which
+// deletes garbage at once (but what a commit in flight may name).
+func (a *admin) Collect(ctx context.Context, q wire.CollectRequest) (wire.Collection, error) {
+	if q.Member != a.m.cfg.NodeID {
+		p, err := a.peer(q.Member)
+		if err != nil {
+			return wire.Collection{}, err
+		}
+		return p.AdminCollect(ctx, q)
+	}
+	opt := a.m.collectOptions(true)
+	opt.DryRun = q.DryRun
+	res, err := a.m.group.Collect(ctx, opt)
+	if err != nil {
+		return wire.Collection{}, err
+	}
+	klog.InfoS("Collected garbage for an operator", "garbage", res.Garbage, "deleted", res.Deleted, "freed", res.Freed, "dryRun", q.DryRun)
+	return wire.Collection{Member: q.Member, DryRun: q.DryRun, Roots: res.Roots, Trees: res.Trees, Held: res.Held,
+		Garbage: res.Garbage, Bytes: res.Bytes, Deleted: res.Deleted, Freed: res.Freed}, nil
+}

@@ -29,6 +29,7 @@ import (
 //	POST /v1/admin/warm                   hydrate a volume's head on a member's node tier
 //	POST /v1/admin/verify                 start re-hashing a member's store
 //	GET  /v1/admin/verify?member=NAME     how that goes
+//	POST /v1/admin/gc                     collect a member's garbage now (or find it, dry)
 
 // Admin is what a member answers to an operator.
 type Admin interface {
@@ -51,6 +52,28 @@ type Admin interface {
 	// Verify reports on the re-hashing of a member's store, first starting
 	// one if start and none runs.
 	Verify(ctx context.Context, member string, start bool) (VerifyState, error)
+	// Collect collects the garbage of a member's store now, or with dry
+	// only finds it.
+	Collect(ctx context.Context, q CollectRequest) (Collection, error)
+}
+
+// CollectRequest asks a member to collect its garbage.
+type CollectRequest struct {
+	Member string `json:"member"`
+	DryRun bool   `json:"dryRun,omitempty"`
+}
+
+// Collection is what a collection found and did (see group.Collection).
+type Collection struct {
+	Member  string `json:"member"`
+	DryRun  bool   `json:"dryRun,omitempty"`
+	Roots   int    `json:"roots"`
+	Trees   int    `json:"trees"`
+	Held    int    `json:"held"`
+	Garbage int    `json:"garbage"`
+	Bytes   int64  `json:"garbageBytes"`
+	Deleted int    `json:"deleted"`
+	Freed   int64  `json:"freed"`
 }
 
 // Status is what a member says of itself to an operator.
@@ -201,6 +224,12 @@ func (s *Server) adminRoutes(mux *http.ServeMux, a Admin) {
 		}
 		return a.Verify(r.Context(), q.Member, true)
 	})
+	routeBody(s, mux, "POST /v1/admin/gc", maxJSONBody, func(r *http.Request, q CollectRequest) (any, error) {
+		if err := volume.CheckMemberName(q.Member); err != nil {
+			return nil, badRequest(err)
+		}
+		return a.Collect(r.Context(), q)
+	})
 	s.route(mux, "GET /v1/admin/verify", func(r *http.Request) (any, error) {
 		member := r.URL.Query().Get("member")
 		if err := volume.CheckMemberName(member); err != nil {
@@ -310,4 +339,11 @@ func (r *Client) AdminVerify(ctx context.Context, member string, start bool) (Ve
 		err = r.call(ctx, "GET", "/v1/admin/verify?member="+url.QueryEscape(member), nil, &st)
 	}
 	return st, err
+}
+
+// AdminCollect asks member q.Member to collect its garbage now.
+func (r *Client) AdminCollect(ctx context.Context, q CollectRequest) (Collection, error) {
+	var c Collection
+	err := r.call(ctx, "POST", "/v1/admin/gc", q, &c)
+	return c, err
 }

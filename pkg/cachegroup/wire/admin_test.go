@@ -50,6 +50,10 @@ func (a *testAdmin) Warm(_ context.Context, q WarmRequest) (WarmResult, error) {
 	a.warms = append(a.warms, q)
 	return WarmResult{Node: q.Node, Volume: q.Volume, Done: true}, nil
 }
+func (a *testAdmin) Collect(_ context.Context, q CollectRequest) (Collection, error) {
+	return Collection{Member: q.Member, DryRun: q.DryRun}, nil
+}
+
 func (a *testAdmin) Verify(_ context.Context, member string, _ bool) (VerifyState, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -77,6 +81,7 @@ func TestAdminRoutesRefuseTheUnauthenticated(t *testing.T) {
 		{"GET", "/v1/admin/volumes", ""},
 		{"POST", "/v1/admin/warm", `{"node":"member-a","volume":"vol-000000000000000000000000"}`},
 		{"POST", "/v1/admin/verify", `{"Member":"member-a"}`},
+		{"POST", "/v1/admin/gc", `{"member":"member-a"}`},
 		{"PUT", "/v1/admin/blobs/" + cas.Sum([]byte("x")).String(), "x"},
 	} {
 		before := p.refused(t, reasonUnauthenticated)
