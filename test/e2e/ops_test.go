@@ -284,6 +284,20 @@ func TestOperatorTool(t *testing.T) {
 			c.Name, reps[0].Checked, mib(reps[0].Bytes), victim[:12])
 	})
 
+	t.Run("gc_finds_no_garbage_in_a_live_volume", func(t *testing.T) {
+		var cs []wire.Collection
+		ctlJSON(t, &cs, "gc", "--all", "--dry-run")
+		if len(cs) != len(abc) {
+			t.Fatalf("gc --all answered for %d members, want %d", len(cs), len(abc))
+		}
+		for _, c := range cs {
+			if c.Garbage != 0 || c.Deleted != 0 || c.Roots == 0 || c.Held == 0 {
+				t.Fatalf("gc of %s: %+v, want live roots walked and no garbage", c.Member, c)
+			}
+		}
+		t.Logf("gc --dry-run: %+v", cs)
+	})
+
 	t.Run("rolling_restart_within_the_grace_period_moves_no_data", func(t *testing.T) {
 		before := storeListings(t, abc)
 		// Blobs pushed by re-replication over every process during the
