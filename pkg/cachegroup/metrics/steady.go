@@ -22,6 +22,9 @@ type Steady struct {
 	OutboxBytes prometheus.Gauge
 }
 
+// DropReasons are the reasons a commit is dropped for.
+var DropReasons = []string{"no-space", "outbox-full", "too-large", "volume-gone", "invalid", "quarantined"}
+
 func newSteady(register func(prometheus.Collector)) Steady {
 	s := Steady{
 		Collections: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachegroup_collections_total",
@@ -40,6 +43,13 @@ func newSteady(register func(prometheus.Collector)) Steady {
 			Help: "Pods' writes given up instead of retried, by reason (no-space, outbox-full, too-large, volume-gone, invalid, quarantined)."}, []string{"reason"}),
 		OutboxBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cachegroup_outbox_bytes",
 			Help: "Bytes of pods' writes waiting in the outbox to be committed."}),
+	}
+	// Every series from zero, so that rates and alerts see the first one.
+	for _, r := range []string{"complete", "incomplete"} {
+		s.Collections.WithLabelValues(r)
+	}
+	for _, r := range DropReasons {
+		s.DroppedCommits.WithLabelValues(r)
 	}
 	for _, c := range []prometheus.Collector{s.Collections, s.Garbage, s.CollectedBlobs, s.CollectedBytes,
 		s.EvictedBlobs, s.EvictedBytes, s.DroppedCommits, s.OutboxBytes} {
