@@ -251,21 +251,11 @@ func checkMemberAndVolume(member, id string) error {
 // its signed body digest must be the blob's, which the receiver checks as
 // it stores the blob, and it must come at minRate. The body is never held.
 func (s *Server) streamIn(w http.ResponseWriter, r *http.Request, put func(d cas.Digest, body io.Reader) error) {
-	d, err := digestOf(r, "digest")
-	if err == nil && credsOf(r).body != d {
-		err = refuse(reasonBadBodyDigest, fmt.Errorf("the signed body is not blob %s", d))
-	}
-	var rf *refusal
-	switch {
-	case errors.As(err, &rf):
-		s.refuse(w, r, err)
-		return
-	case err != nil:
-		closeAfter(w)
-		s.answer(w, r, nil, err)
+	d, ok := s.blobIn(w, r)
+	if !ok {
 		return
 	}
-	err = put(d, s.paced(w, r.Body))
+	err := put(d, s.paced(w, r.Body))
 	http.NewResponseController(w).SetReadDeadline(time.Time{})
 	if errors.Is(err, cas.ErrCorrupt) {
 		s.metrics.Corrupt.Inc()

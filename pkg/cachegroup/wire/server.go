@@ -131,20 +131,11 @@ func (s *Server) blobRoutes(mux *http.ServeMux) {
 // digest, which the store checks while it stores the blob: the body is
 // streamed, never held.
 func (s *Server) putBlob(w http.ResponseWriter, r *http.Request) {
-	d, err := digestOf(r, "digest")
-	if err == nil && credsOf(r).body != d {
-		err = refuse(reasonBadBodyDigest, fmt.Errorf("the signed body is not blob %s", d))
-	}
-	var rf *refusal
-	switch {
-	case errors.As(err, &rf):
-		s.refuse(w, r, err)
-		return
-	case err != nil:
-		closeAfter(w)
-		s.answer(w, r, nil, err)
+	d, ok := s.blobIn(w, r)
+	if !ok {
 		return
 	}
+	var err error
 	st := s.b.Store()
 	if st.Keep(d) >= 0 { // pushed for a commit: kept from collection until it is applied
 		// The server reads a little of the body it was not asked for
@@ -159,6 +150,27 @@ func (s *Server) putBlob(w http.ResponseWriter, r *http.Request) {
 		s.count(reasonBadBodyDigest)
 	}
 	s.answer(w, r, nil, err)
+}
+
+// blobIn returns the blob {digest} a request streams in, once its signed
+// body digest is found to be the blob's (which the receiver checks as it
+// stores the blob), or answers the request and reports false.
+func (s *Server) blobIn(w http.ResponseWriter, r *http.Request) (cas.Digest, bool) {
+	d, err := digestOf(r, "digest")
+	if err == nil && credsOf(r).body != d {
+		err = refuse(reasonBadBodyDigest, fmt.Errorf("the signed body is not blob %s", d))
+	}
+	var rf *refusal
+	switch {
+	case errors.As(err, &rf):
+		s.refuse(w, r, err)
+		return d, false
+	case err != nil:
+		closeAfter(w)
+		s.answer(w, r, nil, err)
+		return d, false
+	}
+	return d, true
 }
 
 // homeRoutes serves the home: heads, commits, snapshots and sharing nodes.
