@@ -36,6 +36,9 @@ const (
 	// compactShare: the thin layers of a stack holding more than
 	// 1/compactShare of the tree's entries are compacted too.
 	compactShare = 4
+	// compactMinEntries: below it a tree is compacted by depth only; its
+	// layers are small whatever share of it they hold.
+	compactMinEntries = 1024
 	// maxLowerBytes bounds the lowerdir option, well inside the page that
 	// mount(2) copies, leaving room for upperdir, workdir and the rest.
 	maxLowerBytes = 2048
@@ -155,7 +158,7 @@ func (n *Node) presented(root cas.Digest, m layerMeta, want Want) {
 	if n.lay.compactDepth > 0 {
 		depth = n.lay.compactDepth
 	}
-	if m.Depth >= depth || m.Depth > 0 && m.Changed*compactShare > m.Count {
+	if m.Depth >= depth || m.Depth > 0 && m.Count >= compactMinEntries && m.Changed*compactShare > m.Count {
 		n.compact(root, want)
 	}
 }
