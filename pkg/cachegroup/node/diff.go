@@ -57,7 +57,7 @@ func (n *Node) buildLayer(root, parent cas.Digest, pm layerMeta, want Want) erro
 		return err
 	}
 	// The layer's entries are durable before its record says it is whole.
-	if err := n.store.Sync(); err != nil {
+	if err := n.syncLayer(work, h.dirs); err != nil {
 		return fmt.Errorf("layer %s: %w", root, err)
 	}
 	if err := os.Rename(work, n.layerPath(root)); err != nil {
@@ -65,8 +65,31 @@ func (n *Node) buildLayer(root, parent cas.Digest, pm layerMeta, want Want) erro
 	}
 	m := layerMeta{Root: root, Parent: parent, Depth: pm.Depth + 1, Changed: pm.Changed + changed, Count: count}
 	b, _ := json.Marshal(m)
-	if err := files.WriteAtomic(n.layerMetaPath(root), b); err != nil {
+	// Not synced: a record lost in a crash only makes the layer be rebuilt,
+	// and a torn one does not decode.
+	if err := writeRenamed(n.layerMetaPath(root), b); err != nil {
 		return fmt.Errorf("layer %s: %w", root, err)
+	}
+	return nil
+}
+
+// syncDirsMax is the most directories a thin layer syncs one by one; a
+// larger one syncs the whole filesystem at once.
+const syncDirsMax = 64
+
+// syncLayer makes the entries of a thin layer at work durable: its files
+// are links to blobs, so syncing its directories is enough.
+func (n *Node) syncLayer(work string, dirs []placed) error {
+	if len(dirs) >= syncDirsMax {
+		return n.store.Sync()
+	}
+	if err := files.SyncDir(work); err != nil {
+		return err
+	}
+	for _, d := range dirs {
+		if err := files.SyncDir(d.path); err != nil {
+			return err
+		}
 	}
 	return nil
 }

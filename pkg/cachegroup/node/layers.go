@@ -12,7 +12,6 @@ import (
 	"sync"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
-	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/files"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/flight"
 	"k8s.io/klog/v2"
 )
@@ -149,7 +148,9 @@ func lowerBytes(lowers []string) int {
 func (n *Node) presented(root cas.Digest, m layerMeta, want Want) {
 	if want.VolumeID != "" && n.head(want.VolumeID) != root {
 		if err := os.MkdirAll(filepath.Join(n.dir, "heads"), 0o700); err == nil {
-			if err := files.WriteAtomic(n.headPath(want.VolumeID), []byte(root.String())); err != nil {
+			// Not synced: a head lost in a crash costs the next pod a
+			// bigger layer or a flat snapshot, nothing more.
+			if err := writeRenamed(n.headPath(want.VolumeID), []byte(root.String())); err != nil {
 				klog.ErrorS(err, "Record the newest snapshot", "volume", want.VolumeID)
 			}
 		}
@@ -372,4 +373,14 @@ func (n *Node) pruneLayers(used map[string]bool) error {
 		}
 	}
 	return nil
+}
+
+// writeRenamed writes b to path through a temporary file and a rename, so a
+// reader sees the old content or the new, without syncing.
+func writeRenamed(path string, b []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
