@@ -7,10 +7,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
-	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/files"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/parallel"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree"
 	"golang.org/x/sys/unix"
@@ -56,43 +57,30 @@ func (n *Node) buildLayer(root, parent cas.Digest, pm layerMeta, want Want) erro
 	if err := os.Chmod(work, 0o755); err != nil {
 		return err
 	}
-	// The layer's entries are durable before its record says it is whole.
-	if err := n.syncLayer(work, h.dirs); err != nil {
-		return fmt.Errorf("layer %s: %w", root, err)
-	}
+	// Nothing is synced: the record names this boot, and a layer recorded
+	// in an earlier one, whose entries may not all have reached the disk,
+	// is never used (a thin layer is cheap to build again). A record lost
+	// in a crash only makes the layer be rebuilt; a torn one does not decode.
 	if err := os.Rename(work, n.layerPath(root)); err != nil {
 		return fmt.Errorf("layer %s: %w", root, err)
 	}
-	m := layerMeta{Root: root, Parent: parent, Depth: pm.Depth + 1, Changed: pm.Changed + changed, Count: count}
+	m := layerMeta{Root: root, Parent: parent, Depth: pm.Depth + 1, Changed: pm.Changed + changed, Count: count, Boot: bootID()}
 	b, _ := json.Marshal(m)
-	// Not synced: a record lost in a crash only makes the layer be rebuilt,
-	// and a torn one does not decode.
 	if err := writeRenamed(n.layerMetaPath(root), b); err != nil {
 		return fmt.Errorf("layer %s: %w", root, err)
 	}
 	return nil
 }
 
-// syncDirsMax is the most directories a thin layer syncs one by one; a
-// larger one syncs the whole filesystem at once.
-const syncDirsMax = 64
-
-// syncLayer makes the entries of a thin layer at work durable: its files
-// are links to blobs, so syncing its directories is enough.
-func (n *Node) syncLayer(work string, dirs []placed) error {
-	if len(dirs) >= syncDirsMax {
-		return n.store.Sync()
+// bootID names this boot of the machine: what a process restart keeps and
+// a reboot (or crash of the machine) changes.
+var bootID = sync.OnceValue(func() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
 	}
-	if err := files.SyncDir(work); err != nil {
-		return err
-	}
-	for _, d := range dirs {
-		if err := files.SyncDir(d.path); err != nil {
-			return err
-		}
-	}
-	return nil
-}
+	return strings.TrimSpace(string(b))
+})
 
 // pair is a directory present in both trees whose content differs, and
 // where the layer holds it.

@@ -67,6 +67,9 @@ type layerMeta struct {
 	// entries of the tree.
 	Changed int64 `json:"changed"`
 	Count   int64 `json:"count"`
+	// Boot is the boot the layer was built in; one of another boot is
+	// never used (its entries were not synced).
+	Boot string `json:"boot"`
 }
 
 func (n *Node) layersDir() string                { return filepath.Join(n.dir, "layers") }
@@ -259,7 +262,7 @@ func (n *Node) chain(root cas.Digest) ([]layerMeta, bool) {
 func (n *Node) readLayerMeta(root cas.Digest) (layerMeta, bool) {
 	var m layerMeta
 	b, err := os.ReadFile(n.layerMetaPath(root))
-	if err != nil || json.Unmarshal(b, &m) != nil || m.Root != root {
+	if err != nil || json.Unmarshal(b, &m) != nil || m.Root != root || m.Boot != bootID() {
 		return m, false
 	}
 	if fi, err := os.Lstat(n.layerPath(root)); err != nil || !fi.IsDir() {

@@ -210,6 +210,14 @@ func TestRestartReusesLayersAndRebuildsHalfBuiltOnes(t *testing.T) {
 	if l, _, ok := n2.resolve(roots[2]); !ok || len(l) != 3 {
 		t.Fatalf("generation 2 after restart: %v %v", l, ok)
 	}
+	// A layer of an earlier boot may have lost entries in the crash of the
+	// machine: it is never used.
+	b, err := os.ReadFile(n.layerMetaPath(roots[2]))
+	must(t, err)
+	must(t, os.WriteFile(n.layerMetaPath(roots[2]), []byte(strings.Replace(string(b), bootID(), "an-earlier-boot", 1)), 0o600))
+	if _, _, ok := n2.resolve(roots[2]); ok {
+		t.Fatal("a layer of an earlier boot resolves")
+	}
 	must(t, n2.Prune(roots[3]))
 	if _, err := os.Lstat(filepath.Join(n.layersDir(), ".work-"+roots[2].String())); !os.IsNotExist(err) {
 		t.Fatalf("stale work directory kept: %v", err)
