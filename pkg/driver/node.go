@@ -46,8 +46,9 @@ func (d *Driver) checkGroup(o Options) error {
 // exists, and nothing is looked up or built from it.
 func notFound(err error) error { return status.Errorf(codes.NotFound, "%v: no such volume", err) }
 
-// NodeStageVolume materialises the volume's current snapshot on this node, so
-// that publishing it is only a mount. A hydration that outlives the call goes
+// NodeStageVolume materialises the volume's current snapshot on this node
+// (a thin layer over the previous generation if the node has it), so that
+// publishing it is only a mount. A hydration that outlives the call goes
 // on; the retried call picks it up.
 func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
 	id := req.GetVolumeId()
@@ -187,9 +188,10 @@ func (d *Driver) lockTarget(target string) (unlock func(), err error) {
 	return func() { d.targets.unlock(target) }, nil
 }
 
-// NodePublishVolume mounts the volume's newest snapshot at the target: an
-// overlay with a private upper layer, or a read-only bind of the snapshot for
-// a read-only publish. The head is looked up again, so a pod started later
+// NodePublishVolume mounts the volume's newest snapshot at the target: its
+// layers (a flat snapshot, or thin layers over one: Node.Stack) under a
+// private upper layer, or for a read-only publish the same layers read-only
+// (a bind of a flat snapshot). The head is looked up again, so a pod started later
 // sees every commit made before it started.
 func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	p, err := d.checkPublish(req)

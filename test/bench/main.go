@@ -72,9 +72,9 @@ type config struct {
 	layerFiles  int  // files of its tree
 	// layersMillion runs it again on 1,000,000 files.
 	layersMillion bool
-	group       bool // run the group part after it
-	groupBuild  bool // the group part's real build (needs the module proxy)
-	joinSettle  time.Duration
+	group         bool // run the group part after it
+	groupBuild    bool // the group part's real build (needs the module proxy)
+	joinSettle    time.Duration
 	// burstDeadline is the least time the sharing burst gets (4× the
 	// no-sharing one if longer) before it counts as stuck.
 	burstDeadline time.Duration

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -28,7 +29,12 @@ func (n *Node) buildLayer(root, parent cas.Digest, pm layerMeta, want Want) erro
 	work := filepath.Join(n.layersDir(), ".work-"+root.String())
 	// A diff is cheap to redo: start over rather than resume.
 	n.discard(work)
-	n.discard(n.layerPath(root)) // half-built: no record
+	// Half-built, or over a chain that broke (no live mount uses one: Prune
+	// keeps the chains of live mounts): the record goes first.
+	if err := os.Remove(n.layerMetaPath(root)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("layer %s: %w", root, err)
+	}
+	n.discard(n.layerPath(root))
 	h := &hydration{
 		sourcing: sourcing{n: n, private: !want.Sharing},
 		work:     work,

@@ -57,7 +57,8 @@ type Stats struct {
 // the pods mounted on this node, and the durable outbox of their writes with
 // the committer that drains it into the group.
 //
-// Layout below its directory: snaps/<root>/ (snapshots), pods/<key>/ (a live
+// Layout below its directory: snaps/<root>/ (flat snapshots), layers/ and
+// heads/ (thin layers over them: layers.go), pods/<key>/ (a live
 // layer: layer.json, upper/, work/), outbox/<seq>-<key>/ (an ended layer
 // waiting to be committed), quarantine/<seq>-<entry>/ (an entry that could
 // never be committed, with a file reason), trash/ (being removed).
