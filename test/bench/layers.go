@@ -38,10 +38,10 @@ const (
 	burstPods            = 16
 )
 
-// layerSpec is a tree of about n small files in n/10 directories (the
-// generator makes about 4/5 of the files asked for).
+// layerSpec is a tree of about n small files, 8 a directory (the generator
+// makes about 8 files a directory whatever it is asked for).
 func layerSpec(n int) gentree.Spec {
-	return gentree.Spec{Seed: 20261202, Files: n * 5 / 4, Dirs: n / 10, TotalBytes: int64(n) * 1 << 10, MaxJarBytes: 64 << 10}
+	return gentree.Spec{Seed: 20261202, Files: n * 5 / 4, Dirs: n / 8, TotalBytes: int64(n) * 1 << 10, MaxJarBytes: 64 << 10}
 }
 
 // runLayers runs the layers part for a tree of n files, adding its rows to

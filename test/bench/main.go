@@ -186,7 +186,7 @@ func main() {
 		b.printTable()
 	}
 	if len(lt.rows) > 0 {
-		fmt.Printf("\nlayers (trees of small files, 1 KiB on average, 10 per directory)\n\n")
+		fmt.Printf("\nlayers (trees of small files, 1 KiB on average, 8 per directory)\n\n")
 		printRows("baseline", lt.rows)
 		fmt.Printf("\npod start: NodePublishVolume after a pod's commit, on a node with the previous generation staged;\n")
 		fmt.Printf("fresh stage: NodeStageVolume of the same generation with nothing of the volume on the node\n")
