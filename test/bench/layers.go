@@ -110,10 +110,21 @@ func (b *bench) runLayers(ctx context.Context, n int) (err error) {
 		return err
 	}
 	lb.logf("layers %s: imported %s files, committed in %s", commas(n), commas(len(files)), secs(d))
-	// A fresh stage of the head: nothing of the volume on the node.
+	// A fresh stage of the head: nothing of the volume on the node. A
+	// compaction still running keeps what it reads until it ends, and
+	// then its snapshot: unstage again until nothing is left.
+	nodeDir := filepath.Join(store, "node")
 	freshStage := func() (time.Duration, error) {
-		if err := lb.unstage(ctx, staging); err != nil {
-			return 0, err
+		for t0 := time.Now(); ; {
+			if err := lb.unstage(ctx, staging); err != nil {
+				return 0, err
+			}
+			if left := snapshotsOn(nodeDir); left == 0 {
+				break
+			} else if time.Since(t0) > 10*time.Minute {
+				return 0, fmt.Errorf("%d snapshots still on the node 10 minutes after unstage", left)
+			}
+			time.Sleep(500 * time.Millisecond)
 		}
 		t0 := time.Now()
 		err := lb.stage(ctx, staging)
@@ -243,6 +254,10 @@ func (b *bench) runLayers(ctx context.Context, n int) (err error) {
 		return errors.New("layers: the compaction made no flat snapshot in 10 minutes")
 	}
 	lb.logf("layers %s: deepest stack %d layers, compacted to a flat snapshot", commas(n), stackDepth(deep))
+	if !c.layersCold {
+		lb.notes = append(lb.notes, "-layers-cold=false: no cold walks and reads through stacks")
+		return lb.burst(ctx, n, staging, target)
+	}
 	mounts := []struct{ name, root string }{{"raw", lb.tree}, {"deepest", deep}, {"flat", flat}}
 	walks, reads := map[string][]treeCount{}, map[string][]treeCount{}
 	buf := make([]byte, 1<<20)
@@ -430,4 +445,19 @@ func regularFiles(dir string) ([]string, error) {
 		return nil
 	})
 	return out, err
+}
+
+// snapshotsOn counts the flat snapshots, thin layers and work directories
+// of the node tier at dir.
+func snapshotsOn(dir string) int {
+	n := 0
+	for _, sub := range []string{"snaps", "layers"} {
+		ents, _ := os.ReadDir(filepath.Join(dir, sub))
+		for _, e := range ents {
+			if e.IsDir() {
+				n++
+			}
+		}
+	}
+	return n
 }

@@ -70,6 +70,7 @@ type config struct {
 	single      bool // run the single-node part
 	layers      bool // run the layers part
 	layerFiles  int  // files of its tree
+	layersCold  bool // its cold walks and reads
 	// layersMillion runs it again on 1,000,000 files.
 	layersMillion bool
 	group         bool // run the group part after it
@@ -95,6 +96,7 @@ func main() {
 	flag.BoolVar(&c.single, "single", true, "run the single-node part")
 	flag.BoolVar(&c.layers, "layers", true, "run the layers part (layers.go): pod start after commits of 1 file, 1% and 10% vs a fresh stage, cold walk and read through the deepest stack and a flat snapshot, 16 pods at once")
 	flag.IntVar(&c.layerFiles, "layers-files", 100000, "files of the layers part's tree (-small: 2000)")
+	flag.BoolVar(&c.layersCold, "layers-cold", true, "in the layers part, the cold walks and reads (minutes at 100,000 files)")
 	flag.BoolVar(&c.layersMillion, "layers-million", false, "also run the layers part on a tree of 1,000,000 files (takes many minutes)")
 	flag.BoolVar(&c.group, "group", true, "run the group part after the single-node one: members in network namespaces, hydration across them vs raw veth, a burst with and without sharing, a member joining, a real build")
 	flag.BoolVar(&c.groupBuild, "group-build", true, "in the group part, the real build (go mod download, cold from the module proxy)")

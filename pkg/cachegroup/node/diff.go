@@ -18,11 +18,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// buildLayer builds root's thin layer over parent's stack (whose top record
-// is pm) in a work directory, moves it into place and records it last. A
+// buildLayer builds root's thin layer over parent's stack ps in a work
+// directory, moves it into place and records it last. A
 // crash at any point leaves a layer without its record, which is never used
 // and is rebuilt.
-func (n *Node) buildLayer(root, parent cas.Digest, pm layerMeta, want Want) error {
+func (n *Node) buildLayer(root, parent cas.Digest, ps stackInfo, want Want) error {
 	if err := os.MkdirAll(n.layersDir(), 0o711); err != nil {
 		return fmt.Errorf("layer %s: %w", root, err)
 	}
@@ -70,7 +70,7 @@ func (n *Node) buildLayer(root, parent cas.Digest, pm layerMeta, want Want) erro
 	if err := os.Rename(work, n.layerPath(root)); err != nil {
 		return fmt.Errorf("layer %s: %w", root, err)
 	}
-	m := layerMeta{Root: root, Parent: parent, Depth: pm.Depth + 1, Changed: pm.Changed + changed, Count: count, Boot: bootID()}
+	m := layerMeta{Root: root, Parent: parent, Depth: ps.depth + 1, Changed: changed, Count: count, Boot: bootID()}
 	b, _ := json.Marshal(m)
 	if err := writeRenamed(n.layerMetaPath(root), b); err != nil {
 		return fmt.Errorf("layer %s: %w", root, err)

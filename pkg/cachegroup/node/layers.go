@@ -30,7 +30,8 @@ const (
 	// about one lookup per layer for each directory a layer holds.
 	compactDepth = 4
 	// maxDepth bounds a stack: past it (compaction did not keep up) the
-	// next generation is materialised flat before it is used.
+	// next generation's layer is built over the flat snapshot at the
+	// bottom of the stack, holding the changes of all the layers between.
 	maxDepth = 8
 	// compactShare: the thin layers of a stack holding more than
 	// 1/compactShare of the tree's entries are compacted too.
@@ -60,11 +61,10 @@ type layerState struct {
 type layerMeta struct {
 	Root   cas.Digest `json:"root"`
 	Parent cas.Digest `json:"parent"`
-	// Depth counts the thin layers of the stack, this one included; 0 for a
-	// flat snapshot.
+	// Depth counts the thin layers of the stack it was built in, this one
+	// included (a compaction below makes its stack shallower since).
 	Depth int `json:"depth"`
-	// Changed counts the entries in the stack's thin layers; Count the
-	// entries of the tree.
+	// Changed counts the entries in this layer; Count those of the tree.
 	Changed int64 `json:"changed"`
 	Count   int64 `json:"count"`
 	// Boot is the boot the layer was built in; one of another boot is
@@ -96,18 +96,22 @@ func (n *Node) Stack(ctx context.Context, root cas.Digest, want Want) (lowers []
 }
 
 func (n *Node) stack(ctx context.Context, root cas.Digest, want Want) ([]string, error) {
-	if lowers, m, ok := n.resolve(root); ok {
-		n.presented(root, m, want)
-		return lowers, nil
+	if st, ok := n.resolve(root); ok {
+		n.presented(root, st, want)
+		return st.lowers, nil
 	}
 	if base := n.head(want.VolumeID); !base.IsZero() && base != root {
-		releaseBase := n.hold(base)
-		bl, bm, ok := n.resolve(base)
-		if ok && bm.Depth < maxDepth && lowerBytes(bl)+len(n.layerPath(root))+1 <= maxLowerBytes {
+		releaseBase := n.hold(base) // and the whole stack below it
+		bs, ok := n.resolve(base)
+		if ok && (bs.depth >= maxDepth || lowerBytes(bs.lowers)+len(n.layerPath(root))+1 > maxLowerBytes) {
+			// Too deep: over the flat snapshot at the bottom instead.
+			base, bs = bs.bottom, stackInfo{lowers: bs.lowers[len(bs.lowers)-1:], bottom: bs.bottom}
+		}
+		if ok {
 			c, mine := n.lay.builds.Claim(root)
 			if mine {
 				go func() {
-					err := n.buildLayer(root, base, bm, want)
+					err := n.buildLayer(root, base, bs, want)
 					releaseBase()
 					n.lay.builds.Done(root, c, err)
 				}()
@@ -116,9 +120,9 @@ func (n *Node) stack(ctx context.Context, root cas.Digest, want Want) ([]string,
 			}
 			err := c.Wait(ctx)
 			if err == nil {
-				if lowers, m, ok := n.resolve(root); ok {
-					n.presented(root, m, want)
-					return lowers, nil
+				if st, ok := n.resolve(root); ok {
+					n.presented(root, st, want)
+					return st.lowers, nil
 				}
 			}
 			if ctx.Err() != nil {
@@ -133,7 +137,7 @@ func (n *Node) stack(ctx context.Context, root cas.Digest, want Want) ([]string,
 	if err != nil {
 		return nil, err
 	}
-	n.presented(root, layerMeta{Root: root}, want)
+	n.presented(root, stackInfo{lowers: []string{dir}, bottom: root}, want)
 	return []string{dir}, nil
 }
 
@@ -148,7 +152,7 @@ func lowerBytes(lowers []string) int {
 
 // presented records root as the newest of want's volume here and, when its
 // stack is deep or its thin layers large, compacts it in the background.
-func (n *Node) presented(root cas.Digest, m layerMeta, want Want) {
+func (n *Node) presented(root cas.Digest, st stackInfo, want Want) {
 	if want.VolumeID != "" && n.head(want.VolumeID) != root {
 		if err := os.MkdirAll(filepath.Join(n.dir, "heads"), 0o700); err == nil {
 			// Not synced: a head lost in a crash costs the next pod a
@@ -162,7 +166,7 @@ func (n *Node) presented(root cas.Digest, m layerMeta, want Want) {
 	if n.lay.compactDepth > 0 {
 		depth = n.lay.compactDepth
 	}
-	if m.Depth >= depth || m.Depth > 0 && m.Count >= compactMinEntries && m.Changed*compactShare > m.Count {
+	if st.depth >= depth || st.depth > 0 && st.count >= compactMinEntries && st.changed*compactShare > st.count {
 		n.compact(root, want)
 	}
 }
@@ -222,20 +226,34 @@ func (n *Node) heads() []cas.Digest {
 	return ds
 }
 
-// resolve returns the stack that presents root, preferring a flat snapshot,
-// and the record of its top: ok is false if root has no complete stack here.
-func (n *Node) resolve(root cas.Digest) (lowers []string, top layerMeta, ok bool) {
+// stackInfo is the stack that presents a root here.
+type stackInfo struct {
+	lowers []string   // newest first
+	depth  int        // thin layers
+	bottom cas.Digest // the root of the flat snapshot at the bottom
+	// changed counts the entries of the thin layers, count the tree's.
+	changed, count int64
+}
+
+// resolve returns the stack that presents root, preferring a flat snapshot
+// and then the chain of thin layers down to the newest flat snapshot below
+// (which a compaction may have made since the layers were built); ok is
+// false if root has no complete stack here.
+func (n *Node) resolve(root cas.Digest) (st stackInfo, ok bool) {
 	if _, err := os.Lstat(n.snapPath(root)); err == nil {
-		return []string{n.snapPath(root)}, layerMeta{Root: root}, true
+		return stackInfo{lowers: []string{n.snapPath(root)}, bottom: root}, true
 	}
 	chain, ok := n.chain(root)
 	if !ok {
-		return nil, layerMeta{}, false
+		return st, false
 	}
 	for _, m := range chain {
-		lowers = append(lowers, n.layerPath(m.Root))
+		st.lowers = append(st.lowers, n.layerPath(m.Root))
+		st.changed += m.Changed
 	}
-	return append(lowers, n.snapPath(chain[len(chain)-1].Parent)), chain[0], true
+	st.depth, st.count, st.bottom = len(chain), chain[0].Count, chain[len(chain)-1].Parent
+	st.lowers = append(st.lowers, n.snapPath(st.bottom))
+	return st, true
 }
 
 // chain returns the records of root's thin layers, newest first, down to

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -191,7 +192,7 @@ func TestRestartReusesLayersAndRebuildsHalfBuiltOnes(t *testing.T) {
 
 	n2, err := Open(n.dir, n.group)
 	must(t, err)
-	if _, _, ok := n2.resolve(roots[3]); ok {
+	if _, ok := n2.resolve(roots[3]); ok {
 		t.Fatal("a layer without its record resolves")
 	}
 	again := stackOf(t, n2, v.ID, roots[3])
@@ -207,15 +208,15 @@ func TestRestartReusesLayersAndRebuildsHalfBuiltOnes(t *testing.T) {
 		t.Fatalf("rebuilt stack:\n got %s\nwant %s", got, want)
 	}
 	// Generation 2, complete, resolves to its stack without a build.
-	if l, _, ok := n2.resolve(roots[2]); !ok || len(l) != 3 {
-		t.Fatalf("generation 2 after restart: %v %v", l, ok)
+	if st, ok := n2.resolve(roots[2]); !ok || len(st.lowers) != 3 {
+		t.Fatalf("generation 2 after restart: %v %v", st.lowers, ok)
 	}
 	// A layer of an earlier boot may have lost entries in the crash of the
 	// machine: it is never used.
 	b, err := os.ReadFile(n.layerMetaPath(roots[2]))
 	must(t, err)
 	must(t, os.WriteFile(n.layerMetaPath(roots[2]), []byte(strings.Replace(string(b), bootID(), "an-earlier-boot", 1)), 0o600))
-	if _, _, ok := n2.resolve(roots[2]); ok {
+	if _, ok := n2.resolve(roots[2]); ok {
 		t.Fatal("a layer of an earlier boot resolves")
 	}
 	must(t, n2.Prune(roots[3]))
@@ -279,7 +280,31 @@ func TestCompactionKeepsMountedStacks(t *testing.T) {
 			t.Fatalf("layer %s kept after its last pod ended: %v", p, err)
 		}
 	}
-	if _, _, ok := n.resolve(roots[2]); !ok {
+	if _, ok := n.resolve(roots[2]); !ok {
 		t.Fatal("the staged volume's newest snapshot pruned")
+	}
+}
+
+// A stack that compaction did not keep up with stops at maxDepth: the next
+// layer is built over the flat snapshot at its bottom.
+func TestDeepStackRebasesOnItsBottom(t *testing.T) {
+	n, h := newNode(t)
+	n.lay.compactDepth = 100
+	v, _ := h.CreateVolume(context.Background(), volume.Spec{Name: "v"})
+	root := commitOps(t, h, v.ID, treetest.File(t, n.store, "f", "0", 1))
+	stackOf(t, n, v.ID, root)
+	for i := 1; i <= maxDepth+1; i++ {
+		root = commitOps(t, h, v.ID, treetest.File(t, n.store, fmt.Sprintf("d%d/f", i), "x", 1))
+		lowers := stackOf(t, n, v.ID, root)
+		want := i + 1
+		if i > maxDepth {
+			want = 2
+		}
+		if len(lowers) != want {
+			t.Fatalf("generation %d: %d layers, want %d", i, len(lowers), want)
+		}
+		if got, want := fsListing(t, mountRO(t, lowers)), treetest.Listing(t, n.store, root); got != want {
+			t.Fatalf("generation %d:\n got %s\nwant %s", i, got, want)
+		}
 	}
 }
