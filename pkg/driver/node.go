@@ -81,7 +81,6 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return nil, errStatus(err, "stage volume %s: snapshot %s", id, v.Root)
 	}
 	release() // kept from here on as the newest of a staged volume
-
 	if err := d.node.MarkStaged(id, true); err != nil {
 		return nil, status.Errorf(codes.Internal, "stage volume %s: %v", id, err)
 	}
@@ -191,8 +190,8 @@ func (d *Driver) lockTarget(target string) (unlock func(), err error) {
 // NodePublishVolume mounts the volume's newest snapshot at the target: its
 // layers (a flat snapshot, or thin layers over one: Node.Stack) under a
 // private upper layer, or for a read-only publish the same layers read-only
-// (a bind of a flat snapshot). The head is looked up again, so a pod started later
-// sees every commit made before it started.
+// (a bind of a flat snapshot). The head is looked up again, so a pod
+// started later sees every commit made before it started.
 func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	p, err := d.checkPublish(req)
 	if err != nil {
@@ -251,11 +250,9 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		return nil, err
 	}
 	if p.readOnly {
-		err = d.mount.Stack(target, lowers, "", "")
-	} else {
-		err = d.mount.Stack(target, lowers, upper, work)
+		upper, work = "", "" // the same layers, read-only
 	}
-	if err != nil {
+	if err := d.mount.Stack(target, lowers, upper, work); err != nil {
 		d.node.Drop(target)
 		return nil, status.Errorf(codes.Internal, "mount volume %s at %s: %v", volID, target, err)
 	}
