@@ -46,8 +46,9 @@ func (d *Driver) checkGroup(o Options) error {
 // exists, and nothing is looked up or built from it.
 func notFound(err error) error { return status.Errorf(codes.NotFound, "%v: no such volume", err) }
 
-// NodeStageVolume materialises the volume's current snapshot on this node, so
-// that publishing it is only a mount. A hydration that outlives the call goes
+// NodeStageVolume materialises the volume's current snapshot on this node
+// (a thin layer over the previous generation if the node has it), so that
+// publishing it is only a mount. A hydration that outlives the call goes
 // on; the retried call picks it up.
 func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
 	id := req.GetVolumeId()
@@ -75,9 +76,11 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err != nil {
 		return nil, errStatus(err, "stage volume %s", id)
 	}
-	if _, err := d.node.Materialize(ctx, v.Root, node.Want{VolumeID: id, Sharing: !opts.NoSharing}); err != nil {
+	_, release, err := d.node.Stack(ctx, v.Root, node.Want{VolumeID: id, Sharing: !opts.NoSharing})
+	if err != nil {
 		return nil, errStatus(err, "stage volume %s: snapshot %s", id, v.Root)
 	}
+	release() // kept from here on as the newest of a staged volume
 	if err := d.node.MarkStaged(id, true); err != nil {
 		return nil, status.Errorf(codes.Internal, "stage volume %s: %v", id, err)
 	}
@@ -169,31 +172,33 @@ func (d *Driver) checkPublish(req *csi.NodePublishVolumeRequest) (publishRequest
 	return p, nil
 }
 
-// lockTarget takes the in-flight locks of volume id and of target together:
-// two calls on one volume never interleave, nor do two publishes (of any
-// volumes) to one target. Contention is Aborted: the CO retries later.
-func (d *Driver) lockTarget(id, target string) (unlock func(), err error) {
-	if err := d.inflight.lock(id); err != nil {
-		return nil, err
-	}
+// lockTarget takes the in-flight lock of target: two publishes or
+// unpublishes (of any volumes) to one target never interleave, and only
+// they are Aborted (the CO retries later). Calls for other targets of the
+// same volume go on side by side: pods of one volume never wait on each
+// other, and a publish that finds the volume's snapshot being staged or
+// built joins that build (the node tier single-flights it). Stage and
+// unstage lock the volume; the node tier keeps a snapshot a publish is
+// mounting from pruning by an unstage running meanwhile (Node.Stack).
+func (d *Driver) lockTarget(target string) (unlock func(), err error) {
 	if err := d.targets.lock(target); err != nil {
-		d.inflight.unlock(id)
 		return nil, err
 	}
-	return func() { d.targets.unlock(target); d.inflight.unlock(id) }, nil
+	return func() { d.targets.unlock(target) }, nil
 }
 
-// NodePublishVolume mounts the volume's newest snapshot at the target: an
-// overlay with a private upper layer, or a read-only bind of the snapshot for
-// a read-only publish. The head is looked up again, so a pod started later
-// sees every commit made before it started.
+// NodePublishVolume mounts the volume's newest snapshot at the target: its
+// layers (a flat snapshot, or thin layers over one: Node.Stack) under a
+// private upper layer, or for a read-only publish the same layers read-only
+// (a bind of a flat snapshot). The head is looked up again, so a pod
+// started later sees every commit made before it started.
 func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	p, err := d.checkPublish(req)
 	if err != nil {
 		return nil, err
 	}
 	target := p.target
-	unlock, err := d.lockTarget(p.id, target)
+	unlock, err := d.lockTarget(target)
 	if err != nil {
 		return nil, err
 	}
@@ -225,10 +230,11 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err != nil {
 		return nil, errStatus(err, "publish volume %s", volID)
 	}
-	snap, err := d.node.Materialize(ctx, v.Root, node.Want{VolumeID: volID, Sharing: !p.opts.NoSharing})
+	lowers, release, err := d.node.Stack(ctx, v.Root, node.Want{VolumeID: volID, Sharing: !p.opts.NoSharing})
 	if err != nil {
 		return nil, errStatus(err, "publish volume %s: snapshot %s", volID, v.Root)
 	}
+	defer release() // after the layer records v.Root, or the mount failed
 	owner := p.opts.FileOwner
 	if owner == nil {
 		owner = v.FileOwner
@@ -244,15 +250,13 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		return nil, err
 	}
 	if p.readOnly {
-		err = d.mount.BindReadOnly(target, snap)
-	} else {
-		err = d.mount.Overlay(target, snap, upper, work)
+		upper, work = "", "" // the same layers, read-only
 	}
-	if err != nil {
+	if err := d.mount.Stack(target, lowers, upper, work); err != nil {
 		d.node.Drop(target)
 		return nil, status.Errorf(codes.Internal, "mount volume %s at %s: %v", volID, target, err)
 	}
-	klog.V(2).InfoS("Published", "volume", volID, "target", target, "snapshot", v.Root, "generation", v.Generation, "readOnly", p.readOnly)
+	klog.V(2).InfoS("Published", "volume", volID, "target", target, "snapshot", v.Root, "layers", len(lowers), "generation", v.Generation, "readOnly", p.readOnly)
 	return &csi.NodePublishVolumeResponse{}, nil
 }
 
@@ -304,7 +308,7 @@ func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVo
 	if err := checkPath("target path", target); err != nil {
 		return nil, err
 	}
-	unlock, err := d.lockTarget(id, target)
+	unlock, err := d.lockTarget(target)
 	if err != nil {
 		return nil, err
 	}

@@ -1,13 +1,15 @@
 // Package mounter provides the overlay and bind mounts that present cache
 // volumes to pods, and mount-point checks.
 //
-// A read-write publish is an overlay whose lower layer is a snapshot on the
-// node and whose upper layer is private to the pod; the upper layer is later
-// read back as plain files, whiteouts (character devices 0/0), opaque
-// directories (xattr trusted.overlay.opaque=y) and renamed directories (xattr
-// trusted.overlay.redirect) by the committer. A read-only
-// publish is a read-only bind mount of the snapshot. All mounts are nosuid and
-// nodev. The functions are safe for concurrent use on distinct paths.
+// A read-write publish is an overlay whose lower layers are a snapshot on
+// the node (a flat one, or thin layers stacked over one, newest first) and
+// whose upper layer is private to the pod; the upper layer is later read
+// back as plain files, whiteouts (character devices 0/0), opaque directories
+// (xattr trusted.overlay.opaque=y) and renamed directories (xattr
+// trusted.overlay.redirect) by the committer. A read-only publish is a
+// read-only bind mount of a flat snapshot, or a read-only overlay of a stack
+// with no upper layer. All mounts are nosuid and nodev. The functions are
+// safe for concurrent use on distinct paths.
 package mounter
 
 import (

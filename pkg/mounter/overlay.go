@@ -66,23 +66,32 @@ var optionalRefused atomic.Bool
 // work directory still holding that marker after a crash means the upper
 // layer next to it was never synced and may be incomplete.
 func Overlay(target, lower, upper, work string) error {
+	return OverlayStack(target, []string{lower}, upper, work)
+}
+
+// OverlayStack is Overlay with several read-only layers, newest first: what
+// a name is in lowers[0] hides what it is in the later ones (whiteouts and
+// opaque directories in a lower layer hide the layers below it).
+func OverlayStack(target string, lowers []string, upper, work string) error {
+	opts, err := lowerOption(target, lowers)
+	if err != nil {
+		return err
+	}
 	for _, p := range [...]struct{ name, path string }{
-		{"lowerdir", lower}, {"upperdir", upper}, {"workdir", work},
+		{"upperdir", upper}, {"workdir", work},
 	} {
 		if err := checkLayerPath(p.path); err != nil {
 			return fmt.Errorf("mount overlay at %s: %s: %w", target, p.name, err)
 		}
 	}
-	opts := append([]string{
-		"lowerdir=" + lower, "upperdir=" + upper, "workdir=" + work,
-	}, requiredOverlayOptions...)
+	opts = append(append(opts, "upperdir="+upper, "workdir="+work), requiredOverlayOptions...)
 	if optionalRefused.Load() {
-		return mountOverlay(target, opts)
+		return mountOverlay(target, opts, 0)
 	}
-	err := mountOverlay(target, append(opts, optionalOverlayOptions...))
+	err = mountOverlay(target, append(opts, optionalOverlayOptions...), 0)
 	if errors.Is(err, unix.ENOENT) {
 		// mount(2) does not say which path is missing; name it.
-		for _, p := range [...]string{target, lower, upper, work} {
+		for _, p := range append([]string{target, upper, work}, lowers...) {
 			if _, serr := os.Stat(p); serr != nil {
 				return fmt.Errorf("mount overlay at %s: %w", target, serr)
 			}
@@ -96,15 +105,43 @@ func Overlay(target, lower, upper, work string) error {
 			target, work, unix.EINVAL)
 	}
 	// The kernel may predate volatile/xino: retry with the required options only.
-	if rerr := mountOverlay(target, opts); rerr != nil {
+	if rerr := mountOverlay(target, opts, 0); rerr != nil {
 		return err
 	}
 	optionalRefused.Store(true)
 	return nil
 }
 
-// mountOverlay performs the mount(2) call with the given options.
-func mountOverlay(target string, opts []string) error {
+// ReadOnlyStack mounts lowers (newest first, at least two) read-only at
+// target as one overlay with no upper layer, nosuid,nodev: a read-only
+// publish of a layered snapshot.
+func ReadOnlyStack(target string, lowers []string) error {
+	if len(lowers) < 2 {
+		return fmt.Errorf("mount overlay at %s: a read-only stack needs two layers or more; bind one", target)
+	}
+	opts, err := lowerOption(target, lowers)
+	if err != nil {
+		return err
+	}
+	return mountOverlay(target, append(opts, requiredOverlayOptions...), unix.MS_RDONLY)
+}
+
+// lowerOption returns the lowerdir option of lowers, newest first.
+func lowerOption(target string, lowers []string) ([]string, error) {
+	if len(lowers) == 0 {
+		return nil, fmt.Errorf("mount overlay at %s: no lower layer", target)
+	}
+	for _, l := range lowers {
+		if err := checkLayerPath(l); err != nil {
+			return nil, fmt.Errorf("mount overlay at %s: lowerdir: %w", target, err)
+		}
+	}
+	return []string{"lowerdir=" + strings.Join(lowers, ":")}, nil
+}
+
+// mountOverlay performs the mount(2) call with the given options and flags
+// besides nosuid,nodev.
+func mountOverlay(target string, opts []string, flags uintptr) error {
 	data := strings.Join(opts, ",")
 	// mount(2) copies at most one page of option data, NUL included.
 	if limit := os.Getpagesize() - 1; len(data) > limit {
@@ -112,7 +149,7 @@ func mountOverlay(target string, opts []string) error {
 			target, len(data), limit)
 	}
 	err := ignoringEINTR(func() error {
-		return unix.Mount("overlay", target, "overlay", unix.MS_NOSUID|unix.MS_NODEV, data)
+		return unix.Mount("overlay", target, "overlay", unix.MS_NOSUID|unix.MS_NODEV|flags, data)
 	})
 	if err != nil {
 		if errors.Is(err, unix.EINVAL) {

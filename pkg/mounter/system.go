@@ -12,6 +12,10 @@ type Mounter interface {
 	// Overlay mounts lower read-only under the private upper/work layer at
 	// target (see Overlay).
 	Overlay(target, lower, upper, work string) error
+	// Stack mounts lowers (newest first) at target: under the private
+	// upper/work layer (see OverlayStack) or, with upper "", read-only (a
+	// bind of a single layer, else see ReadOnlyStack).
+	Stack(target string, lowers []string, upper, work string) error
 	// BindReadOnly bind-mounts source at target read-only (see BindReadOnly).
 	BindReadOnly(target, source string) error
 	// Unmount unmounts target and what is stacked on it; a target that is
@@ -30,6 +34,15 @@ var _ Mounter = System{}
 func (System) Overlay(target, lower, upper, work string) error {
 	return Overlay(target, lower, upper, work)
 }
+func (System) Stack(target string, lowers []string, upper, work string) error {
+	switch {
+	case upper != "":
+		return OverlayStack(target, lowers, upper, work)
+	case len(lowers) == 1:
+		return BindReadOnly(target, lowers[0])
+	}
+	return ReadOnlyStack(target, lowers)
+}
 func (System) BindReadOnly(target, source string) error { return BindReadOnly(target, source) }
 func (System) Unmount(target string) error              { return Unmount(target) }
 func (System) IsMountPoint(path string) (bool, error)   { return IsMountPoint(path) }
@@ -45,8 +58,9 @@ type Fake struct {
 
 // FakeMount is a mount a Fake recorded.
 type FakeMount struct {
-	Lower    string // the snapshot mounted (the bind's source)
-	Upper    string // the overlay's upper directory; empty for a bind
+	Lower    string   // the snapshot mounted (the bind's source); a stack's newest layer
+	Lowers   []string // a stack's layers, newest first
+	Upper    string   // the overlay's upper directory; empty for a bind
 	ReadOnly bool
 }
 
@@ -55,6 +69,19 @@ var _ Mounter = (*Fake)(nil)
 // Overlay records an overlay mount at target.
 func (f *Fake) Overlay(target, lower, upper, work string) error {
 	return f.mount(target, FakeMount{Lower: lower, Upper: upper}, lower, upper, work)
+}
+
+// Stack records a mount of lowers at target, read-only if upper is "".
+func (f *Fake) Stack(target string, lowers []string, upper, work string) error {
+	if len(lowers) == 0 {
+		return fmt.Errorf("fake mount at %s: no lower layer", target)
+	}
+	m := FakeMount{Lower: lowers[0], Lowers: lowers, Upper: upper, ReadOnly: upper == ""}
+	paths := lowers
+	if upper != "" {
+		paths = append([]string{upper, work}, lowers...)
+	}
+	return f.mount(target, m, paths...)
 }
 
 // BindReadOnly records a read-only bind of source at target.

@@ -129,3 +129,26 @@ func TestBenchRuns(t *testing.T) {
 		t.Fatalf("bridge %s left behind", gb.cl.Bridge)
 	}
 }
+
+// TestLayersBenchRuns runs the layers part end to end on a tiny tree
+// without dropping caches: it checks that it runs and cleans up, not the
+// figures.
+func TestLayersBenchRuns(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the benchmark mounts filesystems: run as root")
+	}
+	work := t.TempDir()
+	b := &bench{cfg: config{driver: buildDriver(t), work: work, small: true, rounds: 1, noDrop: true, layersCold: true},
+		start: time.Now()}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := b.runLayers(ctx, 400); err != nil {
+		t.Fatal(err)
+	}
+	if len(b.rows) != 9 {
+		t.Fatalf("%d result rows, want 9", len(b.rows))
+	}
+	if left, _ := csiharness.MountsUnder(work); len(left) > 0 {
+		t.Fatalf("mounts left behind: %v", left)
+	}
+}

@@ -68,9 +68,14 @@ type config struct {
 	specName    string
 	noDrop      bool // do not drop the caches (tests: the machine is shared)
 	single      bool // run the single-node part
-	group       bool // run the group part after it
-	groupBuild  bool // the group part's real build (needs the module proxy)
-	joinSettle  time.Duration
+	layers      bool // run the layers part
+	layerFiles  int  // files of its tree
+	layersCold  bool // its cold walks and reads
+	// layersMillion runs it again on 1,000,000 files.
+	layersMillion bool
+	group         bool // run the group part after it
+	groupBuild    bool // the group part's real build (needs the module proxy)
+	joinSettle    time.Duration
 	// burstDeadline is the least time the sharing burst gets (4× the
 	// no-sharing one if longer) before it counts as stuck.
 	burstDeadline time.Duration
@@ -89,6 +94,10 @@ func main() {
 	flag.IntVar(&c.commitFiles, "commit-files", 5000, "files the pod writes for the commit measurement (-small: 500)")
 	flag.IntVar(&c.logLevel, "driver-v", 1, "driver log verbosity (-v); the log is <work>/run/driver.log")
 	flag.BoolVar(&c.single, "single", true, "run the single-node part")
+	flag.BoolVar(&c.layers, "layers", true, "run the layers part (layers.go): pod start after commits of 1 file, 1% and 10% vs a fresh stage, cold walk and read through the deepest stack and a flat snapshot, 16 pods at once")
+	flag.IntVar(&c.layerFiles, "layers-files", 100000, "files of the layers part's tree (-small: 2000)")
+	flag.BoolVar(&c.layersCold, "layers-cold", true, "in the layers part, the cold walks and reads (minutes at 100,000 files)")
+	flag.BoolVar(&c.layersMillion, "layers-million", false, "also run the layers part on a tree of 1,000,000 files (takes many minutes)")
 	flag.BoolVar(&c.group, "group", true, "run the group part after the single-node one: members in network namespaces, hydration across them vs raw veth, a burst with and without sharing, a member joining, a real build")
 	flag.BoolVar(&c.groupBuild, "group-build", true, "in the group part, the real build (go mod download, cold from the module proxy)")
 	flag.DurationVar(&c.joinSettle, "join-settle", 3*time.Minute, "how long the group part waits for re-replication to settle after a member joins")
@@ -111,6 +120,9 @@ func main() {
 		}
 		if !set["commit-files"] {
 			c.commitFiles = 500
+		}
+		if !set["layers-files"] {
+			c.layerFiles = 2000
 		}
 		if !set["burst-deadline"] {
 			c.burstDeadline = 30 * time.Second
@@ -145,6 +157,20 @@ func main() {
 			os.Exit(1)
 		}
 	}
+	// The layers part, at each size, into a table of its own.
+	lt := &bench{cfg: c, start: b.start}
+	if c.layers && ctx.Err() == nil {
+		sizes := []int{c.layerFiles}
+		if c.layersMillion {
+			sizes = append(sizes, 1000000)
+		}
+		for _, n := range sizes {
+			if err := lt.runLayers(ctx, n); err != nil {
+				fmt.Fprintf(os.Stderr, "\nbench FAILED in the layers part (%d files): %v\n", n, err)
+				os.Exit(1)
+			}
+		}
+	}
 	var (
 		gb   *groupBench
 		gerr error
@@ -160,6 +186,13 @@ func main() {
 	// Both tables at the end, side by side.
 	if c.single {
 		b.printTable()
+	}
+	if len(lt.rows) > 0 {
+		fmt.Printf("\nlayers (trees of small files, 1 KiB on average, 8 per directory)\n\n")
+		printRows("baseline", lt.rows)
+		fmt.Printf("\npod start: NodePublishVolume after a pod's commit, on a node with the previous generation staged;\n")
+		fmt.Printf("fresh stage: NodeStageVolume of the same generation with nothing of the volume on the node\n")
+		printNotes(lt.notes)
 	}
 	if gb != nil && gerr == nil {
 		gb.printTable()

@@ -129,7 +129,11 @@ type placed struct {
 // walk creates the snapshot's directories and symlinks, level by level, and
 // lists its files. The tree objects of a level are fetched together.
 func (h *hydration) walk(ctx context.Context, root cas.Digest) error {
-	level := []placed{{h.work, tree.Entry{Type: tree.TypeDir, Digest: root}}}
+	return h.walkFrom(ctx, []placed{{h.work, tree.Entry{Type: tree.TypeDir, Digest: root}}})
+}
+
+// walkFrom fills the directories of level, which exist, whole, as walk does.
+func (h *hydration) walkFrom(ctx context.Context, level []placed) error {
 	for len(level) > 0 {
 		refs := make([]blobRef, len(level))
 		for i, d := range level {

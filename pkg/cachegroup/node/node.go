@@ -57,7 +57,8 @@ type Stats struct {
 // the pods mounted on this node, and the durable outbox of their writes with
 // the committer that drains it into the group.
 //
-// Layout below its directory: snaps/<root>/ (snapshots), pods/<key>/ (a live
+// Layout below its directory: snaps/<root>/ (flat snapshots), layers/ and
+// heads/ (thin layers over them: layers.go), pods/<key>/ (a live
 // layer: layer.json, upper/, work/), outbox/<seq>-<key>/ (an ended layer
 // waiting to be committed), quarantine/<seq>-<entry>/ (an entry that could
 // never be committed, with a file reason), trash/ (being removed).
@@ -75,6 +76,7 @@ type Node struct {
 	pinned  map[cas.Digest]int  // blobs of commits in progress: kept here
 	sharing atomic.Int64        // hydrations of shared snapshots in progress
 	layerMu sync.Mutex          // serialises layer creation and submission
+	lay     layerState          // thin layers: builds and holds (layers.go)
 
 	wake      chan struct{}
 	trashWake chan struct{}
@@ -304,21 +306,27 @@ func (n *Node) Staged() []string {
 	return ids
 }
 
-// Prune removes the snapshots on this node that no live layer reads and that
-// are not in keep, so the node tier holds little more than what is mounted,
-// and the work directories of hydrations that failed.
+// Prune removes the snapshots on this node that no live layer reads, that
+// no caller of Stack holds and that are not in keep, so the node tier holds
+// little more than what is mounted, and the work directories of hydrations
+// that failed. A root pods read keeps its flat snapshot and its whole chain
+// of thin layers (pods mounted before a compaction stay on the chain); a
+// root in keep keeps the stack a new pod would get. A snapshot under a live
+// mount is never touched.
 func (n *Node) Prune(keep ...cas.Digest) error {
+	// Held throughout: a root is held before it is resolved, and released
+	// only once a pod's layer records it, so one of the two is seen here.
+	n.lay.mu.Lock()
+	defer n.lay.mu.Unlock()
 	ls, err := n.Layers()
 	if err != nil {
 		return err
 	}
-	pinned := map[string]bool{}
+	var live []cas.Digest
 	for _, l := range ls {
-		pinned[l.Base.String()] = true
+		live = append(live, l.Base)
 	}
-	for _, d := range keep {
-		pinned[d.String()] = true
-	}
+	pinned, usedLayers := n.inUse(live, keep)
 	// The directory is read before the hydrations in progress are: a work
 	// directory listed belongs to a hydration claimed before the listing,
 	// which the claims read next still show unless it has ended.
@@ -339,6 +347,9 @@ func (n *Node) Prune(keep ...cas.Digest) error {
 		if work && !hydrating[name] || !work && !pinned[name] && !hydrating[name] {
 			n.discard(filepath.Join(n.dir, "snaps", e.Name()))
 		}
+	}
+	if err := n.pruneLayers(usedLayers); err != nil {
+		return err
 	}
 	n.forgetPrivate()
 	return nil

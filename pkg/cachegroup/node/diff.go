@@ -1,0 +1,233 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/parallel"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree"
+	"golang.org/x/sys/unix"
+)
+
+// buildLayer builds root's thin layer over parent's stack ps in a work
+// directory, moves it into place and records it last. A
+// crash at any point leaves a layer without its record, which is never used
+// and is rebuilt.
+func (n *Node) buildLayer(root, parent cas.Digest, ps stackInfo, want Want) error {
+	if err := os.MkdirAll(n.layersDir(), 0o711); err != nil {
+		return fmt.Errorf("layer %s: %w", root, err)
+	}
+	work := filepath.Join(n.layersDir(), ".work-"+root.String())
+	// A diff is cheap to redo: start over rather than resume.
+	n.discard(work)
+	// Half-built, or over a chain that broke (no live mount uses one: Prune
+	// keeps the chains of live mounts): the record goes first.
+	if err := os.Remove(n.layerMetaPath(root)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("layer %s: %w", root, err)
+	}
+	n.discard(n.layerPath(root))
+	h := &hydration{
+		sourcing: sourcing{n: n, private: !want.Sharing},
+		work:     work,
+		trees:    map[cas.Digest]*tree.Tree{},
+	}
+	if want.Sharing {
+		n.sharing.Add(1)
+		defer n.sharing.Add(-1)
+		h.holders = n.group.Announce(context.Background(), want.VolumeID, root)
+	}
+	if err := os.Mkdir(work, 0o755); err != nil {
+		return fmt.Errorf("layer %s: %w", root, err)
+	}
+	changed, count, err := h.diff(context.Background(), parent, root)
+	if err != nil {
+		return fmt.Errorf("layer %s over %s: %w", root, parent, err)
+	}
+	if err := h.link(context.Background()); err != nil {
+		return fmt.Errorf("layer %s: %w", root, err)
+	}
+	for _, d := range h.dirs {
+		if err := n.store.SetDirMeta(d.path, d.e.Meta()); err != nil {
+			return fmt.Errorf("layer %s: %w", root, err)
+		}
+	}
+	if err := os.Chmod(work, 0o755); err != nil {
+		return err
+	}
+	// Nothing is synced: the record names this boot, and a layer recorded
+	// in an earlier one, whose entries may not all have reached the disk,
+	// is never used (a thin layer is cheap to build again). A record lost
+	// in a crash only makes the layer be rebuilt; a torn one does not decode.
+	if err := os.Rename(work, n.layerPath(root)); err != nil {
+		return fmt.Errorf("layer %s: %w", root, err)
+	}
+	m := layerMeta{Root: root, Parent: parent, Depth: ps.depth + 1, Changed: changed, Count: count, Boot: bootID()}
+	b, _ := json.Marshal(m)
+	if err := writeRenamed(n.layerMetaPath(root), b); err != nil {
+		return fmt.Errorf("layer %s: %w", root, err)
+	}
+	return nil
+}
+
+// bootID names this boot of the machine: what a process restart keeps and
+// a reboot (or crash of the machine) changes.
+var bootID = sync.OnceValue(func() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+})
+
+// pair is a directory present in both trees whose content differs, and
+// where the layer holds it.
+type pair struct {
+	path     string
+	old, new cas.Digest
+}
+
+// diff fills the work directory with what differs from tree old to tree
+// new, walking only through directories whose digests differ: new and
+// changed entries (a new directory whole, and opaque), whiteouts for the
+// deleted ones, and the directories on the way, which merge with the layers
+// below. It returns the entries the layer holds and the entries of new.
+func (h *hydration) diff(ctx context.Context, old, new cas.Digest) (changed, count int64, err error) {
+	var (
+		ch    atomic.Int64
+		full  []placed // new directories, made and to be filled whole
+		level = []pair{{h.work, old, new}}
+	)
+	for len(level) > 0 {
+		refs := make([]blobRef, 0, 2*len(level))
+		for _, p := range level {
+			refs = append(refs, blobRef{Ref: cas.Ref{Digest: p.old}}, blobRef{Ref: cas.Ref{Digest: p.new}})
+		}
+		if err := h.fetchAll(ctx, refs, h.putTree); err != nil {
+			return 0, 0, err
+		}
+		var next []pair
+		err := parallel.Do(level, hydrateWorkers, parallel.NoState, func(p pair, _ struct{}) error {
+			sub, whole, n, err := h.diffDir(p)
+			ch.Add(n)
+			h.mu.Lock()
+			next = append(next, sub...)
+			full = append(full, whole...)
+			h.mu.Unlock()
+			return err
+		})
+		if err != nil {
+			return 0, 0, err
+		}
+		level = next
+	}
+	if err := h.walkFrom(ctx, full); err != nil {
+		return 0, 0, err
+	}
+	t, err := h.tree(new)
+	if err != nil {
+		return 0, 0, err
+	}
+	_, count = t.Totals()
+	return ch.Load(), count, nil
+}
+
+// tree returns the tree object d, decoded.
+func (h *hydration) tree(d cas.Digest) (*tree.Tree, error) {
+	h.mu.Lock()
+	t := h.trees[d]
+	h.mu.Unlock()
+	if t != nil {
+		return t, nil
+	}
+	return tree.Load(h.n.store, d)
+}
+
+// diffDir puts in p's directory of the layer what differs between its two
+// trees. It returns the directories to compare next, the new directories to
+// fill whole, and how many entries it put.
+func (h *hydration) diffDir(p pair) (sub []pair, whole []placed, changed int64, err error) {
+	ot, err := h.tree(p.old)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	nt, err := h.tree(p.new)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	var files, dirs []placed
+	// add puts entry e, absent from the layers below or replacing another
+	// type there, whole.
+	add := func(e tree.Entry) error {
+		path := filepath.Join(p.path, e.Name)
+		changed++
+		switch e.Type {
+		case tree.TypeDir:
+			if err := unix.Mkdir(path, cas.DirMode(e.Meta())); err != nil {
+				return fmt.Errorf("mkdir %s: %w", path, err)
+			}
+			// Opaque: nothing below shows through, and lookups stop here.
+			if err := unix.Setxattr(path, "trusted.overlay.opaque", []byte("y"), 0); err != nil {
+				return fmt.Errorf("mark %s opaque: %w", path, err)
+			}
+			changed += e.Count
+			dirs = append(dirs, placed{path, e})
+			whole = append(whole, placed{path, e})
+		case tree.TypeFile:
+			files = append(files, placed{path, e})
+		case tree.TypeSymlink:
+			return makeSymlink(e, path)
+		}
+		return nil
+	}
+	oe, ne := ot.Entries, nt.Entries
+	for i, j := 0, 0; (i < len(oe) || j < len(ne)) && err == nil; {
+		switch {
+		case j == len(ne) || i < len(oe) && oe[i].Name < ne[j].Name:
+			changed++
+			path := filepath.Join(p.path, oe[i].Name)
+			if err = unix.Mknod(path, unix.S_IFCHR, 0); err != nil {
+				err = fmt.Errorf("whiteout %s: %w", path, err)
+			}
+			i++
+		case i == len(oe) || ne[j].Name < oe[i].Name:
+			err = add(ne[j])
+			j++
+		default:
+			o, e := oe[i], ne[j]
+			i++
+			j++
+			switch {
+			case o == e:
+			case o.Type == tree.TypeDir && e.Type == tree.TypeDir:
+				// Merges with the directory below: only its changes here.
+				path := filepath.Join(p.path, e.Name)
+				if err = unix.Mkdir(path, cas.DirMode(e.Meta())); err != nil && !errors.Is(err, unix.EEXIST) {
+					err = fmt.Errorf("mkdir %s: %w", path, err)
+					break
+				}
+				err = nil
+				changed++
+				dirs = append(dirs, placed{path, e})
+				if o.Digest != e.Digest {
+					sub = append(sub, pair{path, o.Digest, e.Digest})
+				}
+			default:
+				err = add(e)
+			}
+		}
+	}
+	h.mu.Lock()
+	h.dirs = append(h.dirs, dirs...)
+	h.files = append(h.files, files...)
+	h.mu.Unlock()
+	return sub, whole, changed, err
+}
