@@ -18,18 +18,21 @@ import (
 // hydration links what it fetched within it.
 const evictWindow = 30 * time.Second
 
-// Roots returns the roots of the snapshots materialised on this node: live
-// roots for garbage collection, since a new generation is built from the
-// one a node has.
+// Roots returns the roots of the snapshots on this node, flat or thin
+// layers, and the newest root presented for each volume: live roots for
+// garbage collection, since a new generation is built as the difference
+// from the one a node has, which needs its tree.
 func (n *Node) Roots() []cas.Digest {
-	ents, _ := os.ReadDir(filepath.Join(n.dir, "snaps"))
-	var roots []cas.Digest
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), ".") {
-			continue
-		}
-		if d, err := cas.ParseDigest(e.Name()); err == nil {
-			roots = append(roots, d)
+	roots := n.heads()
+	for _, dir := range []string{filepath.Join(n.dir, "snaps"), n.layersDir()} {
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), ".") || !e.IsDir() {
+				continue // being built, or a layer's record
+			}
+			if d, err := cas.ParseDigest(e.Name()); err == nil {
+				roots = append(roots, d)
+			}
 		}
 	}
 	return roots
