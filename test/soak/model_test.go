@@ -3,7 +3,12 @@ package main
 import (
 	"crypto/sha256"
 	"math"
+	"os"
+	"path/filepath"
 	"testing"
+	"time"
+
+	"github.com/cachegroup/cachegroup/internal/cluster"
 )
 
 func sum(b []byte) digest { return sha256.Sum256(b) }
@@ -181,5 +186,30 @@ func TestShortErr(t *testing.T) {
 	want := "NodeStageVolume: ResourceExhausted: stage volume <id>: snapshot <id>: store blob: cache store is full: N bytes used of N"
 	if got := shortErr(e); got != want {
 		t.Fatalf("shortErr:\n got %s\nwant %s", got, want)
+	}
+}
+
+func TestPlots(t *testing.T) {
+	s := &soak{c: config{memberCache: "64Mi", clientCache: "32Mi", memberBytes: 64 << 20, clientBytes: 32 << 20}}
+	for _, name := range []string{"node-a", "node-x"} {
+		s.nodes = append(s.nodes, &node{m: &cluster.Member{Name: name, Short: name[5:]}, cache: 64 << 20})
+	}
+	var ss []sample
+	for i := range 20 {
+		for _, n := range s.nodes {
+			ss = append(ss, sample{t: float64(i), node: n.m.Name, pid: 1, up: true, storeDisk: int64(i) << 20, rss: 50 << 20,
+				series: map[string]float64{`cachegroup_commits_total{result="applied"}`: float64(i), "go_goroutines": 40}})
+		}
+	}
+	bs := []buildRecord{{at: 1, podStart: time.Second}, {at: 2, podStart: time.Second, err: "mount: x"}}
+	dir := t.TempDir()
+	files, err := s.plots(dir, ss, bs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"soak.png", "store.png", "commits.png", "podstart.png", "rss.png", "goroutines.png", "outbox.png"} {
+		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Size() < 1000 {
+			t.Errorf("%s: %v (files %v)", f, err, files)
+		}
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"math"
+	"os"
 	"path/filepath"
 
 	"gonum.org/v1/plot"
@@ -10,6 +11,7 @@ import (
 	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
 )
 
 // curve is one line of a chart: y over x, dashed or not.
@@ -21,8 +23,8 @@ type curve struct {
 	dots   bool // points, not a line
 }
 
-// chart draws curves into a PNG file below dir.
-func chart(dir, file, title, ylabel string, curves []curve) error {
+// chart draws curves into a PNG file below dir and returns the plot.
+func chart(dir, file, title, ylabel string, curves []curve) (*plot.Plot, error) {
 	p := plot.New()
 	p.Title.Text = title
 	p.X.Label.Text = "seconds since start"
@@ -50,7 +52,7 @@ func chart(dir, file, title, ylabel string, curves []curve) error {
 		if c.dots {
 			sc, err := plotter.NewScatter(pts)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			sc.GlyphStyle.Color = col
 			sc.GlyphStyle.Radius = vg.Points(1.5)
@@ -63,7 +65,7 @@ func chart(dir, file, title, ylabel string, curves []curve) error {
 		}
 		l, err := plotter.NewLine(pts)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		l.Color = col
 		l.Width = vg.Points(1.2)
@@ -76,9 +78,39 @@ func chart(dir, file, title, ylabel string, curves []curve) error {
 		}
 	}
 	if err := p.Save(10*vg.Inch, 4.5*vg.Inch, filepath.Join(dir, file)); err != nil {
+		return nil, fmt.Errorf("plot %s: %w", file, err)
+	}
+	return p, nil
+}
+
+// dashboard draws plots two a row into one PNG file below dir.
+func dashboard(dir, file string, plots []*plot.Plot) error {
+	const cols = 2
+	rows := (len(plots) + cols - 1) / cols
+	grid := make([][]*plot.Plot, rows)
+	for i := range grid {
+		grid[i] = make([]*plot.Plot, cols)
+	}
+	for i, p := range plots {
+		grid[i/cols][i%cols] = p
+	}
+	img := vgimg.New(20*vg.Inch, vg.Length(rows)*4.5*vg.Inch)
+	dc := draw.New(img)
+	tiles := draw.Tiles{Rows: rows, Cols: cols, PadX: vg.Millimeter, PadY: vg.Millimeter,
+		PadTop: vg.Points(4), PadBottom: vg.Points(4), PadLeft: vg.Points(4), PadRight: vg.Points(4)}
+	canvases := plot.Align(grid, tiles, dc)
+	for i, p := range plots {
+		p.Draw(canvases[i/cols][i%cols])
+	}
+	f, err := os.Create(filepath.Join(dir, file))
+	if err != nil {
+		return err
+	}
+	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
+		f.Close()
 		return fmt.Errorf("plot %s: %w", file, err)
 	}
-	return nil
+	return f.Close()
 }
 
 // plots draws the run's charts into dir and returns the files written.
@@ -109,11 +141,14 @@ func (s *soak) plots(dir string, ss []sample, bs []buildRecord) ([]string, error
 	if s.c.clientBytes != s.c.memberBytes {
 		limits = append(limits, flat(fmt.Sprintf("client cache size %s", s.c.clientCache), float64(s.c.clientBytes)/mb, 3))
 	}
+	var drawn []*plot.Plot
 	do := func(file, title, ylabel string, cs []curve) error {
-		if err := chart(dir, file, title, ylabel, cs); err != nil {
+		p, err := chart(dir, file, title, ylabel, cs)
+		if err != nil {
 			return err
 		}
 		files = append(files, file)
+		drawn = append(drawn, p)
 		return nil
 	}
 	if err := do("store.png", "Store on disk per node (solid) against its cache size (dashed)", "MiB",
@@ -157,7 +192,10 @@ func (s *soak) plots(dir string, ss []sample, bs []buildRecord) ([]string, error
 		perNode(func(sm sample) float64 { return sm.metric("go_goroutines") })); err != nil {
 		return files, err
 	}
-	return files, nil
+	if err := dashboard(dir, "soak.png", drawn); err != nil {
+		return files, err
+	}
+	return append([]string{"soak.png (all of them)"}, files...), nil
 }
 
 // totalOverNodes returns, at each sampling time, the sum over nodes of the

@@ -139,6 +139,11 @@ func (s *soak) report(interrupted bool) int {
 		retried += " (" + strings.Join(leftBy, ", ") + ")"
 	}
 	retried += fmt.Sprintf("; oldest entry seen %.0fs old", oldest)
+	if interrupted {
+		// No drain happened: what is left says nothing of retrying forever.
+		retried = "not measured: interrupted before the drain; " + retried
+		left = 0
+	}
 	targets = append(targets, target{"0 commits retried forever", retried, left == 0, left > 0})
 
 	// The store within its cache size plus one commit.
@@ -335,6 +340,13 @@ func (s *soak) report(interrupted bool) int {
 			}
 		}
 	}
+	if lines := s.logErrors(); len(lines) > 0 {
+		p("")
+		p("Errors the members logged, by message and first reason (ids and numbers left out):")
+		for _, l := range lines {
+			p("- %s", l)
+		}
+	}
 	if len(events) > 0 {
 		p("")
 		p("Events:")
@@ -361,6 +373,10 @@ func (s *soak) report(interrupted bool) int {
 	if failures > 0 {
 		fmt.Printf("\nsoak: %d correctness failures (report in %s)\n", failures, dir)
 		return 1
+	}
+	if interrupted {
+		fmt.Printf("\nsoak: interrupted; no correctness failure in what ran (report in %s)\n", dir)
+		return 130
 	}
 	fmt.Printf("\nsoak: no correctness failure (report in %s)\n", dir)
 	return 0
@@ -439,4 +455,43 @@ func (s *soak) writeCSV(dir string, ss []sample, bs []buildRecord) error {
 		}
 	}
 	return nil
+}
+
+// klogError matches a klog error line: its message and what follows.
+var klogError = regexp.MustCompile(`^E\d{4} [\d:.]+\s+\d+ [^\]]+\] "([^"]*)"(.*)$`)
+
+// logErrors returns the members' error lines counted by message and the
+// first line of their error, most frequent first.
+func (s *soak) logErrors() []string {
+	counts := map[string]int{}
+	for _, n := range s.nodes {
+		b, err := os.ReadFile(n.m.LogPath)
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(string(b), "\n")
+		for i, l := range lines {
+			m := klogError.FindStringSubmatch(l)
+			if m == nil {
+				continue
+			}
+			why := m[2]
+			if strings.HasSuffix(why, "err=<") && i+1 < len(lines) {
+				why = strings.TrimSpace(lines[i+1])
+			} else if _, e, ok := strings.Cut(why, `err="`); ok {
+				why, _, _ = strings.Cut(e, `" `)
+			}
+			counts[n.m.Short+": "+m[1]+": "+shortErr(why)]++
+		}
+	}
+	keys := make([]string, 0, len(counts))
+	for k := range counts {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return counts[keys[i]] > counts[keys[j]] || counts[keys[i]] == counts[keys[j]] && keys[i] < keys[j] })
+	var out []string
+	for _, k := range keys[:min(len(keys), 12)] {
+		out = append(out, fmt.Sprintf("%d× %s", counts[k], k))
+	}
+	return out
 }

@@ -158,7 +158,21 @@ func run(ctx context.Context, c config) (code int) {
 	stopSampler()
 	sampled.Wait()
 	s.sampleOnce() // the last word on every outbox
+	s.stopAll()
 	return s.report(ctx.Err() != nil)
+}
+
+// stopAll stops every driver (SIGTERM, SIGKILL after 15 s) and notes one
+// that did not stop cleanly.
+func (s *soak) stopAll() {
+	for _, n := range s.nodes {
+		n.mu.Lock()
+		n.down.Store(true)
+		if err := n.m.Stop(); err != nil {
+			s.event("%s did not stop cleanly: %v", n.m.Name, err)
+		}
+		n.mu.Unlock()
+	}
 }
 
 // setUp adds the hosts, starts the members and the client-only nodes, and
