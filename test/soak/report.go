@@ -488,7 +488,9 @@ func (s *soak) logErrors() []string {
 	for k := range counts {
 		keys = append(keys, k)
 	}
-	sort.Slice(keys, func(i, j int) bool { return counts[keys[i]] > counts[keys[j]] || counts[keys[i]] == counts[keys[j]] && keys[i] < keys[j] })
+	sort.Slice(keys, func(i, j int) bool {
+		return counts[keys[i]] > counts[keys[j]] || counts[keys[i]] == counts[keys[j]] && keys[i] < keys[j]
+	})
 	var out []string
 	for _, k := range keys[:min(len(keys), 12)] {
 		out = append(out, fmt.Sprintf("%d× %s", counts[k], k))
