@@ -172,6 +172,15 @@ func (s *soak) plots(dir string, ss []sample, bs []buildRecord) ([]string, error
 	if err := do("commits.png", "Outbox entries processed by result, all nodes (cachegroup_commits_total; failed: an attempt to be retried)", "entries", commits); err != nil {
 		return files, err
 	}
+	var freed []curve
+	for i, c := range counters(ss, reclaim) {
+		cv := curve{name: c.String(), color: i}
+		cv.xs, cv.ys = totalOverNodes(s, ss, c.name, c.labels...)
+		freed = append(freed, cv)
+	}
+	if err := do("reclaim.png", "Eviction, collection and dropped commits, all nodes (every such cachegroup_*_total)", "count", freed); err != nil {
+		return files, err
+	}
 	ok, failed := curve{name: "pod started", color: 2, dots: true}, curve{name: "mount failed", color: 0, dots: true}
 	for _, b := range bs {
 		c := &ok

@@ -319,16 +319,10 @@ func (s *soak) report(interrupted bool) int {
 	p("")
 	p("## Members' counters at the end (summed over nodes, across restarts)")
 	p("")
-	for _, name := range counterNames(ss) {
-		_, ys := totalOverNodes(s, ss, name)
-		if len(ys) > 0 && ys[len(ys)-1] != 0 {
-			p("- %s %.0f", name, ys[len(ys)-1])
-		}
-	}
-	for _, res := range commitResults(ss) {
-		_, ys := totalOverNodes(s, ss, "cachegroup_commits_total", "result="+res)
-		if len(ys) > 0 {
-			p("- cachegroup_commits_total{result=%q} %.0f", res, ys[len(ys)-1])
+	for _, c := range counters(ss, nil) {
+		_, ys := totalOverNodes(s, ss, c.name, c.labels...)
+		if len(ys) > 0 && (ys[len(ys)-1] != 0 || c.name == "cachegroup_commits_total") {
+			p("- %s %.0f", c, ys[len(ys)-1])
 		}
 	}
 	for _, kind := range []string{kindWrong, kindStale, kindResurrected, kindReadError, kindHotEvicted, kindStampOdd} {
@@ -406,25 +400,59 @@ func shortErr(e string) string {
 	return e
 }
 
-// counterNames returns the names of the cachegroup_*_total counters seen,
-// but the commits (reported by result).
-func counterNames(ss []sample) []string {
-	set := map[string]bool{}
+// counter is one counter series: its name and its labels as key=value.
+type counter struct {
+	name   string
+	labels []string
+}
+
+// String is the series as Prometheus writes it.
+func (c counter) String() string {
+	if len(c.labels) == 0 {
+		return c.name
+	}
+	var ls []string
+	for _, l := range c.labels {
+		k, v, _ := strings.Cut(l, "=")
+		ls = append(ls, fmt.Sprintf("%s=%q", k, v))
+	}
+	return c.name + "{" + strings.Join(ls, ",") + "}"
+}
+
+// counters returns the cachegroup_*_total series seen in any sample whose
+// name matches only (all when nil), sorted.
+func counters(ss []sample, only *regexp.Regexp) []counter {
+	set := map[string]counter{}
 	for _, sm := range ss {
 		for k := range sm.series {
-			base, _, _ := strings.Cut(k, "{")
-			if strings.HasPrefix(base, "cachegroup_") && strings.HasSuffix(base, "_total") && base != "cachegroup_commits_total" {
-				set[base] = true
+			base, lbls, _ := strings.Cut(k, "{")
+			if !strings.HasPrefix(base, "cachegroup_") || !strings.HasSuffix(base, "_total") || (only != nil && !only.MatchString(base)) {
+				continue
 			}
+			c := counter{name: base}
+			for _, l := range strings.Split(strings.TrimSuffix(lbls, "}"), ",") {
+				if k, v, ok := strings.Cut(l, "="); ok {
+					c.labels = append(c.labels, k+"="+strings.Trim(v, `"`))
+				}
+			}
+			set[c.String()] = c
 		}
 	}
-	out := make([]string, 0, len(set))
+	keys := make([]string, 0, len(set))
 	for k := range set {
-		out = append(out, k)
+		keys = append(keys, k)
 	}
-	sort.Strings(out)
+	sort.Strings(keys)
+	out := make([]counter, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, set[k])
+	}
 	return out
 }
+
+// reclaim matches the counters of what frees or refuses space: eviction,
+// collection, dropped and quarantined commits, whatever their names.
+var reclaim = regexp.MustCompile(`evict|drop|collect|garbage|gc_|quarantin|refus|discard`)
 
 // writeCSV writes samples.csv (one row per node and sample), metrics.csv
 // (every series of every sample) and builds.csv.
