@@ -56,7 +56,7 @@ func main() {
 	flag.StringVar(&c.out, "out", "bin/soak", "directory for the report, CSV files and plots")
 	flag.StringVar(&c.driver, "driver", "", "driver binary (default: built from this checkout)")
 	flag.DurationVar(&c.duration, "duration", 0, "length of the build phase (default 11m, short 70s)")
-	flag.IntVar(&c.maxBuilds, "builds", 0, "most builds (default 900, short 200)")
+	flag.IntVar(&c.maxBuilds, "builds", 0, "most builds that mount (default 1500, short 300); attempts are bounded by three times that")
 	flag.IntVar(&c.workers, "workers", 3, "builds at once")
 	flag.IntVar(&c.volumes, "volumes", 0, "volumes (default 6, short 4)")
 	flag.IntVar(&c.files, "files", 0, "files of each volume's first tree (default 350, short 150)")
@@ -111,7 +111,7 @@ func (c *config) defaults() {
 		c.sample = pick(5*time.Second, 2*time.Second)
 	}
 	if c.maxBuilds == 0 {
-		c.maxBuilds = pickN(900, 200)
+		c.maxBuilds = pickN(1500, 300)
 	}
 	if c.volumes == 0 {
 		c.volumes = pickN(6, 4)

@@ -221,6 +221,28 @@ func (s *soak) report(interrupted bool) int {
 	targets = append(targets, target{"hot set never evicted while cold paths exist",
 		fmt.Sprintf("%d of %d mounts lacked hot paths while cold files remained", hotBad, hotMounts), hotBad == 0, false})
 
+	// Mounts that fail should fail for want of space or time, not because
+	// the group lost what a head needs.
+	lost := map[string]int{}
+	for _, b := range bs {
+		if strings.HasPrefix(b.err, "mount:") && !strings.Contains(b.err, "code = ResourceExhausted") &&
+			!strings.Contains(b.err, "code = Unavailable") && !strings.Contains(b.err, "code = DeadlineExceeded") {
+			lost[shortErr(b.err)]++
+		}
+	}
+	lostN, lostKinds := 0, []string{}
+	for k, v := range lost {
+		lostN += v
+		lostKinds = append(lostKinds, fmt.Sprintf("%d× %s", v, k))
+	}
+	sort.Strings(lostKinds)
+	measured := fmt.Sprintf("%d other failures", lostN)
+	if lostN > 0 {
+		measured += ": " + strings.Join(lostKinds[:min(3, len(lostKinds))], "; ")
+	}
+	targets = append(targets, target{"mounts fail only for want of space or time (ResourceExhausted, Unavailable, DeadlineExceeded), never for lost data",
+		measured, lostN == 0, false})
+
 	// Processes.
 	var diedCount int
 	var startParts []string

@@ -17,6 +17,10 @@ import (
 	"github.com/cachegroup/cachegroup/internal/csiharness"
 )
 
+// mountBackoff is how long a volume whose mount failed waits before its
+// next build: about the kubelet's retry of a failed volume.
+const mountBackoff = 5 * time.Second
+
 // mountFlags are the build pods' mount options, as a StorageClass for
 // ephemeral CI pods gives them.
 var mountFlags = []string{"cache-group=default", "no-sharing"}
@@ -254,13 +258,19 @@ func (s *soak) buildPhase(ctx context.Context) {
 	for _, ln := range s.lanes {
 		free <- ln
 	}
-	var wg sync.WaitGroup
-	wg.Go(func() { s.restarter(ctx, phase) })
-	var started atomic.Int64
+	var wg, restarts sync.WaitGroup
+	rctx, stopRestarts := context.WithCancel(ctx)
+	defer func() { stopRestarts(); restarts.Wait() }()
+	restarts.Go(func() { s.restarter(rctx, phase) })
+	// Builds that mounted count against maxBuilds, and every attempt
+	// against three times that: a mount that fails frees its volume only
+	// after a back-off, as the kubelet retries a pod's volume.
+	var mountedN, attempts atomic.Int64
 	for w := range s.c.workers {
 		wg.Go(func() {
-			for i := 0; ; i++ {
-				if ctx.Err() != nil || time.Now().After(deadline) || started.Add(1) > int64(s.c.maxBuilds) {
+			for {
+				if ctx.Err() != nil || time.Now().After(deadline) || mountedN.Load() >= int64(s.c.maxBuilds) ||
+					attempts.Add(1) > 3*int64(s.c.maxBuilds) {
 					return
 				}
 				var ln *lane
@@ -268,10 +278,18 @@ func (s *soak) buildPhase(ctx context.Context) {
 				case ln = <-free:
 				case <-ctx.Done():
 					return
+				case <-time.After(time.Until(deadline)):
+					return
 				}
 				id := int(s.nextID.Add(1))
 				n := s.nodes[int(splitmix(s.c.seed+uint64(id)*7+uint64(w))%uint64(len(s.nodes)))]
-				s.record(s.build(ctx, ln, n, id, false))
+				rec := s.build(ctx, ln, n, id, false)
+				s.record(rec)
+				if strings.HasPrefix(rec.err, "mount:") {
+					time.AfterFunc(mountBackoff, func() { free <- ln }) // free has room for every lane
+					continue
+				}
+				mountedN.Add(1)
 				free <- ln
 			}
 		})
