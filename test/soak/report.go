@@ -474,7 +474,7 @@ func counters(ss []sample, only *regexp.Regexp) []counter {
 
 // reclaim matches the counters of what frees or refuses space: eviction,
 // collection, dropped and quarantined commits, whatever their names.
-var reclaim = regexp.MustCompile(`evict|drop|collect|garbage|gc_|quarantin|refus|discard`)
+var reclaim = regexp.MustCompile(`evict|dropped_(commits|entries|layers)|collect|garbage|gc_|quarantin|refus|discard`)
 
 // writeCSV writes samples.csv (one row per node and sample), metrics.csv
 // (every series of every sample) and builds.csv.
