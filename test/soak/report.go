@@ -58,17 +58,28 @@ func slope(xs, ys []float64) float64 {
 	return (n*sxy - sx*sy) / d
 }
 
+// warmUp is how long after its start a process's samples are left out of
+// a trend.
+const warmUp = 20
+
 // trend fits the slope of f over the samples of the second half of the run
-// taken from the driver's last process, and returns the slope per minute,
+// taken from the driver's last process (past its warm-up), and returns the slope per minute,
 // the growth it makes over that span, the mean, and the span in seconds.
 func trend(ns []sample, end float64, f func(sample) float64) (perMin, growth, mean, span float64) {
 	if len(ns) == 0 {
 		return 0, 0, 0, 0
 	}
 	lastPID := ns[len(ns)-1].pid
+	born := end
+	for _, sm := range ns {
+		if sm.pid == lastPID {
+			born = min(born, sm.t)
+		}
+	}
 	var xs, ys []float64
 	for _, sm := range ns {
-		if sm.t >= end/2 && sm.pid == lastPID && sm.up {
+		// A process's first seconds are its warm-up, not a trend.
+		if sm.t >= end/2 && sm.t >= born+warmUp && sm.pid == lastPID && sm.up {
 			xs = append(xs, sm.t)
 			ys = append(ys, f(sm))
 		}
