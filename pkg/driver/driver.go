@@ -222,12 +222,14 @@ func errStatus(err error, format string, args ...any) error {
 	}
 	code := codes.Internal
 	switch {
+	// A full store first: a fetch that found no room here also hears "not
+	// found" from the sources it tried after, and the volume is not gone.
+	case errors.Is(err, cachegroup.ErrTooLarge), errors.Is(err, cachegroup.ErrNoSpace):
+		code = codes.ResourceExhausted
 	case errors.Is(err, cachegroup.ErrNotFound):
 		code = codes.NotFound
 	case errors.Is(err, cachegroup.ErrExists):
 		code = codes.AlreadyExists
-	case errors.Is(err, cachegroup.ErrTooLarge), errors.Is(err, cachegroup.ErrNoSpace):
-		code = codes.ResourceExhausted
 	case errors.Is(err, cachegroup.ErrInvalidID):
 		code = codes.InvalidArgument
 	case errors.Is(err, cachegroup.ErrUnavailable):

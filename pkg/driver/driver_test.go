@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 
@@ -25,6 +26,7 @@ func TestErrStatusCodes(t *testing.T) {
 		{fmt.Errorf("snapshot s: %w", cachegroup.ErrExists), codes.AlreadyExists},
 		{fmt.Errorf("commit: %w", cachegroup.ErrTooLarge), codes.ResourceExhausted},
 		{fmt.Errorf("commit: %w", cachegroup.ErrNoSpace), codes.ResourceExhausted},
+		{errors.Join(fmt.Errorf("blob b: %w", cachegroup.ErrNoSpace), fmt.Errorf("blob b at c: %w", cachegroup.ErrNotFound)), codes.ResourceExhausted},
 		{fmt.Errorf("fetch: %w", context.DeadlineExceeded), codes.DeadlineExceeded},
 		{fmt.Errorf("fetch: %w", context.Canceled), codes.Canceled},
 		{fmt.Errorf("disk on fire"), codes.Internal},
