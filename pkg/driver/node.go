@@ -1,9 +1,14 @@
 package driver
 
 import (
+	"errors"
+	"fmt"
+
 	"context"
 	"io/fs"
 	"path/filepath"
+
+	"github.com/cachegroup/cachegroup/pkg/cachegroup"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -78,7 +83,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	}
 	_, release, err := d.node.Stack(ctx, v.Root, node.Want{VolumeID: id, Sharing: !opts.NoSharing})
 	if err != nil {
-		return nil, errStatus(err, "stage volume %s: snapshot %s", id, v.Root)
+		return nil, snapshotStatus(err, "stage volume %s: snapshot %s", id, v.Root)
 	}
 	release() // kept from here on as the newest of a staged volume
 	if err := d.node.MarkStaged(id, true); err != nil {
@@ -232,7 +237,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	}
 	lowers, release, err := d.node.Stack(ctx, v.Root, node.Want{VolumeID: volID, Sharing: !p.opts.NoSharing})
 	if err != nil {
-		return nil, errStatus(err, "publish volume %s: snapshot %s", volID, v.Root)
+		return nil, snapshotStatus(err, "publish volume %s: snapshot %s", volID, v.Root)
 	}
 	defer release() // after the layer records v.Root, or the mount failed
 	owner := p.opts.FileOwner
@@ -411,4 +416,15 @@ func duDir(dir string) (int64, int64) {
 		return nil
 	})
 	return b, n
+}
+
+// snapshotStatus is errStatus for building a volume's snapshot on this node.
+// A blob of it that no member has is not a volume that does not exist: the
+// head moved on while the snapshot was built, and a store short of room
+// collected the old head's garbage at once; a retry builds the new head.
+func snapshotStatus(err error, format string, args ...any) error {
+	if errors.Is(err, cachegroup.ErrNotFound) && !errors.Is(err, cachegroup.ErrNoSpace) {
+		return status.Errorf(codes.Unavailable, "%s: %v (a retry takes the volume's newest head)", fmt.Sprintf(format, args...), err)
+	}
+	return errStatus(err, format, args...)
 }
