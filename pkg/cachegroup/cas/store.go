@@ -38,6 +38,10 @@ type Store struct {
 	dir    string
 	limits Limits
 	used   atomic.Int64 // bytes of blobs, approximate across crashes
+	// Bytes others keep on the store's disk, by account (see Charge).
+	chargeMu sync.Mutex
+	charges  map[string]int64
+	charged  atomic.Int64 // their sum
 	locks  [64]sync.Mutex
 	mask   uint32       // permission bits file creation may clear (see createMask)
 	seq    atomic.Int64 // names temporary files
@@ -50,7 +54,7 @@ type Store struct {
 
 // OpenStore opens (creating if needed) the store under dir.
 func OpenStore(dir string, limits Limits) (*Store, error) {
-	s := &Store{dir: dir, limits: limits}
+	s := &Store{dir: dir, limits: limits, charges: map[string]int64{}}
 	for _, d := range []string{s.blobDir(), s.variantDir(), s.tmpDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("open store: %w", err)
@@ -239,10 +243,12 @@ func (s *Store) place(src string, d Digest, n int64) error {
 	return nil
 }
 
-// reserve accounts n more bytes, refusing past the cache size or the floor.
+// reserve accounts n more bytes, refusing past the cache size (blobs and
+// charges together) or the floor.
 func (s *Store) reserve(n int64) error {
-	if s.limits.CacheSize > 0 && s.used.Load()+n > s.limits.CacheSize {
-		return fmt.Errorf("%w: %d bytes used of %d", ErrNoSpace, s.used.Load(), s.limits.CacheSize)
+	if s.limits.CacheSize > 0 && s.used.Load()+s.charged.Load()+n > s.limits.CacheSize {
+		return fmt.Errorf("%w: %d bytes used of %d (%d of them outside blobs)", ErrNoSpace,
+			s.used.Load()+s.charged.Load(), s.limits.CacheSize, s.charged.Load())
 	}
 	if s.limits.FreeFloor > 0 {
 		free, err := s.free(n)
@@ -287,7 +293,7 @@ func (s *Store) Capacity() int64 {
 	}
 	c := free - s.limits.FreeFloor
 	if s.limits.CacheSize > 0 {
-		c = min(c, s.limits.CacheSize-s.used.Load())
+		c = min(c, s.limits.CacheSize-s.used.Load()-s.charged.Load())
 	}
 	return max(c, 0)
 }
@@ -319,6 +325,26 @@ func (s *Store) CreateTemp() (*os.File, error) { return os.CreateTemp(s.tmpDir()
 
 // Used returns the bytes of blobs in the store.
 func (s *Store) Used() int64 { return s.used.Load() }
+
+// Charge sets the bytes account keeps on the store's disk besides blobs
+// (the node tier's layer images, by their allocated blocks): they count
+// against the cache size with the blobs, so the store takes fewer. Each
+// call replaces the account's figure; 0 closes it. The floor needs no
+// charge: it is read from the disk, which holds them already.
+func (s *Store) Charge(account string, bytes int64) {
+	s.chargeMu.Lock()
+	defer s.chargeMu.Unlock()
+	s.charged.Add(bytes - s.charges[account])
+	if bytes == 0 {
+		delete(s.charges, account)
+	} else {
+		s.charges[account] = bytes
+	}
+}
+
+// Charged returns the bytes every account keeps on the store's disk besides
+// blobs (see Charge).
+func (s *Store) Charged() int64 { return s.charged.Load() }
 
 // Remove deletes blob d.
 func (s *Store) Remove(d Digest) {
