@@ -72,6 +72,7 @@ func loopsBelow(t *testing.T, dir string) []string {
 // and no loop device is backed by a file there.
 func checkReleased(t *testing.T, n *Node) {
 	t.Helper()
+	n.sweepTrash()
 	if ms := mountsBelow(t, n.dir); len(ms) > 0 {
 		t.Fatalf("still mounted: %v", ms)
 	}

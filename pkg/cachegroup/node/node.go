@@ -81,6 +81,7 @@ type Node struct {
 	sharing atomic.Int64        // hydrations of shared snapshots in progress
 	layerMu sync.Mutex          // serialises layer creation and submission
 	diskMu  sync.Mutex          // serialises counts of the layer disks
+	trashMu sync.Mutex          // serialises sweeps of the trash
 
 	wake      chan struct{}
 	trashWake chan struct{}
@@ -275,15 +276,16 @@ func (n *Node) Submit(target string) error {
 	return nil
 }
 
-// discard moves dir into the trash, removed in the background, with its
-// disk released first (or by the trash, if it is still busy).
+// discard moves dir into the trash, removed in the background; a layer's
+// disk moves along, mounted, and the trash frees it first, off the path of
+// the pod's unpublish.
 func (n *Node) discard(dir string) {
 	if _, err := os.Lstat(dir); err != nil {
 		return
 	}
-	n.releaseDisk(dir)
 	dst := filepath.Join(n.dir, "trash", fmt.Sprintf("%d-%s", time.Now().UnixNano(), filepath.Base(dir)))
 	if err := os.Rename(dir, dst); err != nil {
+		n.releaseDisk(dir)
 		if _, mounted, err := mountedDev(dir); err == nil && !mounted {
 			os.RemoveAll(dir)
 		}
@@ -301,24 +303,35 @@ func (n *Node) kickTrash() {
 
 func (n *Node) emptyTrash() {
 	for {
-		ents, _ := os.ReadDir(filepath.Join(n.dir, "trash"))
-		for _, e := range ents {
-			// Never removed through a mount: a disk still busy stays,
-			// and is tried again on the next round.
-			dir := filepath.Join(n.dir, "trash", e.Name())
-			if err := freeDisk(dir); err != nil {
-				klog.ErrorS(err, "Release the disk of a trashed layer", "dir", dir)
-				continue
-			}
-			os.RemoveAll(dir)
-		}
-		if len(ents) > 0 {
-			n.recountDisks()
-		}
+		n.sweepTrash()
 		select {
 		case <-n.trashWake:
 		case <-time.After(time.Minute):
 		}
+	}
+}
+
+// sweepTrash removes what is in the trash, each entry's disk first. Nothing
+// is removed through a mount: a disk still busy stays, with its entry, until
+// a later sweep.
+func (n *Node) sweepTrash() {
+	n.trashMu.Lock()
+	defer n.trashMu.Unlock()
+	ents, _ := os.ReadDir(filepath.Join(n.dir, "trash"))
+	disks := false
+	for _, e := range ents {
+		dir := filepath.Join(n.dir, "trash", e.Name())
+		if hasDisk(dir) {
+			disks = true
+		}
+		if err := freeDisk(dir); err != nil {
+			klog.ErrorS(err, "Release the disk of a trashed layer; tried again later", "dir", dir)
+			continue
+		}
+		os.RemoveAll(dir)
+	}
+	if disks {
+		n.recountDisks()
 	}
 }
 
