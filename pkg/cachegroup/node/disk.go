@@ -44,7 +44,7 @@ const (
 	diskBlock    = 4096
 	diskInode    = 256
 	minDiskQuota = 2 << 20  // smaller quotas get this much: ext4 needs room for its own metadata
-	maxDiskQuota = 16 << 40 // the largest file ext4 with 4 KiB blocks holds (the image lives on the store's disk)
+	maxDiskQuota = 16<<40 - 1<<30 // below the largest file ext4 with 4 KiB blocks holds (the image lives on the store's disk)
 )
 
 // diskFlags are the mount flags of a layer filesystem: nothing a pod writes
@@ -78,44 +78,57 @@ func diskSize(quota, total int64) (size, inodes int64) {
 		q = min(q, total)
 	}
 	q = q / diskBlock * diskBlock
-	inodes = min(q/diskBlock, 1<<32-1)
+	inodes = q / diskBlock // below 2^32: maxDiskQuota
 	return q + inodes*diskInode, inodes
 }
 
-// makeDisk makes, in layer directory dir, an image for a layer of quota
-// bytes and mounts it at fs/: made under another name and renamed into
-// place once mkfs has succeeded, so an image found later is whole.
-func makeDisk(dir string, quota int64) error {
+// makeDisk gives layer directory dir an image for a layer of quota bytes,
+// one the pool made ahead or one made now, and mounts it at fs/.
+func (n *Node) makeDisk(dir string, quota int64) error {
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {
 		return fmt.Errorf("layer disk: %w", err)
 	}
 	size, inodes := diskSize(quota, int64(st.Blocks)*st.Bsize)
-	part := filepath.Join(dir, diskPart)
-	f, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	img := filepath.Join(dir, diskImage)
+	if !n.disks.take(size, img) {
+		part := filepath.Join(dir, diskPart)
+		if err := makeImage(part, size, inodes); err != nil {
+			return err
+		}
+		if err := os.Rename(part, img); err != nil {
+			return fmt.Errorf("layer disk: %w", err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, diskMount), 0o700); err != nil {
+		return fmt.Errorf("layer disk: %w", err)
+	}
+	return mountDisk(dir, false)
+}
+
+// makeImage makes at path a sparse image of size bytes holding an empty
+// filesystem with inodes inodes. The caller renames it into place once
+// made, so that an image found under its final name is whole (mke2fs
+// fsyncs the image before it exits).
+func makeImage(path string, size, inodes int64) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("layer disk: %w", err)
 	}
 	err = f.Truncate(size)
 	f.Close()
 	if err != nil {
+		os.Remove(path)
 		return fmt.Errorf("layer disk of %d bytes: %w", size, err)
 	}
 	cmd := exec.Command("mkfs.ext4", "-q", "-F", "-b", strconv.Itoa(diskBlock), "-I", strconv.Itoa(diskInode),
 		"-N", strconv.FormatInt(inodes, 10), "-m", "0", "-O", "^has_journal,^resize_inode",
-		"-E", "lazy_itable_init=1,nodiscard,root_owner=0:0", part)
+		"-E", "lazy_itable_init=1,nodiscard,root_owner=0:0", path)
 	if out, err := cmd.CombinedOutput(); err != nil {
+		os.Remove(path)
 		return fmt.Errorf("layer disk: mkfs.ext4: %w: %s", err, strings.TrimSpace(string(out)))
 	}
-	// mke2fs fsyncs the image before it exits; the rename makes it the
-	// layer's, and the directory's sync makes the name durable.
-	if err := os.Rename(part, filepath.Join(dir, diskImage)); err != nil {
-		return fmt.Errorf("layer disk: %w", err)
-	}
-	if err := os.Mkdir(filepath.Join(dir, diskMount), 0o700); err != nil {
-		return fmt.Errorf("layer disk: %w", err)
-	}
-	return mountDisk(dir, false)
+	return nil
 }
 
 // mountDisk mounts the image of the layer in dir at fs/ unless it is mounted
@@ -444,6 +457,13 @@ func (n *Node) recountDisks() {
 	n.diskMu.Lock()
 	defer n.diskMu.Unlock()
 	var total int64
+	ents, _ := os.ReadDir(n.disks.dir)
+	for _, e := range ents {
+		var st unix.Stat_t
+		if unix.Stat(filepath.Join(n.disks.dir, e.Name()), &st) == nil {
+			total += st.Blocks * 512
+		}
+	}
 	for _, sub := range []string{"pods", "outbox", "trash", "quarantine"} {
 		ents, _ := os.ReadDir(filepath.Join(n.dir, sub))
 		for _, e := range ents {

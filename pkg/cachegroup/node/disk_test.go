@@ -79,8 +79,16 @@ func checkReleased(t *testing.T, n *Node) {
 	if ls := loopsBelow(t, n.dir); len(ls) > 0 {
 		t.Fatalf("loop devices still attached: %v", ls)
 	}
-	if n.store.Charged() != 0 {
-		t.Fatalf("%d bytes of layer disks still charged", n.store.Charged())
+	n.recountDisks()
+	var ahead int64
+	ents, _ := os.ReadDir(n.disks.dir)
+	for _, e := range ents {
+		var st unix.Stat_t
+		must(t, unix.Stat(filepath.Join(n.disks.dir, e.Name()), &st))
+		ahead += st.Blocks * 512
+	}
+	if n.store.Charged() != ahead {
+		t.Fatalf("%d bytes of layer disks charged, %d of them images made ahead", n.store.Charged(), ahead)
 	}
 }
 
@@ -256,12 +264,15 @@ func TestTrashKeepsABusyDisk(t *testing.T) {
 	checkReleased(t, n)
 }
 
-// diskNode is newNode for a test that makes layer disks: whatever the test
-// leaves mounted below the node's directory is unmounted at its end.
+// diskNode is newNode for a test that makes layer disks, with no images
+// made ahead: whatever the test leaves mounted below the node's directory
+// is unmounted at its end.
 func diskNode(t *testing.T) (*Node, *volume.Home) {
 	t.Helper()
 	needDisks(t)
 	n, h := newNode(t)
+	// No images made ahead unless a test asks: the charges stay exact.
+	n.disks.setPerSize(0)
 	t.Cleanup(func() {
 		ms := mountsBelow(t, filepath.Dir(n.dir))
 		for i := len(ms) - 1; i >= 0; i-- {
@@ -293,5 +304,56 @@ func TestDiskSize(t *testing.T) {
 		if size, _ := diskSize(c.quota, c.total); size != c.size {
 			t.Errorf("diskSize(%d, %d) = %d, want %d", c.quota, c.total, size, c.size)
 		}
+	}
+}
+
+// A layer takes an image the pool made ahead for its size; the pool keeps
+// only a few, of sizes asked for, and never hands out one half made.
+func TestLayerTakesAnImageMadeAhead(t *testing.T) {
+	n, h := diskNode(t)
+	n.disks.setPerSize(poolPerSize)
+	v, err := h.CreateVolume(context.Background(), volume.Spec{Name: "v", Quota: 1 << 30})
+	must(t, err)
+	_, _, err = n.NewLayer(Layer{VolumeID: v.ID, Target: "/pods/a", Base: v.Root, Quota: 4 << 20})
+	must(t, err)
+	n.disks.fillOnce()
+	ents, err := os.ReadDir(n.disks.dir)
+	must(t, err)
+	ahead := map[uint64]bool{}
+	for _, e := range ents {
+		size, ok := poolSize(e.Name())
+		if want, _ := diskSize(4<<20, 1<<40); !ok || size != want {
+			t.Fatalf("pool holds %s", e.Name())
+		}
+		var st unix.Stat_t
+		must(t, unix.Stat(filepath.Join(n.disks.dir, e.Name()), &st))
+		ahead[st.Ino] = true
+	}
+	if len(ahead) != poolPerSize {
+		t.Fatalf("pool holds %d images, want %d", len(ahead), poolPerSize)
+	}
+	if n.recountAndCharge() <= diskUsage(n.layerDir("/pods/a")) {
+		t.Fatal("images made ahead are not charged")
+	}
+	upper, _, err := n.NewLayer(Layer{VolumeID: v.ID, Target: "/pods/b", Base: v.Root, Quota: 4 << 20})
+	must(t, err)
+	var st unix.Stat_t
+	must(t, unix.Stat(filepath.Join(n.layerDir("/pods/b"), diskImage), &st))
+	if !ahead[st.Ino] {
+		t.Fatal("the layer did not take an image made ahead")
+	}
+	must(t, os.WriteFile(filepath.Join(upper, "f"), []byte("x"), 0o644))
+	// Restarted, the pool keeps its whole images only.
+	must(t, os.WriteFile(filepath.Join(n.disks.dir, "1-2-3.img.part"), []byte("half"), 0o600))
+	n2, err := Open(n.dir, n.group)
+	must(t, err)
+	if _, err := os.Lstat(filepath.Join(n2.disks.dir, "1-2-3.img.part")); !os.IsNotExist(err) {
+		t.Fatalf("a half-made image is kept: %v", err)
+	}
+	n.Drop("/pods/a")
+	n.Drop("/pods/b")
+	n.sweepTrash()
+	if ms := mountsBelow(t, n.dir); len(ms) > 0 {
+		t.Fatalf("still mounted: %v", ms)
 	}
 }

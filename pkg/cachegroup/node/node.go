@@ -65,7 +65,8 @@ type Stats struct {
 // layer: layer.json, upper/, work/; or, with a quota, disk.img mounted at
 // fs/ holding upper/ and work/), outbox/<seq>-<key>/ (an ended layer
 // waiting to be committed), quarantine/<seq>-<entry>/ (an entry that could
-// never be committed, with a file reason), trash/ (being removed).
+// never be committed, with a file reason), trash/ (being removed), disks/
+// (layer images made ahead).
 type Node struct {
 	dir   string
 	store *cas.Store
@@ -82,6 +83,7 @@ type Node struct {
 	layerMu sync.Mutex          // serialises layer creation and submission
 	diskMu  sync.Mutex          // serialises counts of the layer disks
 	trashMu sync.Mutex          // serialises sweeps of the trash
+	disks   *diskPool           // layer images made ahead
 
 	wake      chan struct{}
 	trashWake chan struct{}
@@ -100,7 +102,7 @@ type Node struct {
 func Open(dir string, g *group.Group) (*Node, error) {
 	n := &Node{dir: dir, store: g.Store(), group: g, private: map[cas.Digest]bool{},
 		pinned: map[cas.Digest]int{}, wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1), retry: defaultRetry}
-	for _, sub := range []string{"snaps", "pods", "outbox", "quarantine", "trash", "staged"} {
+	for _, sub := range []string{"snaps", "pods", "outbox", "quarantine", "trash", "staged", "disks"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("open node tier: %w", err)
 		}
@@ -112,6 +114,7 @@ func Open(dir string, g *group.Group) (*Node, error) {
 	if err := os.Chmod(dir, 0o711); err != nil {
 		return nil, err
 	}
+	n.disks = newDiskPool(filepath.Join(dir, "disks"))
 	n.mountDisks()
 	go n.emptyTrash()
 	go n.countDisks()
@@ -170,7 +173,7 @@ func (n *Node) NewLayer(l Layer) (upper, work string, err error) {
 		}
 	}()
 	if !l.ReadOnly && l.Quota > 0 {
-		if err := makeDisk(dir, l.Quota); err != nil {
+		if err := n.makeDisk(dir, l.Quota); err != nil {
 			return "", "", err
 		}
 		defer n.recountDisks()
