@@ -38,13 +38,14 @@ type Store struct {
 	dir    string
 	limits Limits
 	used   atomic.Int64 // bytes of blobs, approximate across crashes
+	locks  [64]sync.Mutex
+	mask   uint32       // permission bits file creation may clear (see createMask)
+	seq    atomic.Int64 // names temporary files
+
 	// Bytes others keep on the store's disk, by account (see Charge).
 	chargeMu sync.Mutex
 	charges  map[string]int64
 	charged  atomic.Int64 // their sum
-	locks  [64]sync.Mutex
-	mask   uint32       // permission bits file creation may clear (see createMask)
-	seq    atomic.Int64 // names temporary files
 
 	freeMu    sync.Mutex // guards the cached free-space reading
 	lastFree  int64

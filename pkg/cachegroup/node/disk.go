@@ -43,7 +43,7 @@ const (
 const (
 	diskBlock    = 4096
 	diskInode    = 256
-	minDiskQuota = 2 << 20  // smaller quotas get this much: ext4 needs room for its own metadata
+	minDiskQuota = 2 << 20        // smaller quotas get this much: ext4 needs room for its own metadata
 	maxDiskQuota = 16<<40 - 1<<30 // below the largest file ext4 with 4 KiB blocks holds (the image lives on the store's disk)
 )
 
