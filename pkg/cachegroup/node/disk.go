@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -54,6 +55,21 @@ const diskFlags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOATIME
 // diskData keeps the kernel from zeroing the inode tables in the background,
 // which would fill in the sparse image.
 const diskData = "noinit_itable"
+
+// canMakeDisks reports whether this machine can make layer disks (mkfs.ext4
+// and loop devices); where it cannot, layers keep plain directories, which
+// bound nothing, and that is logged once.
+var canMakeDisks = sync.OnceValue(func() bool {
+	_, err := exec.LookPath("mkfs.ext4")
+	if err == nil {
+		_, err = os.Stat("/dev/loop-control")
+	}
+	if err != nil {
+		klog.ErrorS(err, "Layers cannot have disks of their own: pods are not held to their quota while they write (install e2fsprogs; loop devices needed)")
+		return false
+	}
+	return true
+})
 
 // hasDisk reports whether the layer in dir has a filesystem image.
 func hasDisk(dir string) bool {

@@ -172,7 +172,7 @@ func (n *Node) NewLayer(l Layer) (upper, work string, err error) {
 			n.discard(dir)
 		}
 	}()
-	if !l.ReadOnly && l.Quota > 0 {
+	if !l.ReadOnly && l.Quota > 0 && canMakeDisks() {
 		if err := n.makeDisk(dir, l.Quota); err != nil {
 			return "", "", err
 		}

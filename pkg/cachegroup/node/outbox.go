@@ -250,8 +250,9 @@ func scanUpper(upper string, owner *volume.FileOwner, into *cas.Store) (manifest
 	return m, nil
 }
 
-// hashWorkers bounds the files hashed at once.
-const hashWorkers = 4
+// hashWorkers bounds the files hashed at once; copyWorkers the files copied
+// at once, more, since a copy waits on creating files in the store.
+const hashWorkers, copyWorkers = 4, 8
 
 // copyBuf is the buffer of one hashing worker; a file that fits is read
 // whole before anything is written, so a copy of one the store holds costs
@@ -262,7 +263,11 @@ const copyBuf = 256 << 10
 // file the metadata its entry records, so it can become the blob as it is;
 // or, with into, copies each into that store as a blob with that metadata.
 func hashFiles(upper string, ops []tree.Op, idx []int, into *cas.Store) error {
-	return parallel.Do(idx, hashWorkers, func() []byte { return make([]byte, copyBuf) }, func(i int, buf []byte) error {
+	workers := hashWorkers
+	if into != nil {
+		workers = copyWorkers
+	}
+	return parallel.Do(idx, workers, func() []byte { return make([]byte, copyBuf) }, func(i int, buf []byte) error {
 		path := filepath.Join(upper, filepath.FromSlash(ops[i].Path))
 		if into != nil {
 			return copyFile(into, path, &ops[i].Entry, buf)
@@ -339,17 +344,12 @@ func copyFile(s *cas.Store, path string, e *tree.Entry, buf []byte) error {
 			return nil
 		}
 	}
-	tmp, err := s.CreateTemp()
+	meta := cas.Meta{Mode: e.Mode, UID: e.UID, GID: e.GID, Mtime: e.Mtime}
+	tmp, err := s.OpenUnnamed(meta)
 	if err != nil {
 		return err
 	}
-	placed := false
-	defer func() {
-		tmp.Close()
-		if !placed {
-			os.Remove(tmp.Name())
-		}
-	}()
+	defer tmp.Close() // unnamed, unless linked into the store
 	if whole {
 		_, err = tmp.Write(buf[:head])
 	} else {
@@ -365,19 +365,7 @@ func copyFile(s *cas.Store, path string, e *tree.Entry, buf []byte) error {
 	if err != nil {
 		return fmt.Errorf("copy %s into the store: %w", path, err)
 	}
-	tfd := int(tmp.Fd())
-	if err := unix.Fchown(tfd, int(e.UID), int(e.GID)); err != nil {
-		return fmt.Errorf("chown the copy of %s: %w", path, err)
-	}
-	if err := unix.Fchmod(tfd, e.Mode); err != nil {
-		return fmt.Errorf("chmod the copy of %s: %w", path, err)
-	}
-	ts := []unix.Timespec{unix.NsecToTimespec(e.Mtime), unix.NsecToTimespec(e.Mtime)}
-	if err := unix.UtimesNanoAt(unix.AT_FDCWD, tmp.Name(), ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return fmt.Errorf("set the times of the copy of %s: %w", path, err)
-	}
-	// Not adopted (stored meanwhile), the temporary file goes.
-	placed, err = s.Adopt(tmp.Name(), e.Digest, e.Size)
+	_, err = s.LinkUnnamed(tmp, e.Digest, e.Size, meta)
 	return err
 }
 
