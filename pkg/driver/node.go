@@ -244,7 +244,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if owner == nil {
 		owner = v.FileOwner
 	}
-	layer := node.Layer{VolumeID: volID, Handle: p.id, Target: target, Base: v.Root, ReadOnly: p.readOnly,
+	layer := node.Layer{VolumeID: volID, Handle: p.id, Target: target, Base: v.Root, ReadOnly: p.readOnly, Quota: v.Quota,
 		Commit: p.opts.Commit && !p.readOnly, FileOwner: owner, Sharing: !p.opts.NoSharing, Pod: podOf(p.attrs)}
 	upper, work, err := d.node.NewLayer(layer)
 	if err != nil {
@@ -363,7 +363,7 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 	}
 	used, upperFiles := v.Size, int64(0)
 	if !l.ReadOnly {
-		b, n := duDir(filepath.Join(d.node.LayerDir(path), "upper"))
+		b, n := duDir(d.node.UpperDir(path))
 		used += b
 		upperFiles = n
 	}

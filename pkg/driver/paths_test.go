@@ -131,7 +131,7 @@ func TestUnpublishThatCannotUnmountKeepsTheLayer(t *testing.T) {
 	}
 	target := filepath.Join(r.dir, "pod", "mount")
 	must(t, r.publish(vol, target, false))
-	upper := filepath.Join(r.d.node.LayerDir(target), "upper")
+	upper := r.d.node.UpperDir(target)
 	must(t, os.WriteFile(filepath.Join(upper, "f"), []byte("written"), 0o644))
 	for _, failure := range []error{unix.EBUSY, nil} {
 		r.mount.KeepMounted(target, failure)

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/cachegroup/cachegroup/internal/csiharness"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup"
 	"github.com/cachegroup/cachegroup/pkg/mounter"
 )
@@ -28,6 +29,8 @@ type fakeRig struct {
 func newFakeRig(t *testing.T) *fakeRig {
 	t.Helper()
 	r := &fakeRig{mount: &mounter.Fake{}, dir: t.TempDir()}
+	// The disks of layers with a quota are real mounts, even with a Fake.
+	t.Cleanup(func() { csiharness.UnmountUnder(r.dir) })
 	d, err := New(Config{Mode: ModeAll, Mounter: r.mount,
 		Member: cachegroup.Config{NodeID: "n1", Dir: filepath.Join(r.dir, "store")}})
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/cachegroup/cachegroup/internal/csiharness"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup"
 	"github.com/cachegroup/cachegroup/pkg/mounter"
 )
@@ -46,6 +47,7 @@ func newRig(t *testing.T) *rig {
 			return nil
 		})
 		r.stopDriver()
+		csiharness.UnmountUnder(base) // the disks of layers with a quota
 	})
 	return r
 }

@@ -43,10 +43,12 @@ type Store struct {
 	seq    atomic.Int64 // names temporary files
 	fresh  fresh        // blobs written or kept lately: see Sweep
 
+	full   atomic.Pointer[func()] // told when a write is refused (see OnFull)
+
+	// Bytes others keep on the store's disk, by account (see Charge).
 	chargeMu sync.Mutex
-	charges  map[string]int64 // bytes others keep on the store's disk, by what (see Charge)
-	charged  atomic.Int64     // their sum
-	full     atomic.Pointer[func()]
+	charges  map[string]int64
+	charged  atomic.Int64 // their sum
 
 	freeMu    sync.Mutex // guards the cached free-space reading
 	lastFree  int64
@@ -56,7 +58,7 @@ type Store struct {
 
 // OpenStore opens (creating if needed) the store under dir.
 func OpenStore(dir string, limits Limits) (*Store, error) {
-	s := &Store{dir: dir, limits: limits}
+	s := &Store{dir: dir, limits: limits, charges: map[string]int64{}}
 	for _, d := range []string{s.blobDir(), s.variantDir(), s.tmpDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("open store: %w", err)
@@ -246,31 +248,12 @@ func (s *Store) place(src string, d Digest, n int64) error {
 	return nil
 }
 
-// Charge sets the bytes what keeps on the store's disk besides blobs (the
-// outbox, the filesystems of pods' layers): they count against the cache
-// size as blobs do. Charge(what, 0) forgets what.
-func (s *Store) Charge(what string, n int64) {
-	s.chargeMu.Lock()
-	defer s.chargeMu.Unlock()
-	if s.charges == nil {
-		s.charges = map[string]int64{}
-	}
-	s.charged.Add(n - s.charges[what])
-	if n == 0 {
-		delete(s.charges, what)
-	} else {
-		s.charges[what] = n
-	}
-}
-
-// Charged returns the bytes charged to the store's budget besides blobs.
-func (s *Store) Charged() int64 { return s.charged.Load() }
-
-// reserve accounts n more bytes, refusing past the cache size or the floor.
+// reserve accounts n more bytes, refusing past the cache size (blobs and
+// charges together) or the floor.
 func (s *Store) reserve(n int64) error {
 	if used := s.used.Load() + s.charged.Load(); s.limits.CacheSize > 0 && used+n > s.limits.CacheSize {
 		s.onFull()
-		return fmt.Errorf("%w: %d bytes used of %d (%d of them not blobs)", ErrNoSpace, used, s.limits.CacheSize, s.charged.Load())
+		return fmt.Errorf("%w: %d bytes used of %d (%d of them outside blobs)", ErrNoSpace, used, s.limits.CacheSize, s.charged.Load())
 	}
 	if s.limits.FreeFloor > 0 {
 		free, err := s.free(n)
@@ -373,8 +356,71 @@ func (s *Store) Linked(d Digest) bool {
 // placed with Adopt once it is complete and verified.
 func (s *Store) CreateTemp() (*os.File, error) { return os.CreateTemp(s.tmpDir(), "part-") }
 
+// OpenUnnamed opens a new file in the store that has no name yet (an
+// O_TMPFILE) with the permission bits of m, for a blob to be linked into
+// place with LinkUnnamed once it is complete; closed unlinked, it is gone. A
+// blob made so costs one directory entry, not the three of a named
+// temporary file renamed.
+func (s *Store) OpenUnnamed(m Meta) (*os.File, error) {
+	fd, err := unix.Open(s.tmpDir(), unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, m.Mode&0o777)
+	if err != nil {
+		return nil, fmt.Errorf("open an unnamed file in the store: %w", err)
+	}
+	return os.NewFile(uintptr(fd), s.tmpDir()), nil
+}
+
+// LinkUnnamed gives the file f opened by OpenUnnamed(m) the metadata m and
+// links it into the store as blob d of size n, reserving n bytes; the caller
+// has hashed it. If the blob already exists it reports false and the store
+// is unchanged.
+func (s *Store) LinkUnnamed(f *os.File, d Digest, n int64, m Meta) (bool, error) {
+	fd := int(f.Fd())
+	if err := s.fdMeta(fd, m); err != nil {
+		return false, fmt.Errorf("store blob %s: %w", d, err)
+	}
+	if err := s.reserve(n); err != nil {
+		return false, err
+	}
+	dst := s.Path(d)
+	// AT_EMPTY_PATH links the descriptor itself (the store runs as root).
+	err := unix.Linkat(fd, "", unix.AT_FDCWD, dst, unix.AT_EMPTY_PATH)
+	if errors.Is(err, unix.ENOENT) {
+		if err = os.MkdirAll(filepath.Dir(dst), 0o700); err == nil {
+			err = unix.Linkat(fd, "", unix.AT_FDCWD, dst, unix.AT_EMPTY_PATH)
+		}
+	}
+	if err != nil {
+		s.used.Add(-n)
+		if errors.Is(err, unix.EEXIST) {
+			return false, nil // stored meanwhile
+		}
+		return false, fmt.Errorf("store blob %s: %w", d, err)
+	}
+	return true, nil
+}
+
 // Used returns the bytes of blobs in the store.
 func (s *Store) Used() int64 { return s.used.Load() }
+
+// Charge sets the bytes account keeps on the store's disk besides blobs
+// (the node tier's layer images, by their allocated blocks): they count
+// against the cache size with the blobs, so the store takes fewer. Each
+// call replaces the account's figure; 0 closes it. The floor needs no
+// charge: it is read from the disk, which holds them already.
+func (s *Store) Charge(account string, bytes int64) {
+	s.chargeMu.Lock()
+	defer s.chargeMu.Unlock()
+	s.charged.Add(bytes - s.charges[account])
+	if bytes == 0 {
+		delete(s.charges, account)
+	} else {
+		s.charges[account] = bytes
+	}
+}
+
+// Charged returns the bytes every account keeps on the store's disk besides
+// blobs (see Charge).
+func (s *Store) Charged() int64 { return s.charged.Load() }
 
 // Remove deletes blob d.
 func (s *Store) Remove(d Digest) {

@@ -39,3 +39,28 @@ func TestStoreVerifies(t *testing.T) {
 		t.Fatalf("over cache size: %v", err)
 	}
 }
+
+// Bytes charged by others on the store's disk count against its cache size
+// with the blobs, until their account closes.
+func TestChargesCountAgainstTheCacheSize(t *testing.T) {
+	s, err := OpenStore(t.TempDir(), Limits{CacheSize: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Charge("disks", 60)
+	s.Charge("outbox", 30)
+	s.Charge("disks", 80) // replaces, does not add
+	if s.Charged() != 110 || s.Capacity() != 0 {
+		t.Fatalf("charged %d, capacity %d", s.Charged(), s.Capacity())
+	}
+	if _, err := s.PutBytes([]byte("x")); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("a blob past the cache size with charges: %v", err)
+	}
+	s.Charge("disks", 0)
+	if _, err := s.PutBytes([]byte("fits")); err != nil {
+		t.Fatal(err)
+	}
+	if s.Charged() != 30 || s.Used() != 4 || s.Capacity() != 66 {
+		t.Fatalf("charged %d, used %d, capacity %d", s.Charged(), s.Used(), s.Capacity())
+	}
+}

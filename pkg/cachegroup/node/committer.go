@@ -120,7 +120,7 @@ func (n *Node) bound(names []string, retries map[string]*retry) []string {
 		if r != nil && r.size > 0 {
 			sizes[i] = r.size
 		} else {
-			sizes[i] = files.DiskUsage(filepath.Join(n.dir, "outbox", name, "upper"))
+			sizes[i] = entryUsage(filepath.Join(n.dir, "outbox", name))
 			if r != nil {
 				r.size = sizes[i]
 			}
@@ -138,16 +138,27 @@ func (n *Node) bound(names []string, retries map[string]*retry) []string {
 	for dropped < len(names) && total > 0 && over() {
 		n.drop(names[dropped], "outbox-full", fmt.Errorf("the outbox holds %d bytes, past the cache size %d or the free floor %d",
 			total, lim.CacheSize, lim.FreeFloor))
-		n.emptyTrashNow()
+		n.sweepTrash()
 		n.store.Charge(outboxCharge(names[dropped]), 0)
 		total -= sizes[dropped]
 		dropped++
 	}
 	for i := dropped; i < len(names); i++ {
-		n.store.Charge(outboxCharge(names[i]), sizes[i])
+		if !hasDisk(filepath.Join(n.dir, "outbox", names[i])) { // the disks' account has those
+			n.store.Charge(outboxCharge(names[i]), sizes[i])
+		}
 	}
 	n.group.Metrics().OutboxBytes.Set(float64(total))
 	return names[dropped:]
+}
+
+// entryUsage returns the bytes outbox entry dir takes on the disk: its
+// layer image's, or its upper directory's files'.
+func entryUsage(dir string) int64 {
+	if hasDisk(dir) {
+		return diskUsage(dir)
+	}
+	return files.DiskUsage(filepath.Join(dir, "upper"))
 }
 
 // outboxCharge names the charge of outbox entry name to the store's budget.
@@ -236,11 +247,7 @@ func (n *Node) quarantine(name string, reason error) {
 	klog.ErrorS(reason, "Outbox entry quarantined; it is not retried", "entry", name)
 	n.lost(name, reason)
 	src := filepath.Join(n.dir, "outbox", name)
-	// The pod's files go: a quarantined entry is kept to say what failed,
-	// and must not hold the disk.
-	for _, sub := range []string{"upper", "work"} {
-		n.discard(filepath.Join(src, sub))
-	}
+	n.releaseDisk(src) // a quarantined entry keeps its record, not its disk
 	// The reason is written first, so a quarantined entry always has one.
 	if err := files.WriteAtomic(filepath.Join(src, "reason"), []byte(reason.Error()+"\n")); err != nil {
 		klog.ErrorS(err, "Write the reason of a quarantined entry; it is dropped", "entry", name)

@@ -72,7 +72,7 @@ func (n *Node) Keeps() func(cas.Digest) bool {
 // It returns what it removed.
 func (n *Node) Evict(need int64) (blobs int, bytes int64) {
 	if err := n.Prune(); err == nil {
-		n.emptyTrashNow()
+		n.sweepTrash()
 	}
 	type copy struct {
 		d    cas.Digest
@@ -109,12 +109,4 @@ func (n *Node) Evict(need int64) (blobs int, bytes int64) {
 	m.EvictedBlobs.Add(float64(blobs))
 	m.EvictedBytes.Add(float64(bytes))
 	return blobs, bytes
-}
-
-// emptyTrashNow removes what is in the trash before it returns.
-func (n *Node) emptyTrashNow() {
-	ents, _ := os.ReadDir(filepath.Join(n.dir, "trash"))
-	for _, e := range ents {
-		os.RemoveAll(filepath.Join(n.dir, "trash", e.Name()))
-	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/files"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/flight"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
+	"k8s.io/klog/v2"
 )
 
 // Layer is one pod's mount of a volume on this node: the snapshot it reads
@@ -33,6 +34,9 @@ type Layer struct {
 	Target   string     `json:"target"`
 	Base     cas.Digest `json:"base"`
 	ReadOnly bool       `json:"readOnly,omitempty"`
+	// Quota bounds what the pod may write, in bytes: a writable layer with
+	// a quota lives on a filesystem of that size (see disk.go); 0 is none.
+	Quota int64 `json:"quota,omitempty"`
 	// Commit publishes the pod's writes when it ends; false discards them.
 	Commit bool `json:"commit"`
 	// FileOwner normalises committed files to this uid:gid.
@@ -58,10 +62,12 @@ type Stats struct {
 // the committer that drains it into the group.
 //
 // Layout below its directory: snaps/<root>/ (flat snapshots), layers/ and
-// heads/ (thin layers over them: layers.go), pods/<key>/ (a live
-// layer: layer.json, upper/, work/), outbox/<seq>-<key>/ (an ended layer
+// heads/ (thin layers over them: layers.go), pods/<key>/ (a live layer:
+// layer.json, upper/, work/; or, with a quota, disk.img mounted at fs/
+// holding upper/ and work/), outbox/<seq>-<key>/ (an ended layer
 // waiting to be committed), quarantine/<seq>-<entry>/ (an entry that could
-// never be committed, with a file reason), trash/ (being removed).
+// never be committed, with a file reason), trash/ (being removed), disks/
+// (layer images made ahead).
 type Node struct {
 	dir   string
 	store *cas.Store
@@ -77,6 +83,9 @@ type Node struct {
 	sharing atomic.Int64        // hydrations of shared snapshots in progress
 	layerMu sync.Mutex          // serialises layer creation and submission
 	lay     layerState          // thin layers: builds and holds (layers.go)
+	diskMu  sync.Mutex          // serialises counts of the layer disks
+	trashMu sync.Mutex          // serialises sweeps of the trash
+	disks   *diskPool           // layer images made ahead
 
 	wake      chan struct{}
 	trashWake chan struct{}
@@ -93,11 +102,12 @@ type Node struct {
 
 // Open opens the node tier under dir, on the group's local store. The
 // directory must be on the same filesystem as the store, so that committing a
-// file is a rename.
+// file of a layer without a quota is a rename. The filesystems of live
+// layers left by an earlier process are mounted again.
 func Open(dir string, g *group.Group) (*Node, error) {
 	n := &Node{dir: dir, store: g.Store(), group: g, private: map[cas.Digest]bool{},
 		pinned: map[cas.Digest]int{}, wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1), retry: defaultRetry}
-	for _, sub := range []string{"snaps", "pods", "outbox", "quarantine", "trash", "staged"} {
+	for _, sub := range []string{"snaps", "pods", "outbox", "quarantine", "trash", "staged", "disks"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("open node tier: %w", err)
 		}
@@ -109,7 +119,10 @@ func Open(dir string, g *group.Group) (*Node, error) {
 	if err := os.Chmod(dir, 0o711); err != nil {
 		return nil, err
 	}
+	n.disks = newDiskPool(filepath.Join(dir, "disks"))
+	n.mountDisks()
 	go n.emptyTrash()
+	go n.countDisks()
 	return n, nil
 }
 
@@ -121,9 +134,15 @@ func layerKey(target string) string {
 	return hex.EncodeToString(h[:12])
 }
 
-// LayerDir returns the directory of target's layer (its upper directory is
-// upper/ below it).
+// LayerDir returns the directory of target's layer.
 func (n *Node) LayerDir(target string) string { return n.layerDir(target) }
+
+// UpperDir returns the upper directory of target's layer, which holds what
+// its pod wrote.
+func (n *Node) UpperDir(target string) string {
+	upper, _ := upperOf(n.layerDir(target))
+	return upper
+}
 
 // Drop discards target's layer and everything written to it.
 func (n *Node) Drop(target string) {
@@ -137,17 +156,34 @@ func (n *Node) layerDir(target string) string {
 }
 
 // NewLayer records l and, unless it is read-only, creates its empty upper and
-// work directories, returning their paths. The upper directory's root takes
-// the owner of l.FileOwner, so non-root pods can write at the top of the volume.
+// work directories, returning their paths: on a filesystem of its own the
+// size of l.Quota if it has one. The upper directory's root takes the owner
+// of l.FileOwner, so non-root pods can write at the top of the volume.
 func (n *Node) NewLayer(l Layer) (upper, work string, err error) {
 	n.layerMu.Lock()
 	defer n.layerMu.Unlock()
 	dir := n.layerDir(l.Target)
-	os.RemoveAll(dir) // a layer never mounted (a failed publish) is stale
+	// A layer never mounted (a failed publish) is stale; its disk goes
+	// first, so that nothing is removed through a mount.
+	if err := freeDisk(dir); err != nil {
+		return "", "", err
+	}
+	os.RemoveAll(dir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", "", err
 	}
-	upper, work = filepath.Join(dir, "upper"), filepath.Join(dir, "work")
+	defer func() {
+		if err != nil {
+			n.discard(dir)
+		}
+	}()
+	if !l.ReadOnly && l.Quota > 0 && canMakeDisks() {
+		if err := n.makeDisk(dir, l.Quota); err != nil {
+			return "", "", err
+		}
+		defer n.recountDisks()
+	}
+	upper, work = upperOf(dir)
 	if !l.ReadOnly {
 		for _, d := range []string{upper, work} {
 			if err := os.Mkdir(d, 0o755); err != nil {
@@ -226,7 +262,14 @@ func (n *Node) Submit(target string) error {
 		return nil
 	}
 	// One syncfs makes every write of the pod durable: the overlay is
-	// mounted volatile, so the pod's own fsyncs cost nothing.
+	// mounted volatile, so the pod's own fsyncs cost nothing. A layer's own
+	// filesystem is synced first, into its image on the store's.
+	if hasDisk(dir) {
+		if err := sealDisk(dir); err != nil {
+			return err
+		}
+		defer n.recountDisks()
+	}
 	if err := n.store.Sync(); err != nil {
 		return err
 	}
@@ -241,14 +284,19 @@ func (n *Node) Submit(target string) error {
 	return nil
 }
 
-// discard moves dir into the trash, removed in the background.
+// discard moves dir into the trash, removed in the background; a layer's
+// disk moves along, mounted, and the trash frees it first, off the path of
+// the pod's unpublish.
 func (n *Node) discard(dir string) {
 	if _, err := os.Lstat(dir); err != nil {
 		return
 	}
 	dst := filepath.Join(n.dir, "trash", fmt.Sprintf("%d-%s", time.Now().UnixNano(), filepath.Base(dir)))
 	if err := os.Rename(dir, dst); err != nil {
-		os.RemoveAll(dir)
+		n.releaseDisk(dir)
+		if _, mounted, err := mountedDev(dir); err == nil && !mounted {
+			os.RemoveAll(dir)
+		}
 		return
 	}
 	n.kickTrash()
@@ -263,14 +311,35 @@ func (n *Node) kickTrash() {
 
 func (n *Node) emptyTrash() {
 	for {
-		ents, _ := os.ReadDir(filepath.Join(n.dir, "trash"))
-		for _, e := range ents {
-			os.RemoveAll(filepath.Join(n.dir, "trash", e.Name()))
-		}
+		n.sweepTrash()
 		select {
 		case <-n.trashWake:
 		case <-time.After(time.Minute):
 		}
+	}
+}
+
+// sweepTrash removes what is in the trash, each entry's disk first. Nothing
+// is removed through a mount: a disk still busy stays, with its entry, until
+// a later sweep.
+func (n *Node) sweepTrash() {
+	n.trashMu.Lock()
+	defer n.trashMu.Unlock()
+	ents, _ := os.ReadDir(filepath.Join(n.dir, "trash"))
+	disks := false
+	for _, e := range ents {
+		dir := filepath.Join(n.dir, "trash", e.Name())
+		if hasDisk(dir) {
+			disks = true
+		}
+		if err := freeDisk(dir); err != nil {
+			klog.ErrorS(err, "Release the disk of a trashed layer; tried again later", "dir", dir)
+			continue
+		}
+		os.RemoveAll(dir)
+	}
+	if disks {
+		n.recountDisks()
 	}
 }
 

@@ -74,7 +74,7 @@ func TestScanUpperReadsOverlayMarkers(t *testing.T) {
 		unix.Mknod(filepath.Join(up, "dev"), unix.S_IFCHR, int(unix.Mkdev(1, 3)))
 		os.Symlink("/etc/shadow", filepath.Join(up, "link"))
 	})
-	m, err := scanUpper(filepath.Join(outboxEntry(t, n), "upper"), nil, nil)
+	m, err := scanUpper(filepath.Join(outboxEntry(t, n), "upper"), nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +114,7 @@ func TestCommitResumesAfterCrashMidway(t *testing.T) {
 	})
 	entry := outboxEntry(t, n)
 	// First attempt, up to the crash: manifest written, one file moved.
-	m, err := scanUpper(filepath.Join(entry, "upper"), nil, nil)
+	m, err := scanUpper(filepath.Join(entry, "upper"), nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

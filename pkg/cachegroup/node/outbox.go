@@ -42,7 +42,16 @@ func (n *Node) commitEntry(ctx context.Context, entry string) error {
 	if err := volume.CheckVolumeID(l.VolumeID); err != nil {
 		return fmt.Errorf("%w: %s: %v", errBadLayer, entry, err)
 	}
-	upper := filepath.Join(entry, "upper")
+	// A layer with its own disk is read from there and copied into the
+	// store (a rename cannot cross filesystems); its image stays whole
+	// until the entry is done.
+	copied := hasDisk(entry)
+	if copied {
+		if err := mountDisk(entry, true); err != nil {
+			return err
+		}
+	}
+	upper, _ := upperOf(entry)
 	m, err := n.manifestOf(ctx, entry, l)
 	if err != nil {
 		return err
@@ -57,7 +66,9 @@ func (n *Node) commitEntry(ctx context.Context, entry string) error {
 	}
 	n.pin(blobs)
 	defer n.unpin(blobs)
-	// Move each new file into the store (a rename: no copy).
+	// Move each new file into the store (a rename: no copy), or copy the
+	// ones scanning copied that have gone since.
+	var buf []byte
 	for _, op := range m.Commit.Ops {
 		if op.Kind != tree.OpUpsert || op.Entry.Type != tree.TypeFile {
 			continue
@@ -67,6 +78,19 @@ func (n *Node) commitEntry(ctx context.Context, entry string) error {
 			continue
 		}
 		src := filepath.Join(upper, filepath.FromSlash(op.Path))
+		if copied {
+			if buf == nil {
+				buf = make([]byte, copyBuf)
+			}
+			e := op.Entry
+			if err := copyFile(n.store, src, &e, buf); err != nil {
+				return fmt.Errorf("commit %s: %w", op.Path, err)
+			}
+			if e.Digest != d {
+				return fmt.Errorf("%w: %s changed after it was scanned", errBadLayer, op.Path)
+			}
+			continue
+		}
 		_, err := n.store.Adopt(src, d, op.Entry.Size)
 		if errors.Is(err, fs.ErrNotExist) && n.group.Fetch(ctx, d) == nil {
 			// Moved into the store by an earlier attempt and dropped since
@@ -130,8 +154,13 @@ func (n *Node) manifestOf(ctx context.Context, entry string, l Layer) (manifest,
 	if owner == nil {
 		owner = v.FileOwner
 	}
+	var into *cas.Store
+	if hasDisk(entry) {
+		into = n.store
+	}
+	upper, _ := upperOf(entry)
 	base := &baseTree{store: n.store, root: l.Base, fetch: func(d cas.Digest) error { return n.group.Fetch(ctx, d) }}
-	if m, err = scanUpper(filepath.Join(entry, "upper"), owner, base); err != nil {
+	if m, err = scanUpper(upper, owner, base, into); err != nil {
 		return m, err
 	}
 	m.Commit.Base = l.Base
@@ -162,8 +191,9 @@ func (n *Node) allBlobsHere(c *tree.Commit) bool {
 // grafts, everything else upserts. Symlinks are recorded and never followed;
 // device files, FIFOs and sockets are dropped; setuid and setgid bits are
 // stripped (on the file itself too, since it becomes the blob). Files are
-// hashed here, once.
-func scanUpper(upper string, owner *volume.FileOwner, base *baseTree) (manifest, error) {
+// hashed here, once; with into, they are copied into that store as they are
+// hashed and left unchanged.
+func scanUpper(upper string, owner *volume.FileOwner, base *baseTree, into *cas.Store) (manifest, error) {
 	var m manifest
 	var files []int // indexes of file ops still to hash
 	// The lower directories of the directories being walked, root first:
@@ -228,7 +258,7 @@ func scanUpper(upper string, owner *volume.FileOwner, base *baseTree) (manifest,
 	if err != nil {
 		return m, fmt.Errorf("scan %s: %w", upper, err)
 	}
-	if err := hashFiles(upper, m.Commit.Ops, files); err != nil {
+	if err := hashFiles(upper, m.Commit.Ops, files, into); err != nil {
 		return m, err
 	}
 	if err := m.Commit.Validate(); err != nil {
@@ -237,14 +267,29 @@ func scanUpper(upper string, owner *volume.FileOwner, base *baseTree) (manifest,
 	return m, nil
 }
 
-// hashWorkers bounds the files hashed at once.
-const hashWorkers = 4
+// hashWorkers bounds the files hashed at once; copyWorkers the files copied
+// at once, more, since a copy waits on creating files in the store.
+const hashWorkers, copyWorkers = 4, 8
+
+// copyBuf is the buffer of one hashing worker; a file that fits is read
+// whole before anything is written, so a copy of one the store holds costs
+// no write.
+const copyBuf = 256 << 10
 
 // hashFiles hashes the files ops[i] for i in idx, in parallel, and gives each
-// file the metadata its entry records, so it can become the blob as it is.
-func hashFiles(upper string, ops []tree.Op, idx []int) error {
-	return parallel.Do(idx, hashWorkers, func() []byte { return make([]byte, 256<<10) }, func(i int, buf []byte) error {
-		return hashFile(filepath.Join(upper, filepath.FromSlash(ops[i].Path)), &ops[i].Entry, buf)
+// file the metadata its entry records, so it can become the blob as it is;
+// or, with into, copies each into that store as a blob with that metadata.
+func hashFiles(upper string, ops []tree.Op, idx []int, into *cas.Store) error {
+	workers := hashWorkers
+	if into != nil {
+		workers = copyWorkers
+	}
+	return parallel.Do(idx, workers, func() []byte { return make([]byte, copyBuf) }, func(i int, buf []byte) error {
+		path := filepath.Join(upper, filepath.FromSlash(ops[i].Path))
+		if into != nil {
+			return copyFile(into, path, &ops[i].Entry, buf)
+		}
+		return hashFile(path, &ops[i].Entry, buf)
 	})
 }
 
@@ -285,6 +330,60 @@ func hashFile(path string, e *tree.Entry, buf []byte) error {
 		return fmt.Errorf("remove extended attributes of %s: %w", path, err)
 	}
 	return nil
+}
+
+// copyFile copies the regular file at path, without following a symlink,
+// into store s as a blob with e's owner, mode and modification time, hashing
+// it as it copies (one read), and records its digest and size in e. The file
+// itself is left as it is; a blob the store holds already is not written.
+func copyFile(s *cas.Store, path string, e *tree.Entry, buf []byte) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("%w: %s changed type while scanned", errBadLayer, path)
+	}
+	head, err := io.ReadFull(f, buf)
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	whole := head < len(buf)
+	if whole {
+		e.Digest, e.Size = cas.Sum(buf[:head]), int64(head)
+		if s.Has(e.Digest) {
+			return nil
+		}
+	}
+	meta := cas.Meta{Mode: e.Mode, UID: e.UID, GID: e.GID, Mtime: e.Mtime}
+	tmp, err := s.OpenUnnamed(meta)
+	if err != nil {
+		return err
+	}
+	defer tmp.Close() // unnamed, unless linked into the store
+	if whole {
+		_, err = tmp.Write(buf[:head])
+	} else {
+		h := sha256.New()
+		h.Write(buf)
+		if _, err = tmp.Write(buf); err == nil {
+			var n int64
+			n, err = io.CopyBuffer(io.MultiWriter(tmp, h), f, buf)
+			h.Sum(e.Digest[:0])
+			e.Size = int64(head) + n
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("copy %s into the store: %w", path, err)
+	}
+	_, err = s.LinkUnnamed(tmp, e.Digest, e.Size, meta)
+	return err
 }
 
 // stripXattrs removes every extended attribute of the open file fd. The file
