@@ -247,7 +247,11 @@ func (n *Node) quarantine(name string, reason error) {
 	klog.ErrorS(reason, "Outbox entry quarantined; it is not retried", "entry", name)
 	n.lost(name, reason)
 	src := filepath.Join(n.dir, "outbox", name)
-	n.releaseDisk(src) // a quarantined entry keeps its record, not its disk
+	// A quarantined entry keeps its record, not the pod's files nor its disk.
+	n.releaseDisk(src)
+	for _, sub := range []string{"upper", "work"} {
+		n.discard(filepath.Join(src, sub))
+	}
 	// The reason is written first, so a quarantined entry always has one.
 	if err := files.WriteAtomic(filepath.Join(src, "reason"), []byte(reason.Error()+"\n")); err != nil {
 		klog.ErrorS(err, "Write the reason of a quarantined entry; it is dropped", "entry", name)
