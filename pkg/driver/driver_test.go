@@ -39,9 +39,9 @@ func TestErrStatusCodes(t *testing.T) {
 	}
 	// Building a snapshot, a blob no member has is a head that moved on.
 	for err, want := range map[error]codes.Code{
-		fmt.Errorf("fetch blob b: %w", cachegroup.ErrNotFound): codes.Unavailable,
+		fmt.Errorf("fetch blob b: %w", cachegroup.ErrNotFound):     codes.Unavailable,
 		errors.Join(cachegroup.ErrNoSpace, cachegroup.ErrNotFound): codes.ResourceExhausted,
-		fmt.Errorf("fetch: %w", cachegroup.ErrUnavailable):        codes.Unavailable,
+		fmt.Errorf("fetch: %w", cachegroup.ErrUnavailable):         codes.Unavailable,
 	} {
 		if got := status.Code(snapshotStatus(err, "stage volume %s", "v")); got != want {
 			t.Errorf("snapshot: %v: code %v, want %v", err, got, want)

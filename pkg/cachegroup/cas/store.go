@@ -43,7 +43,7 @@ type Store struct {
 	seq    atomic.Int64 // names temporary files
 	fresh  fresh        // blobs written or kept lately: see Sweep
 
-	full   atomic.Pointer[func()] // told when a write is refused (see OnFull)
+	full atomic.Pointer[func()] // told when a write is refused (see OnFull)
 
 	// Bytes others keep on the store's disk, by account (see Charge).
 	chargeMu sync.Mutex

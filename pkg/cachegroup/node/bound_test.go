@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -112,5 +113,50 @@ func TestTheOutboxIsBoundedOldestDroppedFirst(t *testing.T) {
 	must(t, err)
 	if head.Count != 2 {
 		t.Fatalf("head holds %d entries, want the two kept", head.Count)
+	}
+}
+
+// Submits that come while a sync of the store runs share the next one, and
+// none returns before a sync that started after it came has finished.
+func TestSubmitsShareSyncs(t *testing.T) {
+	var s syncs
+	const callers = 16
+	var mu sync.Mutex
+	var started []int // callers arrived when each flush started
+	arrived, returned := 0, 0
+	block := make(chan struct{})
+	flush := func() error {
+		mu.Lock()
+		started = append(started, arrived)
+		first := len(started) == 1
+		mu.Unlock()
+		if first {
+			<-block // the others come while the first runs
+		}
+		return nil
+	}
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			mu.Lock()
+			arrived++
+			if arrived == callers {
+				close(block)
+			}
+			mu.Unlock()
+			must(t, s.do(flush))
+			mu.Lock()
+			returned++
+			if len(started) < 2 && returned > 1 {
+				t.Error("a caller that came during the first sync returned before a second one")
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if len(started) != 2 || started[1] != callers {
+		t.Fatalf("flushes started with %v callers arrived, want one, then one for all %d", started, callers)
 	}
 }

@@ -82,6 +82,7 @@ type Node struct {
 	pinned  map[cas.Digest]int  // blobs of commits in progress: kept here
 	sharing atomic.Int64        // hydrations of shared snapshots in progress
 	layerMu sync.Mutex          // serialises layer creation and submission
+	syncs   syncs               // of the store's filesystem, shared by submits
 	lay     layerState          // thin layers: builds and holds (layers.go)
 	diskMu  sync.Mutex          // serialises counts of the layer disks
 	trashMu sync.Mutex          // serialises sweeps of the trash
@@ -89,7 +90,8 @@ type Node struct {
 
 	wake      chan struct{}
 	trashWake chan struct{}
-	retry     retryPolicy // how the committer retries an outbox entry
+	useWake   chan struct{} // a pod ended: its reads are in the page cache now
+	retry     retryPolicy   // how the committer retries an outbox entry
 	Stats     Stats
 	// Lost, if set before Run, is told of every layer whose writes the
 	// committer drops or quarantines, with why: the writes a pod made that
@@ -106,7 +108,7 @@ type Node struct {
 // layers left by an earlier process are mounted again.
 func Open(dir string, g *group.Group) (*Node, error) {
 	n := &Node{dir: dir, store: g.Store(), group: g, private: map[cas.Digest]bool{},
-		pinned: map[cas.Digest]int{}, wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1), retry: defaultRetry}
+		pinned: map[cas.Digest]int{}, wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1), useWake: make(chan struct{}, 1), retry: defaultRetry}
 	for _, sub := range []string{"snaps", "pods", "outbox", "quarantine", "trash", "staged", "disks"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("open node tier: %w", err)
@@ -244,9 +246,17 @@ func (n *Node) Layers() ([]Layer, error) {
 // disk and moved into the outbox by a rename (or discarded if the layer does
 // not commit). A missing layer is not an error.
 func (n *Node) Submit(target string) error {
+	dir := n.layerDir(target)
+	// The pod's writes are flushed before the lock, so that pods ending at
+	// once share one syncfs instead of queueing for one each.
+	if l, ok, _ := readLayer(dir); ok && !l.ReadOnly && l.Commit {
+		if err := n.flush(dir); err != nil {
+			return err
+		}
+	}
+	defer kick(n.useWake)
 	n.layerMu.Lock()
 	defer n.layerMu.Unlock()
-	dir := n.layerDir(target)
 	l, ok, err := readLayer(dir)
 	if err != nil || !ok {
 		if !ok {
@@ -261,18 +271,6 @@ func (n *Node) Submit(target string) error {
 		n.discard(dir)
 		return nil
 	}
-	// One syncfs makes every write of the pod durable: the overlay is
-	// mounted volatile, so the pod's own fsyncs cost nothing. A layer's own
-	// filesystem is synced first, into its image on the store's.
-	if hasDisk(dir) {
-		if err := sealDisk(dir); err != nil {
-			return err
-		}
-		defer n.recountDisks()
-	}
-	if err := n.store.Sync(); err != nil {
-		return err
-	}
 	name := fmt.Sprintf("%020d-%s", time.Now().UnixNano(), filepath.Base(dir))
 	if err := os.Rename(dir, filepath.Join(n.dir, "outbox", name)); err != nil {
 		return fmt.Errorf("move layer into outbox: %w", err)
@@ -282,6 +280,57 @@ func (n *Node) Submit(target string) error {
 	}
 	n.kick()
 	return nil
+}
+
+// flush makes every write of the layer in dir durable: the overlay is
+// mounted volatile, so the pod's own fsyncs cost nothing, and one syncfs of
+// the store's filesystem does it, shared by the layers flushed at once. A
+// layer's own filesystem is synced first, into its image on the store's.
+func (n *Node) flush(dir string) error {
+	if hasDisk(dir) {
+		if err := sealDisk(dir); err != nil {
+			return err
+		}
+		defer n.recountDisks()
+	}
+	return n.syncs.do(n.store.Sync)
+}
+
+// syncs shares syncs among callers: one started after a caller came covers
+// what the caller wrote before, so callers that come while a sync runs wait
+// for the next, which they share.
+type syncs struct {
+	mu      sync.Mutex
+	cond    *sync.Cond
+	running bool
+	done    uint64 // syncs finished
+	err     error  // of the last
+}
+
+func (s *syncs) do(flush func() error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cond == nil {
+		s.cond = sync.NewCond(&s.mu)
+	}
+	want := s.done + 1
+	if s.running {
+		want++ // the one running may have started before this caller's writes
+	}
+	for s.done < want {
+		if s.running {
+			s.cond.Wait()
+			continue
+		}
+		s.running = true
+		s.mu.Unlock()
+		err := flush()
+		s.mu.Lock()
+		s.running, s.err = false, err
+		s.done++
+		s.cond.Broadcast()
+	}
+	return s.err
 }
 
 // discard moves dir into the trash, removed in the background; a layer's
@@ -302,12 +351,7 @@ func (n *Node) discard(dir string) {
 	n.kickTrash()
 }
 
-func (n *Node) kickTrash() {
-	select {
-	case n.trashWake <- struct{}{}:
-	default:
-	}
-}
+func (n *Node) kickTrash() { kick(n.trashWake) }
 
 func (n *Node) emptyTrash() {
 	for {
@@ -343,12 +387,7 @@ func (n *Node) sweepTrash() {
 	}
 }
 
-func (n *Node) kick() {
-	select {
-	case n.wake <- struct{}{}:
-	default:
-	}
-}
+func (n *Node) kick() { kick(n.wake) }
 
 // MarkStaged records that volume id is staged on this node (or, with false,
 // no longer is); staged volumes keep their newest snapshot when pruning.

@@ -8,8 +8,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// useInterval is how often the node learns which blobs its pods read.
-const useInterval = 2 * time.Minute
+// useInterval is how often the node learns which blobs its pods read when
+// no pod ends; useSpacing the least time between two samples.
+const useInterval, useSpacing = 2 * time.Minute, 10 * time.Second
 
 // Reads through a pod's overlay never touch the access time of the lower
 // file (the overlay opens it O_NOATIME), so the node learns use from the
@@ -18,16 +19,31 @@ const useInterval = 2 * time.Minute
 // read path pays nothing; the sampler pays one open and one cachestat(2) a
 // linked blob per interval.
 
-// runUse reports, every useInterval until ctx ends, the blobs pods read to
-// the homes of the volumes mounted or staged here.
+// runUse reports the blobs pods read to the homes of the volumes mounted or
+// staged here, soon after a pod ends (what it read is in the page cache
+// then) and every useInterval, until ctx ends.
 func (n *Node) runUse(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-n.useWake:
 		case <-time.After(useInterval):
 		}
 		n.ReportUse(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(useSpacing):
+		}
+	}
+}
+
+// kick wakes whoever waits on c, without waiting.
+func kick(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
 	}
 }
 
