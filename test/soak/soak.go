@@ -198,7 +198,8 @@ func (s *soak) setUp(ctx context.Context) error {
 	}
 	list := cluster.MembersFlag(members...)
 	for _, n := range s.nodes {
-		extra := []string{"--cache-size=" + fmt.Sprint(n.cache)}
+		// A grace of 20 s: garbage is collected many times in a run.
+		extra := []string{"--cache-size=" + fmt.Sprint(n.cache), "--garbage-grace-period=20s"}
 		if n.client {
 			extra = append(extra, "--client-only")
 		}

@@ -35,7 +35,7 @@ type retryPolicy struct {
 // defaultRetry retries for a day: a group partitioned from this node for
 // less than that still gets the writes; older writes of a build cache are
 // worth less than the disk they hold.
-var defaultRetry = retryPolicy{first: time.Second, max: time.Minute, attempts: 30, age: 24 * time.Hour, keep: 32, noSpace: 8}
+var defaultRetry = retryPolicy{first: time.Second, max: time.Minute, attempts: 30, age: 24 * time.Hour, keep: 32, noSpace: 6}
 
 // retry is what the committer remembers of one entry that failed.
 type retry struct {
