@@ -90,8 +90,9 @@ type Node struct {
 
 	wake      chan struct{}
 	trashWake chan struct{}
-	useWake   chan struct{} // a pod ended: its reads are in the page cache now
-	retry     retryPolicy   // how the committer retries an outbox entry
+	useWake   chan struct{}        // a pod ended: its reads are in the page cache now
+	endedAt   map[string]time.Time // volumes whose pods ended lately (use.go), under mu
+	retry     retryPolicy          // how the committer retries an outbox entry
 	Stats     Stats
 	// Lost, if set before Run, is told of every layer whose writes the
 	// committer drops or quarantines, with why: the writes a pod made that
@@ -254,10 +255,12 @@ func (n *Node) Submit(target string) error {
 			return err
 		}
 	}
-	defer kick(n.useWake)
 	n.layerMu.Lock()
 	defer n.layerMu.Unlock()
 	l, ok, err := readLayer(dir)
+	if ok {
+		n.ended(l.VolumeID)
+	}
 	if err != nil || !ok {
 		if !ok {
 			n.discard(dir)

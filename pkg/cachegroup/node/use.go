@@ -14,10 +14,14 @@ const useInterval, useSpacing = 2 * time.Minute, 10 * time.Second
 
 // Reads through a pod's overlay never touch the access time of the lower
 // file (the overlay opens it O_NOATIME), so the node learns use from the
-// page cache instead: a blob linked into a snapshot here with pages in the
-// cache was read (or written) since the kernel last needed the memory. The
-// read path pays nothing; the sampler pays one open and one cachestat(2) a
-// linked blob per interval.
+// page cache instead: a blob of the store with pages in the cache was read
+// (or written, or fetched for a snapshot) since the kernel last needed the
+// memory. The read path pays nothing; the sampler pays one open and one
+// cachestat(2) a blob per sample.
+
+// usedFor is how long the volume of a pod that ended is told of the blobs
+// read on this node: its pod's reads are sampled after it is unstaged.
+const usedFor = 5 * time.Minute
 
 // runUse reports the blobs pods read to the homes of the volumes mounted or
 // staged here, soon after a pod ends (what it read is in the page cache
@@ -50,7 +54,7 @@ func kick(c chan struct{}) {
 // ReportUse samples the page cache once and tells the homes of the volumes
 // mounted or staged here which blobs pods read; it returns how many.
 func (n *Node) ReportUse(ctx context.Context) int {
-	ids := n.Staged()
+	ids := append(n.Staged(), n.endedLately()...)
 	if ls, err := n.Layers(); err == nil {
 		for _, l := range ls {
 			ids = append(ids, l.VolumeID)
@@ -64,8 +68,36 @@ func (n *Node) ReportUse(ctx context.Context) int {
 	return len(ds)
 }
 
-// cachedBlobs returns the blobs linked into a snapshot on this node that
-// have pages in the page cache.
+// ended records that a pod of volume id ended: its reads are told to the
+// volume's homes at the next samples.
+func (n *Node) ended(id string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.endedAt == nil {
+		n.endedAt = map[string]time.Time{}
+	}
+	n.endedAt[id] = time.Now()
+	kick(n.useWake)
+}
+
+// endedLately returns the volumes whose pods ended less than usedFor ago,
+// forgetting the others: the map holds the volumes of that window.
+func (n *Node) endedLately() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var ids []string
+	for id, t := range n.endedAt {
+		if time.Since(t) < usedFor {
+			ids = append(ids, id)
+		} else {
+			delete(n.endedAt, id)
+		}
+	}
+	return ids
+}
+
+// cachedBlobs returns the blobs of the store that have pages in the page
+// cache.
 func (n *Node) cachedBlobs() []cas.Digest {
 	all, err := n.store.All()
 	if err != nil {
@@ -80,18 +112,13 @@ func (n *Node) cachedBlobs() []cas.Digest {
 	return used
 }
 
-// cached reports whether the file at path is linked more than once (into
-// a snapshot) and has pages in the page cache.
+// cached reports whether the file at path has pages in the page cache.
 func cached(path string) bool {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOATIME|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return false
 	}
 	defer unix.Close(fd)
-	var st unix.Stat_t
-	if unix.Fstat(fd, &st) != nil || st.Nlink < 2 {
-		return false
-	}
 	var cs unix.Cachestat_t
 	return unix.Cachestat(uint(fd), &unix.CachestatRange{}, &cs, 0) == nil && cs.Cache > 0
 }
