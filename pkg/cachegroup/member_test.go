@@ -249,8 +249,13 @@ func testWrongBytes(t *testing.T, content []byte, ranged bool) {
 	if err := os.WriteFile(first.store.Path(d), wrong, 0o444); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := reader.group.FetchLarge(ctx, d, size, reader.group.Sources(d)); err != nil {
+	var told []string // what a hydration would tell its volume's claim
+	hooked := group.OnCorrupt(ctx, func(bad cas.Digest, from string) { told = append(told, bad.String()+" from "+from) })
+	if _, err := reader.group.FetchLarge(hooked, d, size, reader.group.Sources(d)); err != nil {
 		t.Fatal(err)
+	}
+	if want := d.String() + " from " + first.name; len(told) != 1 || told[0] != want {
+		t.Fatalf("told of corrupt copies %v, want [%s]", told, want)
 	}
 	got, err := os.ReadFile(reader.store.Path(d))
 	if err != nil || !bytes.Equal(got, content) {

@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/group"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/node"
 )
@@ -24,6 +25,7 @@ import (
 const (
 	reasonNotCommitted = "WritesNotCommitted"
 	reasonRetrying     = "CommitRetrying"
+	reasonCorrupt      = "CorruptCopy"
 )
 
 // events tells Kubernetes, as Events, what fails after a pod has ended: the
@@ -58,6 +60,19 @@ func newEvents(nodeID string, g *group.Group) *events {
 func (e *events) watch(n *node.Node) {
 	n.Lost = e.lost
 	n.Retrying = e.retrying
+	n.Corrupt = e.corrupt
+}
+
+// corrupt posts a Warning on the claim of volume id: building its snapshot
+// here, a copy of blob d that member from sent failed verification. It was
+// discarded, fetched again from another member, and from's copy repaired;
+// the Event says a disk or a member is going bad.
+func (e *events) corrupt(id string, d cas.Digest, from string) {
+	if ref := e.claimOf(id); ref != nil {
+		e.recorder.Event(ref, corev1.EventTypeWarning, reasonCorrupt, bounded(fmt.Sprintf(
+			"a copy of blob %s that member %s sent for volume %s failed verification: discarded, fetched from another member, and %s's copy repaired",
+			d, from, id, from)))
+	}
 }
 
 // maxMessage bounds an Event's message: Events are for people, the reason,

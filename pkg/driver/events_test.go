@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/node"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
 )
@@ -108,5 +109,28 @@ func TestRetriedCommitsAreToldToTheClaimAndALivePod(t *testing.T) {
 	e.retrying(node.Layer{VolumeID: vol.ID, Pod: "ci/gone"}, node.RetryThreshold, errors.New("home unreachable"))
 	if len(rec.got) != 1 || rec.got[0].ref.Kind != "PersistentVolumeClaim" {
 		t.Fatalf("pod gone: events %+v, want one on the claim only", rec.got)
+	}
+}
+
+// A wrong copy found while building a volume's snapshot is told to its claim.
+func TestCorruptCopiesAreToldToTheClaim(t *testing.T) {
+	m, err := cachegroup.Open(cachegroup.Config{NodeID: "n1", Dir: filepath.Join(t.TempDir(), "store"), NoNodeTier: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	vol, err := m.Group().CreateVolume(context.Background(), volume.Spec{Name: "pvc-9abc", Quota: 1}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := fake.NewSimpleClientset(&corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: "pvc-9abc"},
+		Spec: corev1.PersistentVolumeSpec{ClaimRef: &corev1.ObjectReference{Namespace: "ci", Name: "gradle-cache"}}})
+	rec := &recorder{}
+	e := &events{client: client, recorder: rec, group: m.Group()}
+	d := cas.Sum([]byte("blob"))
+	e.corrupt(vol.ID, d, "node-b")
+	if len(rec.got) != 1 || rec.got[0].ref.Name != "gradle-cache" || rec.got[0].reason != reasonCorrupt ||
+		!strings.Contains(rec.got[0].message, "node-b") || !strings.Contains(rec.got[0].message, d.String()) {
+		t.Fatalf("events %+v, want one %s on the claim naming the member and the blob", rec.got, reasonCorrupt)
 	}
 }

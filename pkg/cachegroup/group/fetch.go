@@ -29,6 +29,23 @@ func (g *Group) Sources(d cas.Digest) []Peer {
 	return append(live, down...)
 }
 
+type corruptKey struct{}
+
+// OnCorrupt returns ctx with f to be told of every copy fetched under it
+// that fails verification (and is discarded): the blob and the member that
+// sent it. A node building a volume's snapshot says so on the volume.
+func OnCorrupt(ctx context.Context, f func(d cas.Digest, from string)) context.Context {
+	return context.WithValue(ctx, corruptKey{}, f)
+}
+
+// corrupt counts the copy of blob d that from sent and tells ctx's hook.
+func (g *Group) corrupt(ctx context.Context, d cas.Digest, from Peer) {
+	g.metrics.Corrupt.Inc()
+	if f, ok := ctx.Value(corruptKey{}).(func(cas.Digest, string)); ok {
+		f(d, from.Name())
+	}
+}
+
 // Fetch makes sure blob d is in the local store, fetched from its sources.
 func (g *Group) Fetch(ctx context.Context, d cas.Digest) error {
 	_, err := g.FetchFrom(ctx, d, g.Sources(d))
@@ -67,7 +84,7 @@ func (g *Group) FetchFrom(ctx context.Context, d cas.Digest, sources []Peer) (Pe
 			return p, nil
 		}
 		if errors.Is(err, cas.ErrCorrupt) {
-			g.metrics.Corrupt.Inc()
+			g.corrupt(ctx, d, p)
 			bad = append(bad, p)
 			klog.ErrorS(err, "Discarded a blob that failed verification", "blob", d, "from", p.Name())
 		} else {

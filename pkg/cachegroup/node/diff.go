@@ -35,6 +35,7 @@ func (n *Node) buildLayer(root, parent cas.Digest, ps stackInfo, want Want) erro
 		return fmt.Errorf("layer %s: %w", root, err)
 	}
 	n.discard(n.layerPath(root))
+	ctx := n.hydrating(want)
 	h := &hydration{
 		sourcing: sourcing{n: n, private: !want.Sharing},
 		work:     work,
@@ -43,16 +44,16 @@ func (n *Node) buildLayer(root, parent cas.Digest, ps stackInfo, want Want) erro
 	if want.Sharing {
 		n.sharing.Add(1)
 		defer n.sharing.Add(-1)
-		h.holders = n.group.Announce(context.Background(), want.VolumeID, root)
+		h.holders = n.group.Announce(ctx, want.VolumeID, root)
 	}
 	if err := os.Mkdir(work, 0o755); err != nil {
 		return fmt.Errorf("layer %s: %w", root, err)
 	}
-	changed, count, err := h.diff(context.Background(), parent, root)
+	changed, count, err := h.diff(ctx, parent, root)
 	if err != nil {
 		return fmt.Errorf("layer %s over %s: %w", root, parent, err)
 	}
-	if err := h.link(context.Background()); err != nil {
+	if err := h.link(ctx); err != nil {
 		return fmt.Errorf("layer %s: %w", root, err)
 	}
 	for _, d := range h.dirs {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/group"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/parallel"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree"
 	"golang.org/x/sys/unix"
@@ -64,10 +65,20 @@ func (n *Node) Materialize(ctx context.Context, root cas.Digest, want Want) (str
 	return dir, nil
 }
 
+// hydrating is the context of a hydration for want: one on its own (see
+// Materialize) that tells Corrupt of the wrong copies it discards.
+func (n *Node) hydrating(want Want) context.Context {
+	return group.OnCorrupt(context.Background(), func(d cas.Digest, from string) {
+		if n.Corrupt != nil {
+			n.Corrupt(want.VolumeID, d, from)
+		}
+	})
+}
+
 // hydrate builds snapshot root in a work directory and renames it into place.
 // Every step is idempotent, so a work directory left by a crash is resumed.
 func (n *Node) hydrate(root cas.Digest, want Want) error {
-	ctx := context.Background()
+	ctx := n.hydrating(want)
 	h := &hydration{
 		sourcing: sourcing{n: n, private: !want.Sharing},
 		work:     filepath.Join(n.dir, "snaps", ".work-"+root.String()),

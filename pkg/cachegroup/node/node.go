@@ -98,6 +98,10 @@ type Node struct {
 	// committer drops or quarantines, with why: the writes a pod made that
 	// no later pod will see.
 	Lost func(l Layer, why error)
+	// Corrupt, if set before Run, is told of every copy a hydration of
+	// volumeID's snapshot fetched that failed verification: the blob and
+	// the member that sent it (which is repaired).
+	Corrupt func(volumeID string, d cas.Digest, from string)
 	// Retrying, if set before Run, is told of a layer whose commit has
 	// failed RetryThreshold attempts in a row, with the last error.
 	Retrying func(l Layer, attempts int, why error)
