@@ -317,3 +317,15 @@ func TestCommitsRacingCollectionsLoseNoBlob(t *testing.T) {
 		}
 	}
 }
+
+// A root of this node's snapshots whose tree the group has collected does
+// not stop collections: the node's snapshot holds its own links.
+func TestCollectGoesOnPastANodeRootTheGroupForgot(t *testing.T) {
+	ms := newGroup(t, 3)
+	opt := ms[0].collectOptions(false)
+	opt.Grace = testGrace
+	opt.Roots = append(opt.Roots, cas.Sum([]byte("a tree no member has any more")))
+	if _, err := ms[0].group.Collect(context.Background(), opt); err != nil {
+		t.Fatalf("collection stopped at a forgotten node root: %v", err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"time"
 
@@ -131,20 +132,30 @@ func (g *Group) Collect(ctx context.Context, opt CollectOptions) (Collection, er
 		for _, r := range roots {
 			c.recent[r] = now
 		}
-		roots = append(roots, opt.Roots...)
-		for r, t := range c.recent {
-			switch {
-			case now.Sub(t) >= opt.Grace:
-				delete(c.recent, r)
-			case !opt.Pressure:
-				roots = append(roots, r)
-			}
-		}
+		// A head or snapshot whose tree cannot be read stops the collection:
+		// what is below it is unknown. The roots besides (replaced heads,
+		// this node's snapshots) are kept as far as their trees are still
+		// somewhere; the group may have collected the rest, and a node's
+		// snapshot holds its own links.
 		for _, r := range roots {
 			if err := w.tree(r); err != nil {
 				return res, fmt.Errorf("collect: root %s: %w: nothing collected", r, err)
 			}
 			distinct[r] = true
+		}
+		besides := slices.Clone(opt.Roots)
+		for r, t := range c.recent {
+			switch {
+			case now.Sub(t) >= opt.Grace:
+				delete(c.recent, r)
+			case !opt.Pressure:
+				besides = append(besides, r)
+			}
+		}
+		for _, r := range besides {
+			if err := w.tree(r); err == nil {
+				distinct[r] = true
+			}
 		}
 	}
 	res.Roots = len(distinct)
