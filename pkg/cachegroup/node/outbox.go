@@ -293,22 +293,35 @@ func hashFiles(upper string, ops []tree.Op, idx []int, into *cas.Store) error {
 	})
 }
 
+// openUpperFile opens the regular file at path of an upper layer, without
+// following a symlink and without blocking on a FIFO put in its place.
+func openUpperFile(path string) (*os.File, unix.Stat_t, error) {
+	var st unix.Stat_t
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, st, fmt.Errorf("open %s: %w", path, err)
+	}
+	f := os.NewFile(uintptr(fd), path)
+	if err := unix.Fstat(fd, &st); err != nil {
+		f.Close()
+		return nil, st, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		f.Close()
+		return nil, st, fmt.Errorf("%w: %s changed type while scanned", errBadLayer, path)
+	}
+	return f, st, nil
+}
+
 // hashFile hashes the regular file at path without following a symlink,
 // sets its owner and mode to e's and removes its extended attributes.
 func hashFile(path string, e *tree.Entry, buf []byte) error {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	f, st, err := openUpperFile(path)
 	if err != nil {
-		return fmt.Errorf("open %s: %w", path, err)
-	}
-	f := os.NewFile(uintptr(fd), path)
-	defer f.Close()
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
 		return err
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fmt.Errorf("%w: %s changed type while scanned", errBadLayer, path)
-	}
+	defer f.Close()
+	fd := int(f.Fd())
 	h := sha256.New()
 	n, err := io.CopyBuffer(h, f, buf)
 	if err != nil {
@@ -337,19 +350,11 @@ func hashFile(path string, e *tree.Entry, buf []byte) error {
 // it as it copies (one read), and records its digest and size in e. The file
 // itself is left as it is; a blob the store holds already is not written.
 func copyFile(s *cas.Store, path string, e *tree.Entry, buf []byte) error {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	f, _, err := openUpperFile(path)
 	if err != nil {
-		return fmt.Errorf("open %s: %w", path, err)
-	}
-	f := os.NewFile(uintptr(fd), path)
-	defer f.Close()
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
 		return err
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fmt.Errorf("%w: %s changed type while scanned", errBadLayer, path)
-	}
+	defer f.Close()
 	head, err := io.ReadFull(f, buf)
 	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
 		return fmt.Errorf("read %s: %w", path, err)
