@@ -103,6 +103,10 @@ func (s *Store) sweep(d Digest, since time.Time) int64 {
 	return st.Size
 }
 
+// Forget forgets what was written or kept before t, so that the marks stay
+// bounded by what a window sees even while no collection completes.
+func (s *Store) Forget(t time.Time) { s.fresh.expire(t) }
+
 // Evict deletes blob d, a copy the member may do without, unless it was
 // written or kept less than window ago or a snapshot on this node links it.
 func (s *Store) Evict(d Digest, window time.Duration) bool {

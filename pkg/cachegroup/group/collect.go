@@ -103,6 +103,7 @@ func (g *Group) Collect(ctx context.Context, opt CollectOptions) (Collection, er
 	c := g.gc
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	g.self.store.Forget(time.Now().Add(-opt.Grace))
 	var res Collection
 	all, err := g.self.store.All()
 	if err != nil {
