@@ -149,6 +149,7 @@ func Open(cfg Config) (*Member, error) {
 		if m.node, err = node.Open(filepath.Join(cfg.Dir, "node"), m.group); err != nil {
 			return nil, err
 		}
+		m.node.Room = m.room
 		m.metrics.WatchOutbox(m.node.Outbox)
 	}
 	if !cfg.ClientOnly {

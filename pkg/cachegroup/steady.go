@@ -53,6 +53,17 @@ func (m *Member) need() int64 {
 	return max(need, 0)
 }
 
+// room makes room for a snapshot this node is building that found the
+// store full: garbage at once, then a quarter of the store in node copies
+// and snapshots no mounted pod reads, least recently used first. It
+// reports whether it freed anything.
+func (m *Member) room() bool {
+	res, _ := m.group.Collect(m.ctx, m.collectOptions(true))
+	need := max(m.need(), m.cfg.CacheSize/4, m.margin())
+	_, evicted := m.node.Evict(need)
+	return res.Freed+evicted > 0
+}
+
 // relieve makes room whenever the store is within its margin of a bound or
 // refused a write, until ctx ends: garbage first, at once, then the node's
 // copies and snapshots no mounted pod needs, least recently used first.

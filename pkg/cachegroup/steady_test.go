@@ -10,6 +10,7 @@ import (
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/node"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/wire"
 	"golang.org/x/sys/unix"
 )
 
@@ -159,5 +160,39 @@ func TestBuildsOnASmallCacheAllLand(t *testing.T) {
 	}
 	if n := counterValue(t, m.metrics, "cachegroup_collected_blobs_total"); n < files {
 		t.Fatalf("%v blobs collected, want at least a build's", n)
+	}
+}
+
+// A node whose store fills while it builds a snapshot makes room (snapshots
+// no pod mounts, node copies) and builds it, instead of failing the start.
+func TestAFullNodeMakesRoomForTheSnapshotItBuilds(t *testing.T) {
+	ms := newGroup(t, 3)
+	ctx := context.Background()
+	var list []string
+	for _, m := range ms {
+		list = append(list, m.name+"="+m.addr)
+	}
+	c := runMember(t, Config{NodeID: "client", Dir: t.TempDir(), Group: "g", Replicas: 2, ClientOnly: true,
+		Members: list, Auth: wire.NewSecretAuth(testSecret), CacheSize: 300 << 10})
+	big := func(s string) string { b := make([]byte, 200<<10); copy(b, s); return string(b) }
+	var roots []volume.Volume
+	for _, name := range []string{"one", "two"} {
+		vol, err := ms[0].group.CreateVolume(ctx, volume.Spec{Name: name, Quota: 1 << 20}, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots = append(roots, commitOver(t, ms[0], vol, writeFiles(t, map[string]string{"f": big(name)})))
+	}
+	for i, v := range roots {
+		dir, err := c.node.Materialize(ctx, v.Root, node.Want{VolumeID: v.ID})
+		if err != nil {
+			t.Fatalf("snapshot %d on a node with room for one: %v", i+1, err)
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, "f")); err != nil || string(b) != big([]string{"one", "two"}[i]) {
+			t.Fatalf("snapshot %d reads wrong (%v)", i+1, err)
+		}
+	}
+	if used := c.store.Used() + c.store.Charged(); used > 300<<10 {
+		t.Fatalf("the node's store holds %d bytes, past its size", used)
 	}
 }

@@ -107,10 +107,29 @@ func (s *Store) sweep(d Digest, since time.Time) int64 {
 // bounded by what a window sees even while no collection completes.
 func (s *Store) Forget(t time.Time) { s.fresh.expire(t) }
 
-// Evict deletes blob d, a copy the member may do without, unless it was
-// written or kept less than window ago or a snapshot on this node links it.
+// Evict deletes blob d, a copy the member may do without, unless a snapshot
+// on this node links it, or it was written or kept less than window ago and
+// has not been linked since (a hydration links what it fetched; one that
+// linked it and let go is done with it).
 func (s *Store) Evict(d Digest, window time.Duration) bool {
-	return s.sweep(d, time.Now().Add(-window)) >= 0
+	mu := s.lock(d)
+	mu.Lock()
+	defer mu.Unlock()
+	var st unix.Stat_t
+	if unix.Lstat(s.Path(d), &st) != nil || st.Nlink > 1 {
+		return false
+	}
+	s.fresh.mu.Lock()
+	at, ok := s.fresh.at[d]
+	s.fresh.mu.Unlock()
+	if ok && time.Since(at) < window && st.Ctim.Nano() <= at.UnixNano() {
+		return false
+	}
+	if unix.Unlink(s.Path(d)) != nil {
+		return false
+	}
+	s.used.Add(-st.Size)
+	return true
 }
 
 // Settle forgets that the blobs of live were written or kept before t: a

@@ -3,6 +3,7 @@ package node
 import (
 	"cmp"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -61,6 +62,18 @@ func (n *Node) Keeps() func(cas.Digest) bool {
 		}
 	}
 	return func(d cas.Digest) bool { return names[d] || n.Pinned(d) }
+}
+
+// roomy runs build (a hydration or a thin layer, both resumable) and, if it
+// found the store full, has Room make room and runs it once more: a node
+// that fills as it builds a snapshot makes room for it as a write refused
+// at commit does, instead of failing the pod's start.
+func (n *Node) roomy(build func() error) error {
+	err := build()
+	if errors.Is(err, cas.ErrNoSpace) && n.Room != nil && n.Room() {
+		err = build()
+	}
+	return err
 }
 
 // Evict makes room on this node's disk, need bytes if it can: it removes

@@ -49,7 +49,7 @@ func (n *Node) Materialize(ctx context.Context, root cas.Digest, want Want) (str
 		}
 		go func() {
 			start := time.Now()
-			err := n.hydrate(root, want)
+			err := n.roomy(func() error { return n.hydrate(root, want) })
 			if want.Sharing {
 				n.sharing.Add(-1)
 			}

@@ -111,7 +111,7 @@ func (n *Node) stack(ctx context.Context, root cas.Digest, want Want) ([]string,
 			c, mine := n.lay.builds.Claim(root)
 			if mine {
 				go func() {
-					err := n.buildLayer(root, base, bs, want)
+					err := n.roomy(func() error { return n.buildLayer(root, base, bs, want) })
 					releaseBase()
 					n.lay.builds.Done(root, c, err)
 				}()

@@ -98,6 +98,9 @@ type Node struct {
 	// committer drops or quarantines, with why: the writes a pod made that
 	// no later pod will see.
 	Lost func(l Layer, why error)
+	// Room, if set, makes room in the store for a snapshot being built
+	// that found it full, and reports whether it freed anything.
+	Room func() bool
 	// Corrupt, if set before Run, is told of every copy a hydration of
 	// volumeID's snapshot fetched that failed verification: the blob and
 	// the member that sent it (which is repaired).
