@@ -16,6 +16,5 @@ trap 'rm -rf "$root"' EXIT
 (cd "$repo" && CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -trimpath \
 	-ldflags "-s -w -X github.com/cachegroup/cachegroup/pkg/driver.Version=$version" \
 	-o "$root/cachegroup-csi" ./cmd/cachegroup-csi)
-bash "$here/../../../deploy/image-tools.sh" "$root"
 bash "$here/mkoci.sh" "$root" "$ref" "$out" '["/cachegroup-csi"]' \
 	"$(jq -cn --arg v "$version" '{"org.opencontainers.image.title":"cachegroup-csi","org.opencontainers.image.source":"https://github.com/cachegroup/cachegroup","org.opencontainers.image.version":$v}')"
