@@ -58,9 +58,10 @@ func (m *Member) need() int64 {
 // and snapshots no mounted pod reads, least recently used first. It
 // reports whether it freed anything.
 func (m *Member) room() bool {
-	res, _ := m.group.Collect(m.ctx, m.collectOptions(true))
+	opt := m.collectOptions(true)
+	res, _ := m.group.Collect(m.ctx, opt)
 	need := max(m.need(), m.cfg.CacheSize/4, m.margin())
-	_, evicted := m.node.Evict(need)
+	_, evicted := m.node.Evict(need, opt.InUse)
 	return res.Freed+evicted > 0
 }
 
@@ -86,14 +87,15 @@ func (m *Member) relieve(ctx context.Context) {
 			}
 		}
 		start := time.Now()
-		res, err := m.group.Collect(ctx, m.collectOptions(true))
+		opt := m.collectOptions(true)
+		res, err := m.group.Collect(ctx, opt)
 		if err != nil && ctx.Err() == nil {
 			klog.InfoS("Collection under pressure incomplete", "err", err)
 		}
 		var blobs int
 		var bytes int64
 		if need := m.need(); need > 0 && m.node != nil {
-			blobs, bytes = m.node.Evict(need)
+			blobs, bytes = m.node.Evict(need, opt.InUse)
 		}
 		klog.InfoS("Made room", "collected", res.Deleted, "freed", res.Freed, "evicted", blobs,
 			"evictedBytes", bytes, "stillNeeded", m.need(), "duration", time.Since(start))

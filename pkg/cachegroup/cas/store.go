@@ -276,20 +276,6 @@ func (s *Store) onFull() {
 	}
 }
 
-// Pressure reports whether the store is within margin bytes of its cache
-// size or of its disk's free floor: time to make room before writes fail.
-func (s *Store) Pressure(margin int64) bool {
-	if s.limits.CacheSize > 0 && s.used.Load()+s.charged.Load()+margin > s.limits.CacheSize {
-		return true
-	}
-	if s.limits.FreeFloor > 0 {
-		if free, err := s.Free(); err == nil && free-margin < s.limits.FreeFloor {
-			return true
-		}
-	}
-	return false
-}
-
 // Limits returns the store's bounds.
 func (s *Store) Limits() Limits { return s.limits }
 

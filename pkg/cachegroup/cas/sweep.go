@@ -45,13 +45,6 @@ func (f *fresh) expire(t time.Time) {
 	}
 }
 
-// Fresh returns how many blobs were written or kept lately (see Keep).
-func (s *Store) Fresh() int {
-	s.fresh.mu.Lock()
-	defer s.fresh.mu.Unlock()
-	return len(s.fresh.at)
-}
-
 // Keep returns the size of blob d, or -1 if the store lacks it, and keeps a
 // blob it has from the next collections for a while: a home asks this of a
 // commit's blobs just before it applies the commit.

@@ -82,8 +82,10 @@ func (n *Node) roomy(build func() error) error {
 // own and no snapshot links, least recently used first. A copy was last
 // used when the last snapshot linking it went, which is its inode's change
 // time (access times say nothing: reads through an overlay never set them).
-// It returns what it removed.
-func (n *Node) Evict(need int64) (blobs int, bytes int64) {
+// keeps says which blobs this node needs kept (see Keeps), read once by the
+// caller for the collection and the eviction of one round. It returns what
+// it removed.
+func (n *Node) Evict(need int64, keeps func(cas.Digest) bool) (blobs int, bytes int64) {
 	if err := n.Prune(); err == nil {
 		n.sweepTrash()
 	}
@@ -96,7 +98,6 @@ func (n *Node) Evict(need int64) (blobs int, bytes int64) {
 	if err != nil {
 		return 0, 0
 	}
-	keeps := n.Keeps()
 	var cs []copy
 	for _, d := range all {
 		if n.group.IsOwner(d) || keeps(d) {
