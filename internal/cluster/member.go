@@ -86,6 +86,10 @@ func (m *Member) Start(ctx context.Context, members, secretFile string, extra ..
 		"--replicas="+strconv.Itoa(m.replicas),
 		"--metrics-address="+m.MetricsAddr,
 		fmt.Sprintf("-v=%d", m.LogLevel),
+		// Garbage goes within a test's wait: a copy left at a member that
+		// no longer owns it may be garbage, which the collector, not the
+		// reconciler, removes. (A later --garbage-grace-period in extra wins.)
+		"--garbage-grace-period=10s",
 	)
 	args = append(args, extra...)
 	if f, err := os.OpenFile(m.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err == nil {
