@@ -2,6 +2,7 @@ package cas
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 )
@@ -14,6 +15,10 @@ func (d Digest) String() string { return hex.EncodeToString(d[:]) }
 
 // IsZero reports whether d is the zero digest (no content).
 func (d Digest) IsZero() bool { return d == Digest{} }
+
+// Short returns d's first 8 bytes as a number: a compact key for marks kept
+// of many blobs, only where two blobs sharing a mark is harmless.
+func (d Digest) Short() uint64 { return binary.BigEndian.Uint64(d[:8]) }
 
 // MarshalText encodes d as hex.
 func (d Digest) MarshalText() ([]byte, error) { return []byte(d.String()), nil }

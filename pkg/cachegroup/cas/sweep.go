@@ -1,6 +1,7 @@
 package cas
 
 import (
+	"slices"
 	"sync"
 	"time"
 
@@ -11,18 +12,30 @@ import (
 // one of them unreferenced leaves it, since a commit in flight may name it
 // (its blobs are pushed, then checked at their owners, then the commit is
 // applied). Entries older than the longest window are dropped by Sweep, so
-// the map holds only what was written or kept in that window.
+// the map holds only what was written or kept in that window: every blob a
+// hydration fetches, so a mark is kept small, keyed by the digest's first 8
+// bytes, about 20 bytes a blob instead of about 100. A mark another blob
+// shares only keeps that blob from a sweep or an eviction longer; Settle,
+// which forgets marks, forgets no shared one.
 type fresh struct {
 	mu sync.Mutex
-	at map[Digest]time.Time
+	at map[uint64]int64 // by Digest.Short: when, as a stamp
 }
 
+// epoch is what fresh's times count from: time.Since of it is monotonic, as
+// the time.Time values the marks replace were.
+var epoch = time.Now()
+
+// stamp is t as a time of fresh.
+func stamp(t time.Time) int64 { return int64(t.Sub(epoch)) }
+
 func (f *fresh) touch(d Digest) {
+	now := stamp(time.Now())
 	f.mu.Lock()
 	if f.at == nil {
-		f.at = map[Digest]time.Time{}
+		f.at = map[uint64]int64{}
 	}
-	f.at[d] = time.Now()
+	f.at[d.Short()] = now
 	f.mu.Unlock()
 }
 
@@ -30,17 +43,26 @@ func (f *fresh) touch(d Digest) {
 func (f *fresh) since(d Digest, t time.Time) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	at, ok := f.at[d]
-	return ok && !at.Before(t)
+	at, ok := f.at[d.Short()]
+	return ok && at >= stamp(t)
+}
+
+// when returns when d was written or kept last, if it was in the window.
+func (f *fresh) when(d Digest) (time.Time, bool) {
+	f.mu.Lock()
+	at, ok := f.at[d.Short()]
+	f.mu.Unlock()
+	return epoch.Add(time.Duration(at)), ok
 }
 
 // expire forgets what was written or kept before t.
 func (f *fresh) expire(t time.Time) {
+	before := stamp(t)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for d, at := range f.at {
-		if at.Before(t) {
-			delete(f.at, d)
+	for k, at := range f.at {
+		if at < before {
+			delete(f.at, k)
 		}
 	}
 }
@@ -112,10 +134,7 @@ func (s *Store) Evict(d Digest, window time.Duration) bool {
 	if unix.Lstat(s.Path(d), &st) != nil || st.Nlink > 1 {
 		return false
 	}
-	s.fresh.mu.Lock()
-	at, ok := s.fresh.at[d]
-	s.fresh.mu.Unlock()
-	if ok && time.Since(at) < window && st.Ctim.Nano() <= at.UnixNano() {
+	if at, ok := s.fresh.when(d); ok && time.Since(at) < window && st.Ctim.Nano() <= at.UnixNano() {
 		return false
 	}
 	if unix.Unlink(s.Path(d)) != nil {
@@ -126,15 +145,29 @@ func (s *Store) Evict(d Digest, window time.Duration) bool {
 }
 
 // Settle forgets that the blobs of live were written or kept before t: a
-// collection found them referenced by a root listed at t, so the commits
+// collection found them referenced by a root listed after t, so the commits
 // that wrote them have landed, and once they turn garbage only a new Keep
-// (a new commit naming them) should hold them back.
-func (s *Store) Settle(live []Digest, t time.Time) {
+// (a new commit naming them) should hold them back. all is every blob of
+// the store, listed after t: a mark that one of the others shares may be
+// that blob's, for a commit in flight, and stays (one that a blob stored
+// since shares is newer than t).
+func (s *Store) Settle(live, all []Digest, t time.Time) {
+	keys := make([]uint64, len(all))
+	for i, d := range all {
+		keys[i] = d.Short()
+	}
+	slices.Sort(keys)
+	shared := func(k uint64) bool {
+		i, ok := slices.BinarySearch(keys, k)
+		return !ok || i+1 < len(keys) && keys[i+1] == k
+	}
+	before := stamp(t)
 	s.fresh.mu.Lock()
 	defer s.fresh.mu.Unlock()
 	for _, d := range live {
-		if at, ok := s.fresh.at[d]; ok && at.Before(t) {
-			delete(s.fresh.at, d)
+		k := d.Short()
+		if at, ok := s.fresh.at[k]; ok && at < before && !shared(k) {
+			delete(s.fresh.at, k)
 		}
 	}
 }

@@ -105,6 +105,7 @@ func (g *Group) Collect(ctx context.Context, opt CollectOptions) (Collection, er
 	defer c.mu.Unlock()
 	g.self.store.Forget(time.Now().Add(-opt.Grace))
 	var res Collection
+	heldAt := time.Now() // before the store is listed: see Settle
 	all, err := g.self.store.All()
 	if err != nil {
 		return res, err
@@ -120,11 +121,9 @@ func (g *Group) Collect(ctx context.Context, opt CollectOptions) (Collection, er
 	// Roots are listed twice: a commit applied while the first were walked
 	// adds a root the second listing has, so only the instant between the
 	// second listing and the sweep is left, which Keep covers.
-	var firstListed, listed time.Time // of the first and the last listing
-	for i := range 2 {
-		if listed = time.Now(); i == 0 {
-			firstListed = listed
-		}
+	var listed time.Time // of the last listing
+	for range 2 {
+		listed = time.Now()
 		roots, err := g.liveRoots(ctx)
 		if err != nil {
 			return res, fmt.Errorf("collect: %w: nothing collected", err)
@@ -167,7 +166,7 @@ func (g *Group) Collect(ctx context.Context, opt CollectOptions) (Collection, er
 			live = append(live, d)
 		}
 	}
-	g.self.store.Settle(live, firstListed)
+	g.self.store.Settle(live, all, heldAt)
 	now := time.Now()
 	seen := make(map[cas.Digest]time.Time, len(held))
 	var doomed []cas.Digest
