@@ -331,6 +331,23 @@ func (s *Store) All() ([]Digest, error) {
 	return all, err
 }
 
+// Each calls fn for every blob in the store, without listing them all at
+// once, and reports the first directory it could not read (after which
+// some blobs were left out).
+func (s *Store) Each(fn func(Digest)) error {
+	return filepath.WalkDir(s.blobDir(), func(_ string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if e.Type().IsRegular() {
+			if d, err := ParseDigest(e.Name()); err == nil {
+				fn(d)
+			}
+		}
+		return nil
+	})
+}
+
 // Linked reports whether blob d is linked into a snapshot on this node (or
 // cannot be checked): such a copy stays while the snapshot does.
 func (s *Store) Linked(d Digest) bool {

@@ -98,7 +98,8 @@ func (n *Node) fetch(ctx context.Context, d cas.Digest, size int64, sources []gr
 func (n *Node) Offer(d cas.Digest) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return !n.private[d]
+	_, private := n.private[d.Short()]
+	return !private
 }
 
 // Through fetches blob d from its owners for a peer that shares a snapshot
@@ -124,5 +125,5 @@ func (n *Node) Through(ctx context.Context, d cas.Digest) bool {
 func (n *Node) markPrivate(d cas.Digest) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.private[d] = true
+	n.private[d.Short()] = n.round
 }

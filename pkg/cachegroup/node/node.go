@@ -7,10 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"maps"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -76,17 +74,23 @@ type Node struct {
 	hydrations flight.Group[cas.Digest] // snapshots being materialised
 	fetches    flight.Group[cas.Digest] // blob fetches in progress
 
-	mu      sync.Mutex
-	private map[cas.Digest]bool // node copies of no-sharing mounts: never served
-	swept   time.Time           // when private last lost the marks of blobs gone
-	pinned  map[cas.Digest]int  // blobs of commits in progress: kept here
-	sharing atomic.Int64        // hydrations of shared snapshots in progress
-	layerMu sync.Mutex          // serialises layer creation and submission
-	syncs   syncs               // of the store's filesystem, shared by submits
-	lay     layerState          // thin layers: builds and holds (layers.go)
-	diskMu  sync.Mutex          // serialises counts of the layer disks
-	trashMu sync.Mutex          // serialises sweeps of the trash
-	disks   *diskPool           // layer images made ahead
+	mu sync.Mutex
+	// private marks the node copies of no-sharing mounts, never served, by
+	// Digest.Short (one per blob fetched, so kept small): a mark another
+	// blob shares only keeps this node from serving that one as a peer,
+	// which its owners do. Each holds the round of forgetPrivate it was
+	// set or renewed in.
+	private map[uint64]uint32
+	round   uint32             // of forgetPrivate
+	swept   time.Time          // when private last lost the marks of blobs gone
+	pinned  map[cas.Digest]int // blobs of commits in progress: kept here
+	sharing atomic.Int64       // hydrations of shared snapshots in progress
+	layerMu sync.Mutex         // serialises layer creation and submission
+	syncs   syncs              // of the store's filesystem, shared by submits
+	lay     layerState         // thin layers: builds and holds (layers.go)
+	diskMu  sync.Mutex         // serialises counts of the layer disks
+	trashMu sync.Mutex         // serialises sweeps of the trash
+	disks   *diskPool          // layer images made ahead
 
 	wake      chan struct{}
 	trashWake chan struct{}
@@ -115,7 +119,7 @@ type Node struct {
 // file of a layer without a quota is a rename. The filesystems of live
 // layers left by an earlier process are mounted again.
 func Open(dir string, g *group.Group) (*Node, error) {
-	n := &Node{dir: dir, store: g.Store(), group: g, private: map[cas.Digest]bool{},
+	n := &Node{dir: dir, store: g.Store(), group: g, private: map[uint64]uint32{},
 		pinned: map[cas.Digest]int{}, wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1), useWake: make(chan struct{}, 1), retry: defaultRetry}
 	for _, sub := range []string{"snaps", "pods", "outbox", "quarantine", "trash", "staged", "disks"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
@@ -432,6 +436,8 @@ func (n *Node) Staged() []string {
 // root in keep keeps the stack a new pod would get. A snapshot under a live
 // mount is never touched.
 func (n *Node) Prune(keep ...cas.Digest) error {
+	// Once the lock below is let go: its walk of the store holds up no stage.
+	defer n.forgetPrivate()
 	// Held throughout: a root is held before it is resolved, and released
 	// only once a pod's layer records it, so one of the two is seen here.
 	n.lay.mu.Lock()
@@ -469,7 +475,6 @@ func (n *Node) Prune(keep ...cas.Digest) error {
 	if err := n.pruneLayers(usedLayers); err != nil {
 		return err
 	}
-	n.forgetPrivate()
 	return nil
 }
 
@@ -480,29 +485,35 @@ const privateSweep = 10 * time.Minute
 // forgetPrivate drops the marks of private copies the store no longer holds
 // (re-replication drops a copy once no snapshot links it and its owners have
 // it), at most once per privateSweep, so the marks are bounded by the blobs
-// on the node, not by all it ever fetched.
+// on the node, not by all it ever fetched. A mark is by a digest's prefix,
+// so the store is walked: every mark that a blob there has is renewed, and
+// the others are dropped.
 func (n *Node) forgetPrivate() {
 	n.mu.Lock()
-	if time.Since(n.swept) < privateSweep {
+	if len(n.private) == 0 || time.Since(n.swept) < privateSweep {
 		n.mu.Unlock()
 		return
 	}
 	n.swept = time.Now()
-	ds := slices.Collect(maps.Keys(n.private))
+	n.round++
+	round := n.round
 	n.mu.Unlock()
-	var gone []cas.Digest
-	for _, d := range ds {
-		if !n.store.Has(d) {
-			gone = append(gone, d)
+	err := n.store.Each(func(d cas.Digest) {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		if _, ok := n.private[d.Short()]; ok {
+			n.private[d.Short()] = round
 		}
+	})
+	if err != nil {
+		return // some copies were not seen: their marks stay
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for _, d := range gone {
-		// Again under the lock: a copy fetched meanwhile is marked after it
-		// is stored, so one here now keeps its mark.
-		if !n.store.Has(d) {
-			delete(n.private, d)
+	for k, r := range n.private {
+		// A copy fetched meanwhile was marked in this round: it stays.
+		if r != round {
+			delete(n.private, k)
 		}
 	}
 }
