@@ -48,7 +48,8 @@ type putFunc func(ref blobRef, n int64, r io.Reader, buf []byte) error
 // fetchAll makes sure every blob of refs is on this node, handing each one
 // it fetches in a batch to put. A tree object already here is skipped; the
 // refs with files are blobs link found missing, and a blob fetched alone has
-// its files linked by fetchAlone.
+// its files linked by fetchAlone. The large blobs of files are fetched in
+// the background (see later): the hydration goes on meanwhile.
 func (h *hydration) fetchAll(ctx context.Context, refs []blobRef, put putFunc) error {
 	var (
 		big, alone []blobRef
@@ -64,7 +65,11 @@ func (h *hydration) fetchAll(ctx context.Context, refs []blobRef, put putFunc) e
 			continue
 		}
 		if ref.Size > batchMax {
-			big = append(big, ref)
+			if ref.files != nil {
+				h.later(ctx, ref)
+			} else {
+				big = append(big, ref) // a tree object: its directory is read next
+			}
 			continue
 		}
 		src := h.sources(ref.Digest)
@@ -141,7 +146,7 @@ func (h *hydration) runBatch(ctx context.Context, b batch, put putFunc, buf []by
 		for i, ref := range refs {
 			byDigest[ref.Digest], asked[i] = ref, ref.Ref
 		}
-		err = b.from.FetchBatch(ctx, asked, len(h.holders) > 0, func(ref cas.Ref, n int64, r io.Reader) error {
+		err = b.from.FetchBatch(ctx, asked, len(h.holders.get()) > 0, func(ref cas.Ref, n int64, r io.Reader) error {
 			err := put(byDigest[ref.Digest], n, r, buf)
 			switch {
 			case err == nil:
@@ -174,6 +179,25 @@ func (h *hydration) fetchAlone(ctx context.Context, ref blobRef) error {
 		return err
 	}
 	return h.linkAll(ref.files)
+}
+
+// later fetches large blob ref alone in the background, at most
+// batchStreams at once, and links its files; a failure stops the
+// hydration, which waits for these before it ends.
+func (h *hydration) later(ctx context.Context, ref blobRef) {
+	h.big.Add(1)
+	go func() {
+		defer h.big.Done()
+		select {
+		case h.bigSlots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		defer func() { <-h.bigSlots }()
+		if err := h.fetchAlone(ctx, ref); err != nil {
+			h.cancel(err)
+		}
+	}()
 }
 
 // batch is one stream of blobs from one member.

@@ -10,10 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
-	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/parallel"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree"
 	"golang.org/x/sys/unix"
 )
@@ -35,31 +33,18 @@ func (n *Node) buildLayer(root, parent cas.Digest, ps stackInfo, want Want) erro
 		return fmt.Errorf("layer %s: %w", root, err)
 	}
 	n.discard(n.layerPath(root))
-	ctx := n.hydrating(want)
-	h := &hydration{
-		sourcing: sourcing{n: n, private: !want.Sharing},
-		work:     work,
-		trees:    map[cas.Digest]*tree.Tree{},
-	}
 	if want.Sharing {
 		n.sharing.Add(1)
 		defer n.sharing.Add(-1)
-		h.holders = n.group.Announce(ctx, want.VolumeID, root)
 	}
+	ctx := n.hydrating(want)
+	h := n.newHydration(ctx, work, root, want)
 	if err := os.Mkdir(work, 0o755); err != nil {
 		return fmt.Errorf("layer %s: %w", root, err)
 	}
 	changed, count, err := h.diff(ctx, parent, root)
 	if err != nil {
 		return fmt.Errorf("layer %s over %s: %w", root, parent, err)
-	}
-	if err := h.link(ctx); err != nil {
-		return fmt.Errorf("layer %s: %w", root, err)
-	}
-	for _, d := range h.dirs {
-		if err := n.store.SetDirMeta(d.path, d.e.Meta()); err != nil {
-			return fmt.Errorf("layer %s: %w", root, err)
-		}
 	}
 	if err := os.Chmod(work, 0o755); err != nil {
 		return err
@@ -89,86 +74,42 @@ var bootID = sync.OnceValue(func() string {
 	return strings.TrimSpace(string(b))
 })
 
-// pair is a directory present in both trees whose content differs, and
-// where the layer holds it.
-type pair struct {
-	path     string
-	old, new cas.Digest
-}
-
 // diff fills the work directory with what differs from tree old to tree
 // new, walking only through directories whose digests differ: new and
 // changed entries (a new directory whole, and opaque), whiteouts for the
 // deleted ones, and the directories on the way, which merge with the layers
 // below. It returns the entries the layer holds and the entries of new.
 func (h *hydration) diff(ctx context.Context, old, new cas.Digest) (changed, count int64, err error) {
-	var (
-		ch    atomic.Int64
-		full  []placed // new directories, made and to be filled whole
-		level = []pair{{h.work, old, new}}
-	)
-	for len(level) > 0 {
-		refs := make([]blobRef, 0, 2*len(level))
-		for _, p := range level {
-			refs = append(refs, blobRef{Ref: cas.Ref{Digest: p.old}}, blobRef{Ref: cas.Ref{Digest: p.new}})
-		}
-		if err := h.fetchAll(ctx, refs, h.putTree); err != nil {
-			return 0, 0, err
-		}
-		var next []pair
-		err := parallel.Do(level, hydrateWorkers, parallel.NoState, func(p pair, _ struct{}) error {
-			sub, whole, n, err := h.diffDir(p)
-			ch.Add(n)
-			h.mu.Lock()
-			next = append(next, sub...)
-			full = append(full, whole...)
-			h.mu.Unlock()
-			return err
-		})
-		if err != nil {
-			return 0, 0, err
-		}
-		level = next
-	}
-	if err := h.walkFrom(ctx, full); err != nil {
+	if err := h.run(ctx, dirWork{path: h.work, old: old, new: new, top: true}); err != nil {
 		return 0, 0, err
 	}
-	t, err := h.tree(new)
+	t, err := tree.Load(h.n.store, new)
 	if err != nil {
 		return 0, 0, err
 	}
 	_, count = t.Totals()
-	return ch.Load(), count, nil
+	return h.changed.Load(), count, nil
 }
 
-// tree returns the tree object d, decoded.
-func (h *hydration) tree(d cas.Digest) (*tree.Tree, error) {
-	h.mu.Lock()
-	t := h.trees[d]
-	h.mu.Unlock()
-	if t != nil {
-		return t, nil
-	}
-	return tree.Load(h.n.store, d)
-}
-
-// diffDir puts in p's directory of the layer what differs between its two
-// trees. It returns the directories to compare next, the new directories to
-// fill whole, and how many entries it put.
-func (h *hydration) diffDir(p pair) (sub []pair, whole []placed, changed int64, err error) {
-	ot, err := h.tree(p.old)
+// diffDir puts in w's directory of the layer what differs between its two
+// trees. It returns the directories to fill next (to compare, or new ones
+// to fill whole) and the files to put.
+func (h *hydration) diffDir(w dirWork) (sub []dirWork, files []placed, err error) {
+	ot, err := h.tree(w.old)
 	if err != nil {
-		return nil, nil, 0, err
+		return nil, nil, err
 	}
-	nt, err := h.tree(p.new)
+	nt, err := h.tree(w.new)
 	if err != nil {
-		return nil, nil, 0, err
+		return nil, nil, err
 	}
-	var files, dirs []placed
+	d := &dirDone{w: w}
+	var changed int64
+	defer func() { h.changed.Add(changed) }()
 	// add puts entry e, absent from the layers below or replacing another
 	// type there, whole.
 	add := func(e tree.Entry) error {
-		path := filepath.Join(p.path, e.Name)
+		path := filepath.Join(w.path, e.Name)
 		changed++
 		switch e.Type {
 		case tree.TypeDir:
@@ -180,10 +121,9 @@ func (h *hydration) diffDir(p pair) (sub []pair, whole []placed, changed int64, 
 				return fmt.Errorf("mark %s opaque: %w", path, err)
 			}
 			changed += e.Count
-			dirs = append(dirs, placed{path, e})
-			whole = append(whole, placed{path, e})
+			sub = append(sub, dirWork{path: path, new: e.Digest, meta: e.Meta()})
 		case tree.TypeFile:
-			files = append(files, placed{path, e})
+			files = append(files, placed{path, e, d})
 		case tree.TypeSymlink:
 			return makeSymlink(e, path)
 		}
@@ -194,7 +134,7 @@ func (h *hydration) diffDir(p pair) (sub []pair, whole []placed, changed int64, 
 		switch {
 		case j == len(ne) || i < len(oe) && oe[i].Name < ne[j].Name:
 			changed++
-			path := filepath.Join(p.path, oe[i].Name)
+			path := filepath.Join(w.path, oe[i].Name)
 			if err = unix.Mknod(path, unix.S_IFCHR, 0); err != nil {
 				err = fmt.Errorf("whiteout %s: %w", path, err)
 			}
@@ -210,25 +150,26 @@ func (h *hydration) diffDir(p pair) (sub []pair, whole []placed, changed int64, 
 			case o == e:
 			case o.Type == tree.TypeDir && e.Type == tree.TypeDir:
 				// Merges with the directory below: only its changes here.
-				path := filepath.Join(p.path, e.Name)
+				path := filepath.Join(w.path, e.Name)
 				if err = unix.Mkdir(path, cas.DirMode(e.Meta())); err != nil && !errors.Is(err, unix.EEXIST) {
 					err = fmt.Errorf("mkdir %s: %w", path, err)
 					break
 				}
 				err = nil
 				changed++
-				dirs = append(dirs, placed{path, e})
 				if o.Digest != e.Digest {
-					sub = append(sub, pair{path, o.Digest, e.Digest})
+					sub = append(sub, dirWork{path: path, old: o.Digest, new: e.Digest, meta: e.Meta()})
+				} else {
+					err = h.n.store.SetDirMeta(path, e.Meta()) // it stays empty here
 				}
 			default:
 				err = add(e)
 			}
 		}
 	}
-	h.mu.Lock()
-	h.dirs = append(h.dirs, dirs...)
-	h.files = append(h.files, files...)
-	h.mu.Unlock()
-	return sub, whole, changed, err
+	if err != nil {
+		return nil, nil, err
+	}
+	d.left.Store(int32(len(files)) + 1)
+	return sub, files, h.entryIn(d)
 }

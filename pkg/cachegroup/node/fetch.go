@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"slices"
+	"sync"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/group"
@@ -12,8 +13,31 @@ import (
 // sourcing is where one hydration fetches from.
 type sourcing struct {
 	n       *Node
-	holders []group.Peer // other nodes sharing the snapshot
-	private bool         // copies are for a no-sharing mount
+	holders *sharers // other nodes sharing the snapshot; nil for no-sharing
+	private bool     // copies are for a no-sharing mount
+}
+
+// sharers is the list of the other nodes sharing a snapshot, which its
+// hydration refreshes as it goes.
+type sharers struct {
+	mu    sync.Mutex
+	peers []group.Peer
+}
+
+// get returns the list; none of a nil s.
+func (s *sharers) get() []group.Peer {
+	if s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.peers
+}
+
+func (s *sharers) set(peers []group.Peer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.peers = peers
 }
 
 // fetch makes sure blob d (of size bytes, if known) is in the local store,
@@ -56,12 +80,13 @@ func (s sourcing) fetched(d cas.Digest, size int64, from group.Peer) {
 func (s sourcing) sources(d cas.Digest) []group.Peer {
 	g := s.n.group
 	base := g.Sources(d)
-	if len(s.holders) == 0 {
+	holders := s.holders.get()
+	if len(holders) == 0 {
 		return base
 	}
 	key := "blob/" + d.String()
 	best, bestScore := g.Self(), group.Score(key, g.Self().Name(), 1)
-	for _, p := range s.holders {
+	for _, p := range holders {
 		if sc := group.Score(key, p.Name(), 1); sc > bestScore && g.Live(p.Name()) {
 			best, bestScore = p, sc
 		}
