@@ -1,0 +1,104 @@
+package cachegroup
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cachegroup/cachegroup/internal/gentree"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/node"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
+)
+
+// stageFiles sizes BenchmarkStageMemory: n gives a tree of about 1.25 n
+// small files in n/8 directories.
+var stageFiles = flag.Int("stage-files", 100000, "BenchmarkStageMemory: tree size n (about 1.25 n files)")
+
+// BenchmarkStageMemory stages, on a fresh client-only node, a tree of many
+// small files held by one member, and reports the peak heap in use while it
+// stages (sampled every 20 ms, member and client together, as they share
+// the process): what issue 11 bounds by the batch, not the tree.
+func BenchmarkStageMemory(b *testing.B) {
+	n := *stageFiles
+	ms := newGroup(b, 1)
+	ctx := context.Background()
+	a := ms[0]
+	vol, err := a.group.CreateVolume(ctx, volume.Spec{Name: "bench", Quota: 1 << 40}, "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	spec := gentree.Spec{Seed: 7, Files: n * 5 / 4, Dirs: n / 8, TotalBytes: int64(n) * 100, MaxJarBytes: 4 << 10}
+	var st gentree.Stats
+	submit(b, a, vol, "/pods/import", func(upper string) {
+		if st, err = gentree.Generate(upper, spec); err != nil {
+			b.Fatal(err)
+		}
+	})
+	wctx, cancel := context.WithTimeout(ctx, time.Hour)
+	defer cancel()
+	if err := a.node.WaitIdle(wctx); err != nil {
+		b.Fatal(err)
+	}
+	head, err := a.group.Volume(ctx, vol.ID)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var peak, base uint64
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		c := newClient(b, ms)
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		base = max(base, m.HeapInuse)
+		stop := sampleHeap()
+		b.StartTimer()
+		if _, err := c.node.Materialize(ctx, head.Root, node.Want{VolumeID: vol.ID}); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		peak = max(peak, stop())
+		b.StartTimer()
+	}
+	secs := b.Elapsed().Seconds() / float64(b.N)
+	b.ReportMetric(float64(st.Files)/secs, "files/s")
+	b.ReportMetric(float64(peak)/(1<<20), "peak-MB")
+	b.ReportMetric(float64(base)/(1<<20), "base-MB")
+	b.Log(fmt.Sprintf("%d files, %d directories", st.Files, st.Dirs))
+}
+
+// sampleHeap samples the heap in use every 20 ms until the returned
+// function is called, which returns the highest figure seen.
+func sampleHeap() (stop func() uint64) {
+	var (
+		wg   sync.WaitGroup
+		peak uint64
+		done = make(chan struct{})
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		var m runtime.MemStats
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			runtime.ReadMemStats(&m)
+			peak = max(peak, m.HeapInuse)
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() uint64 {
+		close(done)
+		wg.Wait()
+		return peak
+	}
+}
