@@ -79,7 +79,7 @@ type Node struct {
 	mu      sync.Mutex
 	private map[cas.Digest]bool // node copies of no-sharing mounts: never served
 	swept   time.Time           // when private last lost the marks of blobs gone
-	pinned  map[cas.Digest]int  // blobs of commits in progress: kept here
+	pinned  map[uint64]int      // blobs of commits in progress, by short: kept here
 	sharing atomic.Int64        // hydrations of shared snapshots in progress
 	layerMu sync.Mutex          // serialises layer creation and submission
 	syncs   syncs               // of the store's filesystem, shared by submits
@@ -116,7 +116,7 @@ type Node struct {
 // layers left by an earlier process are mounted again.
 func Open(dir string, g *group.Group) (*Node, error) {
 	n := &Node{dir: dir, store: g.Store(), group: g, private: map[cas.Digest]bool{},
-		pinned: map[cas.Digest]int{}, wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1), useWake: make(chan struct{}, 1), retry: defaultRetry}
+		pinned: map[uint64]int{}, wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1), useWake: make(chan struct{}, 1), retry: defaultRetry}
 	for _, sub := range []string{"snaps", "pods", "outbox", "quarantine", "trash", "staged", "disks"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("open node tier: %w", err)
@@ -507,31 +507,3 @@ func (n *Node) forgetPrivate() {
 	}
 }
 
-// pin keeps blobs ds on this node until unpin: see Pinned.
-func (n *Node) pin(ds []cas.Digest) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for _, d := range ds {
-		n.pinned[d]++
-	}
-}
-
-func (n *Node) unpin(ds []cas.Digest) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for _, d := range ds {
-		if n.pinned[d]--; n.pinned[d] <= 0 {
-			delete(n.pinned, d)
-		}
-	}
-}
-
-// Pinned reports whether blob d belongs to a commit this node is making;
-// re-replication keeps such a blob here even where placement says it may go,
-// because the commit pushes it from here and, until the commit is applied,
-// this copy may be the only one.
-func (n *Node) Pinned(d cas.Digest) bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.pinned[d] > 0
-}
