@@ -506,4 +506,3 @@ func (n *Node) forgetPrivate() {
 		}
 	}
 }
-

@@ -83,9 +83,9 @@ type Op struct {
 //
 // A large commit carries its ops in Parts (see PartOps), applied after Ops.
 type Commit struct {
-	Base  cas.Digest   `json:"base"`
-	Ops   []Op         `json:"ops"`
-	Parts []cas.Ref `json:"parts,omitempty"`
+	Base  cas.Digest `json:"base"`
+	Ops   []Op       `json:"ops"`
+	Parts []cas.Ref  `json:"parts,omitempty"`
 }
 
 // Validate checks every inline op's path and entry and the list of parts
