@@ -72,7 +72,10 @@ func Open(store *cas.Store, dir string) (*Home, error) {
 	if _, err := store.PutBytes(tree.Empty()); err != nil {
 		return nil, err
 	}
-	h.uses = loadUses(filepath.Join(dir, "uses"))
+	// "uses" held whole digests; the table starts afresh rather than read
+	// them as keys.
+	os.Remove(filepath.Join(dir, "uses"))
+	h.uses = loadUses(filepath.Join(dir, "uses.v2"))
 	return h, nil
 }
 
