@@ -36,7 +36,7 @@ const (
 	targetLayerReadRatio = 1.10
 	targetBurstPod       = 100 * time.Millisecond
 	burstPods            = 16
-	targetStreamRSS      = 256 << 20 // bytes: peak RSS of a commit, and of a fresh stage
+	targetStreamRSS      = 256e6 // bytes: peak RSS of a commit, and of a fresh stage
 )
 
 // layerSpec is a tree of about n small files, 8 a directory (the generator
@@ -140,11 +140,11 @@ func (b *bench) runLayers(ctx context.Context, n int) (err error) {
 	if err := lb.drv.ResetPeakRSS(); err != nil {
 		return err
 	}
-	if d, err := freshStage(); err != nil {
+	fs, err := freshStage()
+	if err != nil {
 		return err
-	} else {
-		lb.logf("layers %s: fresh stage in %s%s", commas(n), secs(d), lb.rssNote())
 	}
+	lb.logf("layers %s: fresh stage in %s%s", commas(n), secs(fs), lb.rssNote())
 	lb.addRSS(fmt.Sprintf("[%s files] driver peak RSS, fresh stage of the whole tree", commas(n)))
 	gen := 0
 	// change rewrites k files spread over the tree through the pod's mount.
