@@ -140,11 +140,11 @@ func (b *bench) runLayers(ctx context.Context, n int) (err error) {
 	if err := lb.drv.ResetPeakRSS(); err != nil {
 		return err
 	}
-	fs, err := freshStage()
+	first, err := freshStage()
 	if err != nil {
 		return err
 	}
-	lb.logf("layers %s: fresh stage in %s%s", commas(n), secs(fs), lb.rssNote())
+	lb.logf("layers %s: fresh stage in %s%s", commas(n), secs(first), lb.rssNote())
 	lb.addRSS(fmt.Sprintf("[%s files] driver peak RSS, fresh stage of the whole tree", commas(n)))
 	gen := 0
 	// change rewrites k files spread over the tree through the pod's mount.
