@@ -92,7 +92,9 @@ type Node struct {
 	trashWake chan struct{}
 	useWake   chan struct{}        // a pod ended: its reads are in the page cache now
 	endedAt   map[string]time.Time // volumes whose pods ended lately (use.go), under mu
-	retry     retryPolicy          // how the committer retries an outbox entry
+	arrivedMu sync.Mutex
+	arrived   map[uint64]bool // blobs written since the last use sample, by short (use.go)
+	retry     retryPolicy     // how the committer retries an outbox entry
 	Stats     Stats
 	// Lost, if set before Run, is told of every layer whose writes the
 	// committer drops or quarantines, with why: the writes a pod made that
@@ -129,6 +131,7 @@ func Open(dir string, g *group.Group) (*Node, error) {
 	if err := os.Chmod(dir, 0o711); err != nil {
 		return nil, err
 	}
+	n.store.OnWrite(n.arrive)
 	n.disks = newDiskPool(filepath.Join(dir, "disks"))
 	n.mountDisks()
 	go n.emptyTrash()

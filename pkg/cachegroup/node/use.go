@@ -18,6 +18,38 @@ const useInterval, useSpacing = 2 * time.Minute, 10 * time.Second
 // (or written, or fetched for a snapshot) since the kernel last needed the
 // memory. The read path pays nothing; the sampler pays one open and one
 // cachestat(2) a blob per sample.
+//
+// Writing a blob fills the cache too: a snapshot's hydration would make
+// every file it fetched look read. So the store tells the node of each blob
+// written, and the next sample drops those blobs' pages instead of counting
+// them (after one syncfs, so the pages are clean and go); from then on only
+// reads bring them back. A blob's first read on the node, before that
+// sample, goes unseen: a file every build reads is seen from the next one.
+
+// maxArrived bounds the blobs written between two samples that the node
+// remembers; past it, a blob written counts as read once.
+const maxArrived = 1 << 21
+
+// arrive records that blob d was written into the store.
+func (n *Node) arrive(d cas.Digest) {
+	n.arrivedMu.Lock()
+	defer n.arrivedMu.Unlock()
+	if n.arrived == nil {
+		n.arrived = map[uint64]bool{}
+	}
+	if len(n.arrived) < maxArrived {
+		n.arrived[short(d)] = true
+	}
+}
+
+// takeArrived returns the blobs written since it was last called.
+func (n *Node) takeArrived() map[uint64]bool {
+	n.arrivedMu.Lock()
+	defer n.arrivedMu.Unlock()
+	a := n.arrived
+	n.arrived = nil
+	return a
+}
 
 // usedFor is how long the volume of a pod that ended is told of the blobs
 // read on this node: its pod's reads are sampled after it is unstaged.
@@ -97,28 +129,37 @@ func (n *Node) endedLately() []string {
 }
 
 // cachedBlobs returns the blobs of the store that have pages in the page
-// cache.
+// cache and were not written since the last sample (see above).
 func (n *Node) cachedBlobs() []cas.Digest {
+	arrived := n.takeArrived()
+	if len(arrived) > 0 {
+		n.store.Sync() // a dirty page stays when dropped; a failed sync leaves some counted once
+	}
 	all, err := n.store.All()
 	if err != nil {
 		return nil
 	}
 	var used []cas.Digest
 	for _, d := range all {
-		if cached(n.store.Path(d)) {
+		if cached(n.store.Path(d), arrived[short(d)]) {
 			used = append(used, d)
 		}
 	}
 	return used
 }
 
-// cached reports whether the file at path has pages in the page cache.
-func cached(path string) bool {
+// cached reports whether the file at path has pages in the page cache; with
+// drop, it drops them instead and reports false.
+func cached(path string, drop bool) bool {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOATIME|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return false
 	}
 	defer unix.Close(fd)
+	if drop {
+		unix.Fadvise(fd, 0, 0, unix.FADV_DONTNEED)
+		return false
+	}
 	var cs unix.Cachestat_t
 	return unix.Cachestat(uint(fd), &unix.CachestatRange{}, &cs, 0) == nil && cs.Cache > 0
 }
