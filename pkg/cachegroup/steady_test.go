@@ -228,4 +228,3 @@ func TestAFullNodeMakesRoomForTheSnapshotItBuilds(t *testing.T) {
 		t.Fatalf("the node's store holds %d bytes, past its size", used)
 	}
 }
-
