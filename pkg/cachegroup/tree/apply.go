@@ -47,22 +47,15 @@ func Apply(s *cas.Store, load func(cas.Digest) error, root cas.Digest, c *Commit
 	var (
 		written int64
 		srcs    = map[int]*Entry{} // by index of the graft among all ops
-		i       int
 	)
-	err = c.Runs(s, load, func(ops []Op) error {
-		written += BytesOf(ops)
-		for _, op := range ops {
-			if op.Kind == OpGraft {
-				if srcs[i], err = m.source(op); err != nil {
-					return err
-				}
-			}
-			i++
-			if err := m.bound(); err != nil {
-				return err
-			}
+	err = m.each(c, func(i int, op Op) (err error) {
+		if op.Kind == OpUpsert && op.Entry.Type == TypeFile {
+			written += op.Entry.Size
 		}
-		return nil
+		if op.Kind == OpGraft {
+			srcs[i], err = m.source(op)
+		}
+		return err
 	})
 	if err != nil {
 		return res, err
@@ -79,27 +72,20 @@ func Apply(s *cas.Store, load func(cas.Digest) error, root cas.Digest, c *Commit
 	if quota > 0 {
 		touched = map[uint64]bool{}
 	}
-	i = 0
-	err = c.Runs(s, load, func(ops []Op) error {
-		for _, op := range ops {
-			if op.Kind == OpGraft {
-				if src := srcs[i]; src == nil || src.Digest != op.Entry.Digest {
-					res.Stale++
-				}
-				err = m.graft(op, srcs[i])
-			} else {
-				err = m.apply(op)
+	err = m.each(c, func(i int, op Op) (err error) {
+		if op.Kind == OpGraft {
+			if src := srcs[i]; src == nil || src.Digest != op.Entry.Digest {
+				res.Stale++
 			}
-			if err != nil {
-				return fmt.Errorf("apply %q: %w", op.Path, err)
-			}
-			if touched != nil {
-				touched[maphash.String(seed, op.Path)] = true
-			}
-			i++
-			if err := m.bound(); err != nil {
-				return err
-			}
+			err = m.graft(op, srcs[i])
+		} else {
+			err = m.apply(op)
+		}
+		if err != nil {
+			return fmt.Errorf("apply %q: %w", op.Path, err)
+		}
+		if touched != nil {
+			touched[maphash.String(seed, op.Path)] = true
 		}
 		return nil
 	})
@@ -119,6 +105,24 @@ func Apply(s *cas.Store, load func(cas.Digest) error, root cas.Digest, c *Commit
 	}
 	res.Root, res.Size, res.Count, err = m.write()
 	return res, err
+}
+
+// each calls fn with every op of c and its index, in order, keeping the
+// edit rooted at m within its bound between ops.
+func (m *mtree) each(c *Commit, fn func(i int, op Op) error) error {
+	i := 0
+	return c.Runs(m.store, m.load, func(ops []Op) error {
+		for _, op := range ops {
+			if err := fn(i, op); err != nil {
+				return err
+			}
+			i++
+			if err := m.bound(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // source returns the directory entry at graft op's From in m as it is now

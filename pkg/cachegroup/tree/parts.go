@@ -110,14 +110,3 @@ func FilesOf(ops []Op) []cas.Ref {
 	}
 	return refs
 }
-
-// BytesOf returns the bytes of the files ops write.
-func BytesOf(ops []Op) int64 {
-	var n int64
-	for _, op := range ops {
-		if op.Kind == OpUpsert && op.Entry.Type == TypeFile {
-			n += op.Entry.Size
-		}
-	}
-	return n
-}
