@@ -114,16 +114,23 @@ func runImport(ctx context.Context, t *tool, args []string) error {
 // has more ops than a request carries inline (see tree.PartOps); tmp holds
 // the parts on their way.
 func inParts(ctx context.Context, t *tool, c *tree.Commit, tmp string) (*tree.Commit, error) {
-	if len(c.Ops) <= tree.PartOps {
-		return c, nil
+	size := 0
+	for _, op := range c.Ops {
+		size += tree.OpBytes(op)
+	}
+	if len(c.Ops) <= tree.PartOps && size <= tree.MaxPartBytes/2 {
+		return c, nil // inline
 	}
 	var parts []blobSource
 	out := &tree.Commit{Base: c.Base}
-	for start := 0; start < len(c.Ops); start += tree.PartOps {
-		b := tree.EncodePart(c.Ops[start:min(start+tree.PartOps, len(c.Ops))])
-		if len(b) > tree.MaxPartBytes {
-			return nil, fmt.Errorf("a part of %d bytes: paths too long for a commit", len(b))
+	for start := 0; start < len(c.Ops); {
+		end, size := start, 0
+		for end < len(c.Ops) && !tree.Full(end-start, size) {
+			size += tree.OpBytes(c.Ops[end])
+			end++
 		}
+		b := tree.EncodePart(c.Ops[start:end])
+		start = end
 		d := cas.Sum(b)
 		path := filepath.Join(tmp, "part-"+d.String())
 		if err := os.WriteFile(path, b, 0o600); err != nil {

@@ -262,14 +262,12 @@ func scanUpper(upper string, owner *volume.FileOwner, base *baseTree, store *cas
 		return nil
 	}
 	add := func(op tree.Op, file bool) error {
-		// Long paths and targets fill a part's bytes before its ops.
-		opSize := 256 + len(op.Path) + len(op.From) + len(op.Entry.Target)
-		if len(run) == tree.PartOps || size+opSize > tree.MaxPartBytes/2 {
+		if tree.Full(len(run), size) {
 			if err := end(true); err != nil {
 				return err
 			}
 		}
-		size += opSize
+		size += tree.OpBytes(op)
 		if file {
 			files = append(files, len(run))
 		}

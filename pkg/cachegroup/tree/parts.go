@@ -17,12 +17,20 @@ const (
 	// PartOps is the most ops a part holds, and the most a node sends
 	// inline; a part of them is a few MiB of JSON.
 	PartOps = 8192
-	// MaxPartBytes bounds one part's encoding (PartOps ops of long paths
-	// fit), checked before it is read.
-	MaxPartBytes = 64 << 20
+	// MaxPartBytes bounds one part's encoding, checked before it is read.
+	MaxPartBytes = 16 << 20
 	// MaxParts bounds the parts of one commit: over 100 million ops.
 	MaxParts = 1 << 14
 )
+
+// Full reports whether a part of n ops whose OpBytes add up to size is
+// full: another op may not join it. One op more than a part that is not
+// full still encodes in well under MaxPartBytes, whatever its paths.
+func Full(n, size int) bool { return n >= PartOps || size > MaxPartBytes/2 }
+
+// OpBytes is at least the bytes of op's encoding: its numbers and names,
+// and its strings escaped at worst (a control byte is six).
+func OpBytes(op Op) int { return 512 + 6*(len(op.Path)+len(op.From)+len(op.Entry.Target)) }
 
 // part is the encoding of a part: JSON, as commits on the wire are.
 type part struct {
