@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/node"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/wire"
@@ -108,6 +109,22 @@ func TestAVolumeOverItsQuotaEvictsWhatNoPodRead(t *testing.T) {
 	}
 }
 
+// pagesCached returns how many pages of the file at path are in the page
+// cache.
+func pagesCached(t *testing.T, path string) uint64 {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var cs unix.Cachestat_t
+	if err := unix.Cachestat(uint(f.Fd()), &unix.CachestatRange{}, &cs, 0); err != nil {
+		t.Fatal(err)
+	}
+	return cs.Cache
+}
+
 // A node that stages a snapshot writes every file it fetches, which fills
 // the page cache as reads do: the files no pod read are not reported used,
 // and those a pod reads after are.
@@ -127,6 +144,14 @@ func TestAHydrationsWritesAreNoReads(t *testing.T) {
 	dir, err := c.node.Materialize(ctx, v.Root, node.Want{VolumeID: vol.ID})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The node drops what the hydration wrote from the page cache on its
+	// own, before any sample: a pod's reads from then on are seen.
+	cold := c.store.Path(cas.Sum([]byte("cold")))
+	for start := time.Now(); pagesCached(t, cold) > 0; time.Sleep(20 * time.Millisecond) {
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("the pages a hydration wrote are still cached 10s after it")
+		}
 	}
 	if n := c.node.ReportUse(ctx); n != idle {
 		t.Fatalf("%d blobs reported used after a hydration no pod read from, %d before it", n, idle)

@@ -93,6 +93,7 @@ type Node struct {
 	useWake   chan struct{}        // a pod ended: its reads are in the page cache now
 	endedAt   map[string]time.Time // volumes whose pods ended lately (use.go), under mu
 	arrivedMu sync.Mutex
+	sampleMu  sync.Mutex      // serialises samples of the page cache (use.go)
 	arrived   map[uint64]bool // blobs written since the last use sample, by short (use.go)
 	retry     retryPolicy     // how the committer retries an outbox entry
 	Stats     Stats

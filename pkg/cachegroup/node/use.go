@@ -21,10 +21,11 @@ const useInterval, useSpacing = 2 * time.Minute, 10 * time.Second
 //
 // Writing a blob fills the cache too: a snapshot's hydration would make
 // every file it fetched look read. So the store tells the node of each blob
-// written, and the next sample drops those blobs' pages instead of counting
-// them (after one syncfs, so the pages are clean and go); from then on only
-// reads bring them back. A blob's first read on the node, before that
-// sample, goes unseen: a file every build reads is seen from the next one.
+// written, and once a hydration is done (or at the next sample, for other
+// writes) the node drops those blobs' pages instead of counting them,
+// after one syncfs so that the pages are clean and go; from then on only
+// reads bring them back. Reads before the drop go unseen: a pod that reads
+// as its snapshot is settled, or a commit's files read before the sample.
 
 // maxArrived bounds the blobs written between two samples that the node
 // remembers; past it, a blob written counts as read once.
@@ -129,9 +130,22 @@ func (n *Node) endedLately() []string {
 }
 
 // cachedBlobs returns the blobs of the store that have pages in the page
-// cache and were not written since the last sample (see above).
-func (n *Node) cachedBlobs() []cas.Digest {
+// cache and were not written since they were last settled (see above).
+func (n *Node) cachedBlobs() []cas.Digest { return n.sample(true) }
+
+// settle drops the pages of the blobs written lately, so that the page cache
+// tells of reads alone; it runs after each hydration.
+func (n *Node) settle() { n.sample(false) }
+
+// sample drops the pages of the blobs written since the last sample and,
+// with report, returns the other blobs that have pages in the page cache.
+func (n *Node) sample(report bool) []cas.Digest {
+	n.sampleMu.Lock() // a report waits for the drops of a settle under way
+	defer n.sampleMu.Unlock()
 	arrived := n.takeArrived()
+	if len(arrived) == 0 && !report {
+		return nil
+	}
 	if len(arrived) > 0 {
 		n.store.Sync() // a dirty page stays when dropped; a failed sync leaves some counted once
 	}
@@ -141,7 +155,8 @@ func (n *Node) cachedBlobs() []cas.Digest {
 	}
 	var used []cas.Digest
 	for _, d := range all {
-		if cached(n.store.Path(d), arrived[short(d)]) {
+		drop := arrived[short(d)]
+		if (drop || report) && cached(n.store.Path(d), drop) {
 			used = append(used, d)
 		}
 	}
