@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -502,10 +503,14 @@ func (n *Node) recountDisks() {
 const diskRecount = 5 * time.Second
 
 // countDisks recounts the layer images every diskRecount.
-func (n *Node) countDisks() {
+func (n *Node) countDisks(ctx context.Context) {
 	for {
 		n.recountDisks()
-		time.Sleep(diskRecount)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(diskRecount):
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -135,8 +136,6 @@ func Open(dir string, g *group.Group) (*Node, error) {
 	n.store.OnWrite(n.arrive)
 	n.disks = newDiskPool(filepath.Join(dir, "disks"))
 	n.mountDisks()
-	go n.emptyTrash()
-	go n.countDisks()
 	return n, nil
 }
 
@@ -367,10 +366,12 @@ func (n *Node) discard(dir string) {
 
 func (n *Node) kickTrash() { kick(n.trashWake) }
 
-func (n *Node) emptyTrash() {
+func (n *Node) emptyTrash(ctx context.Context) {
 	for {
 		n.sweepTrash()
 		select {
+		case <-ctx.Done():
+			return
 		case <-n.trashWake:
 		case <-time.After(time.Minute):
 		}
