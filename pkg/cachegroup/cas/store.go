@@ -278,6 +278,11 @@ func (s *Store) OnWrite(f func(Digest)) { s.written.Store(&f) }
 // wrote marks d written lately and tells OnWrite's function.
 func (s *Store) wrote(d Digest) {
 	s.fresh.touch(d)
+	s.tell(d)
+}
+
+// tell tells OnWrite's function that d was written.
+func (s *Store) tell(d Digest) {
 	if f := s.written.Load(); f != nil {
 		(*f)(d)
 	}
@@ -395,7 +400,9 @@ func (s *Store) LinkUnnamed(f *os.File, d Digest, n int64, m Meta) (bool, error)
 		}
 		return false, fmt.Errorf("store blob %s: %w", d, err)
 	}
-	s.wrote(d)
+	// Not marked fresh: a copy fetched for a snapshot is held by its links,
+	// and Evict must take it once they go, however soon (see Evict).
+	s.tell(d)
 	return true, nil
 }
 
