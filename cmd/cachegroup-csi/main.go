@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -16,6 +18,27 @@ import (
 	"github.com/cachegroup/cachegroup/pkg/cachegroup"
 	"github.com/cachegroup/cachegroup/pkg/driver"
 )
+
+// memoryLimit sets the Go runtime's soft memory limit to 90% of the
+// container's (cgroup v2 memory.max), unless GOMEMLIMIT says otherwise: the
+// runtime then collects garbage harder as it nears the limit instead of
+// letting the kernel kill the node plugin, with every mount it serves, for
+// garbage it had not collected yet.
+func memoryLimit() (int64, bool) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return 0, false
+	}
+	b, err := os.ReadFile("/sys/fs/cgroup/memory.max")
+	if err != nil {
+		return 0, false
+	}
+	limit, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil || limit <= 0 { // "max": no limit
+		return 0, false
+	}
+	debug.SetMemoryLimit(limit / 10 * 9)
+	return limit, true
+}
 
 // sizeFlag is a byte count written as a Kubernetes quantity (20Gi, 1.5Gi).
 type sizeFlag struct{ v *int64 }
@@ -78,6 +101,9 @@ func main() {
 		return
 	}
 
+	if limit, ok := memoryLimit(); ok {
+		klog.InfoS("Garbage collection paced to the container's memory limit", "limit", limit, "soft", debug.SetMemoryLimit(-1))
+	}
 	cfg.Mode = driver.Mode(mode)
 	cfg.Member.Version = driver.Version
 	if members != "" {

@@ -90,6 +90,9 @@ func runImport(ctx context.Context, t *tool, args []string) error {
 	if err := upload(ctx, t, blobs); err != nil {
 		return err
 	}
+	if c, err = inParts(ctx, t, c, tmp); err != nil {
+		return err
+	}
 	cr, err := t.member.AdminCommit(ctx, id, c)
 	if err != nil {
 		return fmt.Errorf("commit to volume %s: %w", id, err)
@@ -105,6 +108,38 @@ func runImport(ctx context.Context, t *tool, args []string) error {
 	}
 	fmt.Fprintln(t.out)
 	return nil
+}
+
+// inParts returns c as a commit in parts, each stored at its owners, if it
+// has more ops than a request carries inline (see tree.PartOps); tmp holds
+// the parts on their way.
+func inParts(ctx context.Context, t *tool, c *tree.Commit, tmp string) (*tree.Commit, error) {
+	size := 0
+	for _, op := range c.Ops {
+		size += tree.OpBytes(op)
+	}
+	if len(c.Ops) <= tree.PartOps && size <= tree.MaxPartBytes/2 {
+		return c, nil // inline
+	}
+	var parts []blobSource
+	out := &tree.Commit{Base: c.Base}
+	for start := 0; start < len(c.Ops); {
+		end, size := start, 0
+		for end < len(c.Ops) && !tree.Full(end-start, size) {
+			size += tree.OpBytes(c.Ops[end])
+			end++
+		}
+		b := tree.EncodePart(c.Ops[start:end])
+		start = end
+		d := cas.Sum(b)
+		path := filepath.Join(tmp, "part-"+d.String())
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			return nil, err
+		}
+		parts = append(parts, blobSource{d: d, size: int64(len(b)), path: path})
+		out.Parts = append(out.Parts, cas.Ref{Digest: d, Size: int64(len(b))})
+	}
+	return out, upload(ctx, t, parts)
 }
 
 // upload stores every blob at its owners through the member, a few at once.

@@ -269,6 +269,12 @@ func (d *Driver) exitStatus() string {
 	return "exit status 0"
 }
 
+// ResetPeakRSS makes the driver's peak resident set size its current one,
+// so that PeakRSS then measures the peak of what runs next.
+func (d *Driver) ResetPeakRSS() error {
+	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", d.PID()), []byte("5"), 0)
+}
+
 // PeakRSS returns the driver's peak resident set size in bytes: VmHWM from
 // /proc/PID/status while it runs, the kernel's maxrss once it has exited.
 func (d *Driver) PeakRSS() (int64, error) {

@@ -57,6 +57,9 @@ func runMember(t testing.TB, cfg Config) *Member {
 	return m
 }
 
+// peerWrap, if set, wraps the peer handler of the members newGroup starts.
+var peerWrap func(http.Handler) http.Handler
+
 // newGroup starts n members on loopback that know each other, with R=2;
 // weights, if given, are the members' placement weights in order.
 func newGroup(t testing.TB, n int, weights ...float64) []*member {
@@ -76,7 +79,11 @@ func newGroup(t testing.TB, n int, weights ...float64) []*member {
 		if err != nil {
 			t.Fatal(err)
 		}
-		srv := &http.Server{Handler: m.PeerHandler()}
+		var h http.Handler = m.PeerHandler()
+		if peerWrap != nil {
+			h = peerWrap(h)
+		}
+		srv := &http.Server{Handler: h}
 		go srv.Serve(ln)
 		t.Cleanup(func() { srv.Close() })
 		ms[i] = &member{Member: m, name: name, addr: ln.Addr().String(), srv: srv}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/node"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/wire"
@@ -83,6 +84,7 @@ func TestAVolumeOverItsQuotaEvictsWhatNoPodRead(t *testing.T) {
 	if err := builder.node.MarkStaged(vol.ID, true); err != nil { // as NodeStageVolume does
 		t.Fatal(err)
 	}
+	builder.node.ReportUse(ctx) // the samples of the hours between: what commits wrote is no read
 	dropCache(t, builder.Member)
 	if got := readThroughOverlay(t, dir, "repo/lib.jar"); string(got) != jar {
 		t.Fatal("the jar reads wrong")
@@ -104,6 +106,61 @@ func TestAVolumeOverItsQuotaEvictsWhatNoPodRead(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "tmp/1")); err == nil {
 		t.Fatal("the file no build read outlived the jar")
+	}
+}
+
+// pagesCached returns how many pages of the file at path are in the page
+// cache.
+func pagesCached(t *testing.T, path string) uint64 {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var cs unix.Cachestat_t
+	if err := unix.Cachestat(uint(f.Fd()), &unix.CachestatRange{}, &cs, 0); err != nil {
+		t.Fatal(err)
+	}
+	return cs.Cache
+}
+
+// A node that stages a snapshot writes every file it fetches, which fills
+// the page cache as reads do: the files no pod read are not reported used,
+// and those a pod reads after are.
+func TestAHydrationsWritesAreNoReads(t *testing.T) {
+	ms := newGroup(t, 3)
+	ctx := context.Background()
+	vol, err := ms[0].group.CreateVolume(ctx, volume.Spec{Name: "npm", Quota: 1 << 20}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := commitOver(t, ms[0], vol, writeFiles(t, map[string]string{"read/by-builds": "hot", "never/read": "cold", "also/never": "cold too"}))
+	c := newClient(t, ms)
+	if err := c.node.MarkStaged(vol.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	idle := c.node.ReportUse(ctx) // what the store held before: the empty tree
+	dir, err := c.node.Materialize(ctx, v.Root, node.Want{VolumeID: vol.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The node drops what the hydration wrote from the page cache on its
+	// own, before any sample: a pod's reads from then on are seen.
+	cold := c.store.Path(cas.Sum([]byte("cold")))
+	for start := time.Now(); pagesCached(t, cold) > 0; time.Sleep(20 * time.Millisecond) {
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("the pages a hydration wrote are still cached 10s after it")
+		}
+	}
+	if n := c.node.ReportUse(ctx); n != idle {
+		t.Fatalf("%d blobs reported used after a hydration no pod read from, %d before it", n, idle)
+	}
+	if got := readThroughOverlay(t, dir, "read/by-builds"); string(got) != "hot" {
+		t.Fatal("the file reads wrong")
+	}
+	if n := c.node.ReportUse(ctx); n != idle+1 {
+		t.Fatalf("%d blobs reported used after a pod read one, %d before the hydration", n, idle)
 	}
 }
 

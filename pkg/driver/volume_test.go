@@ -28,7 +28,7 @@ type rig struct {
 	store string
 	pods  string
 	n     int
-	stop  context.CancelFunc
+	stop  func() // ends the node's Run and waits for it
 }
 
 func newRig(t *testing.T) *rig {
@@ -61,10 +61,16 @@ func (r *rig) start(commits bool) {
 	}
 	r.d = d
 	ctx, cancel := context.WithCancel(context.Background())
-	r.stop = cancel
-	if commits {
-		go d.node.Run(ctx)
+	done := make(chan struct{})
+	r.stop = func() { cancel(); <-done }
+	if !commits {
+		close(done)
+		return
 	}
+	go func() {
+		defer close(done)
+		d.node.Run(ctx)
+	}()
 }
 
 func (r *rig) stopDriver() { r.stop() }

@@ -36,6 +36,7 @@ const (
 	targetLayerReadRatio = 1.10
 	targetBurstPod       = 100 * time.Millisecond
 	burstPods            = 16
+	targetStreamRSS      = 256e6 // bytes: peak RSS of a commit, and of a fresh stage
 )
 
 // layerSpec is a tree of about n small files, 8 a directory (the generator
@@ -105,11 +106,17 @@ func (b *bench) runLayers(ctx context.Context, n int) (err error) {
 	if _, err := copyTree(ctx, lb.tree, imp); err != nil {
 		return err
 	}
+	// The driver's peak RSS while it commits the whole tree, then while it
+	// stages it fresh (issue 11, item 3).
+	if err := lb.drv.ResetPeakRSS(); err != nil {
+		return err
+	}
 	d, err := lb.unpublishAndCommit(ctx, imp)
 	if err != nil {
 		return err
 	}
-	lb.logf("layers %s: imported %s files, committed in %s", commas(n), commas(len(files)), secs(d))
+	lb.logf("layers %s: imported %s files, committed in %s%s", commas(n), commas(len(files)), secs(d), lb.rssNote())
+	lb.addRSS(fmt.Sprintf("[%s files] driver peak RSS, commit of the whole tree", commas(n)))
 	// A fresh stage of the head: nothing of the volume on the node. A
 	// compaction still running keeps what it reads until it ends, and
 	// then its snapshot: unstage again until nothing is left.
@@ -130,9 +137,15 @@ func (b *bench) runLayers(ctx context.Context, n int) (err error) {
 		err := lb.stage(ctx, staging)
 		return time.Since(t0), err
 	}
-	if _, err := freshStage(); err != nil {
+	if err := lb.drv.ResetPeakRSS(); err != nil {
 		return err
 	}
+	first, err := freshStage()
+	if err != nil {
+		return err
+	}
+	lb.logf("layers %s: fresh stage in %s%s", commas(n), secs(first), lb.rssNote())
+	lb.addRSS(fmt.Sprintf("[%s files] driver peak RSS, fresh stage of the whole tree", commas(n)))
 	gen := 0
 	// change rewrites k files spread over the tree through the pod's mount.
 	change := func(mount string, k int) error {
@@ -308,6 +321,16 @@ func (b *bench) runLayers(ctx context.Context, n int) (err error) {
 		lb.notes = append(lb.notes, fmt.Sprintf("layers part, %s files: driver peak RSS %s", commas(n), mb(rss)))
 	}
 	return nil
+}
+
+// addRSS adds a row of the driver's peak RSS since it was last reset.
+func (b *bench) addRSS(name string) {
+	rss, err := b.drv.PeakRSS()
+	if err != nil {
+		b.notes = append(b.notes, fmt.Sprintf("%s: %v", name, err))
+		return
+	}
+	b.rows = append(b.rows, row{name, "", mb(rss), "", "≤ " + mb(targetStreamRSS), met(rss <= targetStreamRSS)})
 }
 
 // burst starts burstPods pods of the staged volume at once, each retrying

@@ -8,7 +8,8 @@
 # for inspection (then: bash test/e2e-k8s/cluster.sh down).
 #
 # Needs root, Debian's containerd runc etcd-server etcd-client
-# containernetworking-plugins jq (installed with apt-get when missing), Go, and
+# containernetworking-plugins jq e2fsprogs (installed with apt-get when
+# missing; e2fsprogs goes into the driver's image), Go, and
 # the Go module proxy on a cold cache.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -115,14 +116,14 @@ rm -rf --one-file-system "$E2E_WORK"
 mkdir -p "$E2E_WORK"
 : >"$E2E_WORK/built-cold"
 missing=()
-for c in containerd runc etcd etcdctl ctr jq openssl ip flock; do command -v $c >/dev/null || missing+=("$c"); done
+for c in containerd runc etcd etcdctl ctr jq openssl ip flock mkfs.ext4 e2fsck; do command -v $c >/dev/null || missing+=("$c"); done
 [ -x /usr/lib/cni/bridge ] || missing+=(cni)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed" || missing+=(busybox-static)
 if [ ${#missing[@]} -gt 0 ]; then
 	log "installing Debian packages (missing: ${missing[*]})"
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-		containerd runc etcd-server etcd-client busybox-static containernetworking-plugins jq openssl iproute2 util-linux >/dev/null
+		containerd runc etcd-server etcd-client busybox-static containernetworking-plugins jq openssl iproute2 util-linux e2fsprogs >/dev/null
 fi
 # The Debian packages may start their services; this test runs its own.
 for svc in containerd etcd; do

@@ -268,9 +268,11 @@ run_pod e2e-jenkins maven-build-3 "$(pvc_vol maven-cache)" /root/.m2/repository 
 test -e /root/.m2/repository/after-snapshot.txt"
 pass "VolumeSnapshot (csi-snapshotter, snapshot $snaphandle) and a claim restored from it (examples/untrusted-build.yaml) hold the snapshot's files and not later commits; its class's commit=never keeps the pod's writes out"
 
-# --- Expansion: the quota is the claim's size. A commit larger than it is
-# refused; after the claim grows (csi-resizer), the same commit is kept, and
-# the kubelet's volume stats (NodeGetVolumeStats) report the new capacity.
+# --- Quota and expansion: the quota is the claim's size. A pod sees it in df
+# and gets ENOSPC at the write that goes past it; what it kept is committed.
+# After the claim grows (csi-resizer), the same write fits and is kept, the
+# next pod's df shows the new quota, and the kubelet's volume stats
+# (NodeGetVolumeStats) report the new capacity.
 ns e2e-quota
 cat <<EOF | $K apply -f - >/dev/null
 apiVersion: v1
@@ -283,17 +285,37 @@ spec:
 EOF
 wait_bound e2e-quota small
 QUOTA_VOL=$($K get pv "$($K -n e2e-quota get pvc small -o jsonpath='{.spec.volumeName}')" -o jsonpath='{.spec.csi.volumeHandle}')
-run_pod e2e-quota big-1 "$(pvc_vol small)" /cache false '
-head -c 2097152 /dev/urandom > /cache/big.bin'
+# df_is KIB, in a pod: df shows the volume's size as KIB (less the up to 3%
+# its filesystem's own metadata takes).
+DF_IS='df_is() {
+  size=$(df -k /cache | awk "NR == 2 {print \$2}")
+  if [ "$size" -lt $(($1 * 97 / 100)) ] || [ "$size" -gt "$1" ]; then
+    echo "df shows $size KiB, want the quota, $1 KiB"; df -k /cache; exit 1
+  fi
+}'
+# busybox dd names the error of a failed write (its head and cat print "I/O
+# error" whatever the error was).
+run_pod e2e-quota big-1 "$(pvc_vol small)" /cache false "$DF_IS"'
+df_is 1024
+if dd if=/dev/urandom of=/cache/big.bin bs=65536 count=32 2>/tmp/dd.err; then
+  echo "2 MiB written into a 1 MiB quota"; exit 1
+fi
+cat /tmp/dd.err
+grep -q "No space left on device" /tmp/dd.err
+test "$(stat -c %s /cache/big.bin)" -le 1048576
+truncate -s 524288 /cache/big.bin
+sha256sum /cache/big.bin > /cache/big.sha256'
 run_pod e2e-quota check-1 "$(pvc_vol small)" /cache false '
-test ! -e /cache/big.bin'
+sha256sum -c -s /cache/big.sha256
+test "$(stat -c %s /cache/big.bin)" = 524288'
 $K -n e2e-quota patch pvc small --type=merge -p '{"spec":{"resources":{"requests":{"storage":"8Mi"}}}}' >/dev/null
 if ! $K -n e2e-quota wait --for=jsonpath='{.status.capacity.storage}'=8Mi pvc/small --timeout=120s >/dev/null; then
 	$K -n e2e-quota describe pvc small | tail -20
 	fail "claim e2e-quota/small was not expanded"
 fi
 grep -q '"quota": 8388608' "$(volume_file "$QUOTA_VOL")" || fail "volume $QUOTA_VOL: quota not raised on the node: $(cat "$(volume_file "$QUOTA_VOL")")"
-run_pod e2e-quota big-2 "$(pvc_vol small)" /cache false '
+run_pod e2e-quota big-2 "$(pvc_vol small)" /cache false "$DF_IS"'
+df_is 8192
 head -c 2097152 /dev/urandom > /cache/big.bin
 sha256sum /cache/big.bin > /cache/big.sha256'
 start_pod e2e-quota check-2 "$(pvc_vol small)" /cache false '
@@ -307,7 +329,7 @@ for _ in $(seq 1 60); do
 done
 [ "$cap" = 8388608 ] || fail "kubelet volume stats capacity $cap, want 8388608"
 delete_pod e2e-quota check-2
-pass "expansion: a 2 MiB commit into a 1 Mi claim is refused; after the claim grows to 8Mi (csi-resizer, ControllerExpandVolume) it is kept, and the kubelet reports capacity 8 MiB (NodeGetVolumeStats)"
+pass "quota: a pod of a 1 Mi claim sees 1 MiB in df and gets ENOSPC writing 2 MiB, and what it kept is committed; after the claim grows to 8Mi (csi-resizer, ControllerExpandVolume) a pod sees 8 MiB in df, its 2 MiB write is kept, and the kubelet reports capacity 8 MiB (NodeGetVolumeStats)"
 
 # --- Reclaim Delete: deleting the claim deletes the PV and the volume.
 qpv=$($K -n e2e-quota get pvc small -o jsonpath='{.spec.volumeName}')
@@ -337,8 +359,10 @@ run_pod e2e-jenkins maven-build-4 "$(pvc_vol maven-cache)" /root/.m2/repository 
 test \"\$(cat /root/.m2/repository/after-restart.txt)\" = after-restart"
 pass "node plugin pod $old deleted and replaced by $new while a pod had the cache mounted: the pod read every file while the plugin was down and after; its writes were committed through the new plugin"
 
-# --- A pod writes more than its claim holds: the commit is refused, and both
-# the claim and the pod are told so with a Warning Event.
+# --- A pod's writes are larger than its claim once committed, though they
+# fit in its layer (a sparse file takes no room there; a write past the quota
+# gets ENOSPC, see above): the commit is refused, and both the claim and the
+# pod are told so with a Warning Event.
 ns e2e-lost
 cat <<EOF | $K apply -f - >/dev/null
 apiVersion: v1
@@ -354,7 +378,9 @@ spec:
       storage: 1Mi
 EOF
 wait_bound e2e-lost small
-run_pod e2e-lost too-big "$(pvc_vol small)" /cache false 'head -c 2097152 /dev/urandom > /cache/big'
+run_pod e2e-lost too-big "$(pvc_vol small)" /cache false '
+truncate -s 2097152 /cache/big
+test "$(stat -c %s /cache/big)" = 2097152'
 # not_committed KIND NAME: waits for the WritesNotCommitted Event on the
 # object and sets EVENT_MSG to its message (no subshell, so fail ends the run).
 not_committed() {
@@ -370,7 +396,7 @@ not_committed() {
 not_committed PersistentVolumeClaim small
 case $EVENT_MSG in *"larger than the volume quota"*) ;; *) fail "the claim's Event does not say why: $EVENT_MSG" ;; esac
 not_committed Pod too-big
-pass "a pod that wrote 2 MiB into a claim of 1 MiB: the commit is refused, and the claim and the pod each get a Warning Event WritesNotCommitted that says why"
+pass "a pod whose writes (a 2 MiB sparse file) are larger than its 1 Mi claim once committed: the commit is refused, and the claim and the pod each get a Warning Event WritesNotCommitted that says why"
 
 # --- The sidecars never hit a permission they lack.
 ctrl=$($K -n cachegroup-system get pods -l app.kubernetes.io/component=controller -o jsonpath='{.items[0].metadata.name}')

@@ -43,7 +43,8 @@ type Store struct {
 	seq    atomic.Int64 // names temporary files
 	fresh  fresh        // blobs written or kept lately: see Sweep
 
-	full atomic.Pointer[func()] // told when a write is refused (see OnFull)
+	full    atomic.Pointer[func()]       // told when a write is refused (see OnFull)
+	written atomic.Pointer[func(Digest)] // told of each blob written (see OnWrite)
 
 	// Bytes others keep on the store's disk, by account (see Charge).
 	chargeMu sync.Mutex
@@ -244,7 +245,7 @@ func (s *Store) place(src string, d Digest, n int64) error {
 		s.used.Add(-n)
 		return fmt.Errorf("store blob %s: %w", d, err)
 	}
-	s.fresh.touch(d)
+	s.wrote(d)
 	return nil
 }
 
@@ -269,6 +270,23 @@ func (s *Store) reserve(n int64) error {
 // OnFull sets f to be called each time the store refuses a write for want
 // of space, so the member starts making room; f must not block.
 func (s *Store) OnFull(f func()) { s.full.Store(&f) }
+
+// OnWrite sets f to be called with each blob written into the store (not
+// one only kept, or already there); f must not block.
+func (s *Store) OnWrite(f func(Digest)) { s.written.Store(&f) }
+
+// wrote marks d written lately and tells OnWrite's function.
+func (s *Store) wrote(d Digest) {
+	s.fresh.touch(d)
+	s.tell(d)
+}
+
+// tell tells OnWrite's function that d was written.
+func (s *Store) tell(d Digest) {
+	if f := s.written.Load(); f != nil {
+		(*f)(d)
+	}
+}
 
 func (s *Store) onFull() {
 	if f := s.full.Load(); f != nil {
@@ -399,6 +417,9 @@ func (s *Store) LinkUnnamed(f *os.File, d Digest, n int64, m Meta) (bool, error)
 		}
 		return false, fmt.Errorf("store blob %s: %w", d, err)
 	}
+	// Not marked fresh: a copy fetched for a snapshot is held by its links,
+	// and Evict must take it once they go, however soon (see Evict).
+	s.tell(d)
 	return true, nil
 }
 
@@ -524,7 +545,7 @@ func (s *Store) Create(path string, ref Ref, m Meta, r io.Reader, buf []byte) er
 	switch {
 	case err == nil:
 		linked = true
-		s.fresh.touch(d)
+		s.wrote(d)
 	case errors.Is(err, unix.EEXIST):
 		// Stored meanwhile by another way in (a commit): the file keeps its
 		// own inode, with the same verified bytes.

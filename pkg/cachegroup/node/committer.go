@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
@@ -55,7 +56,13 @@ func (n *Node) Run(ctx context.Context) {
 	// Keyed by entry name, and only entries still in the outbox: bounded
 	// by the outbox.
 	retries := map[string]*retry{}
-	go n.runUse(ctx)
+	// The node's other loops end with Run, which waits for them: nothing
+	// writes below the node's directory once Run has returned.
+	var loops sync.WaitGroup
+	defer loops.Wait()
+	for _, loop := range []func(context.Context){n.runUse, n.emptyTrash, n.countDisks, n.disks.fill} {
+		loops.Go(func() { loop(ctx) })
+	}
 	for {
 		wait := n.drain(ctx, retries)
 		select {

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -38,13 +39,16 @@ const (
 
 // Image geometry: 4 KiB blocks and one 256-byte inode per block of quota, so
 // that a layer of small files runs out of space, not inodes; the inode
-// tables are added to the image so that df shows the quota. No journal (the
-// overlay is volatile and Submit syncs), no reserved blocks, no resize
-// blocks, inode tables left uninitialised (sparse).
+// tables are added to the image so that df shows the quota. From
+// minDiskQuota up a layer holds no more than its quota, so a pod's write
+// past it gets ENOSPC there (only files with holes can still make a commit
+// larger). No journal (the overlay is volatile and Submit syncs), no
+// reserved blocks, no resize blocks, inode tables left uninitialised
+// (sparse).
 const (
 	diskBlock    = 4096
 	diskInode    = 256
-	minDiskQuota = 2 << 20        // smaller quotas get this much: ext4 needs room for its own metadata
+	minDiskQuota = 256 << 10      // smaller quotas get this much: mkfs.ext4 makes no image under 56 blocks
 	maxDiskQuota = 16<<40 - 1<<30 // below the largest file ext4 with 4 KiB blocks holds (the image lives on the store's disk)
 )
 
@@ -56,11 +60,14 @@ const diskFlags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOATIME
 // which would fill in the sparse image.
 const diskData = "noinit_itable"
 
-// canMakeDisks reports whether this machine can make layer disks (mkfs.ext4
-// and loop devices); where it cannot, layers keep plain directories, which
-// bound nothing, and that is logged once.
+// canMakeDisks reports whether this machine can make layer disks (mkfs.ext4,
+// e2fsck for a disk a crash left unclean, and loop devices); where it cannot,
+// layers keep plain directories, which bound nothing, and that is logged once.
 var canMakeDisks = sync.OnceValue(func() bool {
 	_, err := exec.LookPath("mkfs.ext4")
+	if err == nil {
+		_, err = exec.LookPath("e2fsck")
+	}
 	if err == nil {
 		_, err = os.Stat("/dev/loop-control")
 	}
@@ -496,10 +503,14 @@ func (n *Node) recountDisks() {
 const diskRecount = 5 * time.Second
 
 // countDisks recounts the layer images every diskRecount.
-func (n *Node) countDisks() {
+func (n *Node) countDisks(ctx context.Context) {
 	for {
 		n.recountDisks()
-		time.Sleep(diskRecount)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(diskRecount):
+		}
 	}
 }
 

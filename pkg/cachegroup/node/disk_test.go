@@ -152,6 +152,44 @@ func TestQuotaBoundsWritesAndCommitsByCopy(t *testing.T) {
 	checkReleased(t, n)
 }
 
+// A layer of a small quota (a 1 Mi claim, an odd size, the smallest) is no
+// larger than its quota: df shows about the quota, and a pod writing twice
+// its quota gets ENOSPC with no more than the quota written, so its commit
+// is never refused for its size.
+func TestSmallQuotaLayerHoldsNoMoreThanItsQuota(t *testing.T) {
+	n, h := diskNode(t)
+	v, err := h.CreateVolume(context.Background(), volume.Spec{Name: "v", Quota: 1 << 30})
+	must(t, err)
+	for i, quota := range []int64{1 << 20, 3<<20 + 12345, minDiskQuota} {
+		target := fmt.Sprintf("/pods/%d", i)
+		upper, work, err := n.NewLayer(Layer{VolumeID: v.ID, Target: target, Base: v.Root, Commit: true, Quota: quota})
+		must(t, err)
+		mnt := mountOverlay(t, t.TempDir(), upper, work)
+		var st unix.Statfs_t
+		must(t, unix.Statfs(mnt, &st))
+		if size := int64(st.Blocks) * st.Bsize; size < quota*90/100 || size > quota {
+			t.Errorf("quota %d: df shows %d bytes", quota, size)
+		}
+		f, err := os.Create(filepath.Join(mnt, "big"))
+		must(t, err)
+		chunk := make([]byte, 64<<10)
+		var written int64
+		var werr error
+		for written < 2*quota && werr == nil {
+			var k int
+			k, werr = f.Write(chunk)
+			written += int64(k)
+		}
+		f.Close()
+		if !errors.Is(werr, unix.ENOSPC) || written > quota {
+			t.Errorf("quota %d: wrote %d bytes, then %v; want ENOSPC within the quota", quota, written, werr)
+		}
+		must(t, unix.Unmount(mnt, 0))
+		n.Drop(target)
+	}
+	checkReleased(t, n)
+}
+
 // recountAndCharge counts the layer disks and returns what the store is
 // charged for them.
 func (n *Node) recountAndCharge() int64 {

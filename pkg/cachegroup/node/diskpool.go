@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -47,7 +48,6 @@ func newDiskPool(dir string) *diskPool {
 			os.Remove(filepath.Join(dir, e.Name()))
 		}
 	}
-	go p.fill()
 	return p
 }
 
@@ -97,10 +97,12 @@ func (p *diskPool) kick() {
 
 // fill keeps poolPerSize images of each size asked for lately, and drops
 // the images of the others.
-func (p *diskPool) fill() {
+func (p *diskPool) fill(ctx context.Context) {
 	for {
 		p.fillOnce()
 		select {
+		case <-ctx.Done():
+			return
 		case <-p.wake:
 		case <-time.After(time.Minute):
 		}

@@ -44,7 +44,7 @@ func (n *Node) Roots() []cas.Digest {
 // an attempt that failed, and, until its commit is applied, perhaps its only
 // copy). The manifests are read when Keeps is called.
 func (n *Node) Keeps() func(cas.Digest) bool {
-	names := map[cas.Digest]bool{}
+	names := map[uint64]bool{} // by short: a million files of an entry fit
 	ents, _ := os.ReadDir(filepath.Join(n.dir, "outbox"))
 	for _, e := range ents {
 		b, err := os.ReadFile(filepath.Join(n.dir, "outbox", e.Name(), "manifest.json"))
@@ -55,13 +55,23 @@ func (n *Node) Keeps() func(cas.Digest) bool {
 		if json.Unmarshal(b, &m) != nil {
 			continue
 		}
-		for _, op := range m.Commit.Ops {
-			if op.Entry.Type == tree.TypeFile {
-				names[op.Entry.Digest] = true
+		keep := func(ops []tree.Op) {
+			for _, op := range ops {
+				if op.Entry.Type == tree.TypeFile {
+					names[short(op.Entry.Digest)] = true
+				}
+			}
+		}
+		keep(m.Commit.Ops)
+		for _, p := range m.Commit.Parts {
+			names[short(p.Digest)] = true
+			// A part gone from here names nothing this node must keep.
+			if ops, err := tree.ReadPart(n.store, func(cas.Digest) error { return nil }, p); err == nil {
+				keep(ops)
 			}
 		}
 	}
-	return func(d cas.Digest) bool { return names[d] || n.Pinned(d) }
+	return func(d cas.Digest) bool { return names[short(d)] || n.Pinned(d) }
 }
 
 // roomy runs build (a hydration or a thin layer, both resumable) and, if it

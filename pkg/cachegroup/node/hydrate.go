@@ -70,6 +70,7 @@ func (n *Node) Materialize(ctx context.Context, root cas.Digest, want Want) (str
 				n.group.Metrics().HydrateSeconds.Observe(time.Since(start).Seconds())
 			}
 			n.hydrations.Done(root, c, err)
+			n.settle() // what it wrote is no read (use.go)
 		}()
 	}
 	if err := c.Wait(ctx); err != nil {

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -81,22 +82,25 @@ type Node struct {
 	// which its owners do. Each holds the round of forgetPrivate it was
 	// set or renewed in.
 	private map[uint64]uint32
-	round   uint32             // of forgetPrivate
-	swept   time.Time          // when private last lost the marks of blobs gone
-	pinned  map[cas.Digest]int // blobs of commits in progress: kept here
-	sharing atomic.Int64       // hydrations of shared snapshots in progress
-	layerMu sync.Mutex         // serialises layer creation and submission
-	syncs   syncs              // of the store's filesystem, shared by submits
-	lay     layerState         // thin layers: builds and holds (layers.go)
-	diskMu  sync.Mutex         // serialises counts of the layer disks
-	trashMu sync.Mutex         // serialises sweeps of the trash
-	disks   *diskPool          // layer images made ahead
+	round   uint32         // of forgetPrivate
+	swept   time.Time      // when private last lost the marks of blobs gone
+	pinned  map[uint64]int // blobs of commits in progress, by short: kept here
+	sharing atomic.Int64   // hydrations of shared snapshots in progress
+	layerMu sync.Mutex     // serialises layer creation and submission
+	syncs   syncs          // of the store's filesystem, shared by submits
+	lay     layerState     // thin layers: builds and holds (layers.go)
+	diskMu  sync.Mutex     // serialises counts of the layer disks
+	trashMu sync.Mutex     // serialises sweeps of the trash
+	disks   *diskPool      // layer images made ahead
 
 	wake      chan struct{}
 	trashWake chan struct{}
 	useWake   chan struct{}        // a pod ended: its reads are in the page cache now
 	endedAt   map[string]time.Time // volumes whose pods ended lately (use.go), under mu
-	retry     retryPolicy          // how the committer retries an outbox entry
+	arrivedMu sync.Mutex
+	sampleMu  sync.Mutex      // serialises samples of the page cache (use.go)
+	arrived   map[uint64]bool // blobs written since the last use sample, by short (use.go)
+	retry     retryPolicy     // how the committer retries an outbox entry
 	Stats     Stats
 	// Lost, if set before Run, is told of every layer whose writes the
 	// committer drops or quarantines, with why: the writes a pod made that
@@ -120,7 +124,7 @@ type Node struct {
 // layers left by an earlier process are mounted again.
 func Open(dir string, g *group.Group) (*Node, error) {
 	n := &Node{dir: dir, store: g.Store(), group: g, private: map[uint64]uint32{},
-		pinned: map[cas.Digest]int{}, wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1), useWake: make(chan struct{}, 1), retry: defaultRetry}
+		pinned: map[uint64]int{}, wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1), useWake: make(chan struct{}, 1), retry: defaultRetry}
 	for _, sub := range []string{"snaps", "pods", "outbox", "quarantine", "trash", "staged", "disks"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("open node tier: %w", err)
@@ -133,10 +137,9 @@ func Open(dir string, g *group.Group) (*Node, error) {
 	if err := os.Chmod(dir, 0o711); err != nil {
 		return nil, err
 	}
+	n.store.OnWrite(n.arrive)
 	n.disks = newDiskPool(filepath.Join(dir, "disks"))
 	n.mountDisks()
-	go n.emptyTrash()
-	go n.countDisks()
 	return n, nil
 }
 
@@ -367,10 +370,12 @@ func (n *Node) discard(dir string) {
 
 func (n *Node) kickTrash() { kick(n.trashWake) }
 
-func (n *Node) emptyTrash() {
+func (n *Node) emptyTrash(ctx context.Context) {
 	for {
 		n.sweepTrash()
 		select {
+		case <-ctx.Done():
+			return
 		case <-n.trashWake:
 		case <-time.After(time.Minute):
 		}
@@ -516,33 +521,4 @@ func (n *Node) forgetPrivate() {
 			delete(n.private, k)
 		}
 	}
-}
-
-// pin keeps blobs ds on this node until unpin: see Pinned.
-func (n *Node) pin(ds []cas.Digest) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for _, d := range ds {
-		n.pinned[d]++
-	}
-}
-
-func (n *Node) unpin(ds []cas.Digest) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for _, d := range ds {
-		if n.pinned[d]--; n.pinned[d] <= 0 {
-			delete(n.pinned, d)
-		}
-	}
-}
-
-// Pinned reports whether blob d belongs to a commit this node is making;
-// re-replication keeps such a blob here even where placement says it may go,
-// because the commit pushes it from here and, until the commit is applied,
-// this copy may be the only one.
-func (n *Node) Pinned(d cas.Digest) bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.pinned[d] > 0
 }

@@ -74,7 +74,7 @@ func TestScanUpperReadsOverlayMarkers(t *testing.T) {
 		unix.Mknod(filepath.Join(up, "dev"), unix.S_IFCHR, int(unix.Mkdev(1, 3)))
 		os.Symlink("/etc/shadow", filepath.Join(up, "link"))
 	})
-	m, err := scanUpper(filepath.Join(outboxEntry(t, n), "upper"), nil, nil, nil)
+	m, err := scanUpper(filepath.Join(outboxEntry(t, n), "upper"), nil, nil, n.store, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +114,7 @@ func TestCommitResumesAfterCrashMidway(t *testing.T) {
 	})
 	entry := outboxEntry(t, n)
 	// First attempt, up to the crash: manifest written, one file moved.
-	m, err := scanUpper(filepath.Join(entry, "upper"), nil, nil, nil)
+	m, err := scanUpper(filepath.Join(entry, "upper"), nil, nil, n.store, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,13 +216,13 @@ func must(t *testing.T, err error) {
 func TestPinnedBlobs(t *testing.T) {
 	n, _ := newNode(t)
 	d := cas.Sum([]byte("blob"))
-	n.pin([]cas.Digest{d})
-	n.pin([]cas.Digest{d})
-	n.unpin([]cas.Digest{d})
+	first := n.pin([]cas.Digest{d})
+	second := n.pin([]cas.Digest{d})
+	n.unpin(first)
 	if !n.Pinned(d) {
 		t.Fatal("a blob of a commit in progress is not pinned")
 	}
-	n.unpin([]cas.Digest{d})
+	n.unpin(second)
 	if n.Pinned(d) {
 		t.Fatal("a blob no commit names is still pinned")
 	}

@@ -25,10 +25,49 @@ import (
 
 // manifest is a scanned outbox entry: the commit it makes, written to disk
 // before any file is moved out of the upper directory, so a crash after the
-// move still knows every blob's digest.
+// move still knows every blob's digest. A commit of more than PartOps ops
+// keeps them in parts in the store, which the manifest names.
 type manifest struct {
 	Commit  tree.Commit `json:"commit"`
+	Ops     int         `json:"opCount"`
 	Dropped int         `json:"dropped"`
+}
+
+// moveIn puts the new files of ops into the store: each moved from upper
+// (a rename: no copy), or, with copied, copied from the layer's disk, or
+// copied by scanning and gone since.
+func (n *Node) moveIn(ctx context.Context, upper string, ops []tree.Op, copied bool, buf []byte) error {
+	for _, op := range ops {
+		if op.Kind != tree.OpUpsert || op.Entry.Type != tree.TypeFile {
+			continue
+		}
+		d := op.Entry.Digest
+		if n.store.Has(d) {
+			continue
+		}
+		src := filepath.Join(upper, filepath.FromSlash(op.Path))
+		if copied {
+			e := op.Entry
+			if err := copyFile(n.store, src, &e, buf); err != nil {
+				return fmt.Errorf("commit %s: %w", op.Path, err)
+			}
+			if e.Digest != d {
+				return fmt.Errorf("%w: %s changed after it was scanned", errBadLayer, op.Path)
+			}
+			continue
+		}
+		_, err := n.store.Adopt(src, d, op.Entry.Size)
+		if errors.Is(err, fs.ErrNotExist) && n.group.Fetch(ctx, d) == nil {
+			// Moved into the store by an earlier attempt and dropped since
+			// (by a process without the pin): the group had it, and has
+			// given it back.
+			err = nil
+		}
+		if err != nil {
+			return fmt.Errorf("commit %s: %w", op.Path, err)
+		}
+	}
+	return nil
 }
 
 // commitEntry turns one outbox entry into a commit and removes it once the
@@ -58,60 +97,54 @@ func (n *Node) commitEntry(ctx context.Context, entry string) error {
 	}
 	// The commit's blobs stay on this node until the commit is applied:
 	// re-replication must not hand them over halfway.
-	var blobs []cas.Digest
-	for _, op := range m.Commit.Ops {
-		if op.Kind == tree.OpUpsert && op.Entry.Type == tree.TypeFile {
-			blobs = append(blobs, op.Entry.Digest)
-		}
-	}
-	n.pin(blobs)
-	defer n.unpin(blobs)
-	// Move each new file into the store (a rename: no copy), or copy the
-	// ones scanning copied that have gone since.
-	var buf []byte
-	for _, op := range m.Commit.Ops {
-		if op.Kind != tree.OpUpsert || op.Entry.Type != tree.TypeFile {
-			continue
-		}
-		d := op.Entry.Digest
+	var pinned []uint64
+	defer func() { n.unpin(pinned) }()
+	load := func(d cas.Digest) error {
 		if n.store.Has(d) {
-			continue
+			return nil
 		}
-		src := filepath.Join(upper, filepath.FromSlash(op.Path))
-		if copied {
-			if buf == nil {
-				buf = make([]byte, copyBuf)
-			}
-			e := op.Entry
-			if err := copyFile(n.store, src, &e, buf); err != nil {
-				return fmt.Errorf("commit %s: %w", op.Path, err)
-			}
-			if e.Digest != d {
-				return fmt.Errorf("%w: %s changed after it was scanned", errBadLayer, op.Path)
-			}
-			continue
-		}
-		_, err := n.store.Adopt(src, d, op.Entry.Size)
-		if errors.Is(err, fs.ErrNotExist) && n.group.Fetch(ctx, d) == nil {
-			// Moved into the store by an earlier attempt and dropped since
-			// (by a process without the pin): the group had it, and has
-			// given it back.
-			err = nil
-		}
-		if err != nil {
-			return fmt.Errorf("commit %s: %w", op.Path, err)
-		}
+		return n.group.Fetch(ctx, d) // pushed by an attempt, and collected here since
 	}
-	if err := n.store.Sync(); err != nil {
+	// A run of ops at a time (a part of a large commit): each new file
+	// moved into the store (a rename: no copy), or copied from the layer's
+	// disk, and pushed to its owners.
+	var buf []byte
+	err = m.Commit.Runs(n.store, load, func(ops []tree.Op) error {
+		var blobs []cas.Digest
+		for _, op := range ops {
+			if op.Kind == tree.OpUpsert && op.Entry.Type == tree.TypeFile {
+				blobs = append(blobs, op.Entry.Digest)
+			}
+		}
+		pinned = append(pinned, n.pin(blobs)...)
+		if copied && buf == nil {
+			buf = make([]byte, copyBuf)
+		}
+		if err := n.moveIn(ctx, upper, ops, copied, buf); err != nil {
+			return err
+		}
+		if err := n.store.Sync(); err != nil {
+			return err
+		}
+		for _, d := range blobs {
+			if !l.Sharing && !n.group.IsOwner(d) {
+				n.markPrivate(d)
+			}
+		}
+		return n.group.PushAll(ctx, blobs)
+	})
+	if err != nil {
 		return err
 	}
-	for _, d := range blobs {
-		if !l.Sharing && !n.group.IsOwner(d) {
-			n.markPrivate(d)
+	if len(m.Commit.Parts) > 0 {
+		parts := make([]cas.Digest, len(m.Commit.Parts))
+		for i, p := range m.Commit.Parts {
+			parts[i] = p.Digest
 		}
-	}
-	if err := n.group.PushAll(ctx, blobs); err != nil {
-		return err
+		pinned = append(pinned, n.pin(parts)...)
+		if err := n.group.PushAll(ctx, parts); err != nil {
+			return err
+		}
 	}
 	res, err := n.group.Commit(ctx, l.VolumeID, &m.Commit)
 	if errors.Is(err, cas.ErrNotFound) && !n.allBlobsHere(&m.Commit) {
@@ -125,7 +158,7 @@ func (n *Node) commitEntry(ctx context.Context, entry string) error {
 	n.group.Metrics().CommitSeconds.Observe(time.Since(start).Seconds())
 	n.group.Metrics().Evicted.Add(float64(res.Evicted))
 	n.Stats.Commits.Add(1)
-	klog.V(2).InfoS("Committed", "volume", l.VolumeID, "ops", len(m.Commit.Ops), "generation", res.Volume.Generation,
+	klog.V(2).InfoS("Committed", "volume", l.VolumeID, "ops", m.Ops, "parts", len(m.Commit.Parts), "generation", res.Volume.Generation,
 		"evicted", res.Evicted, "duration", time.Since(start))
 	n.discard(entry)
 	return nil
@@ -154,13 +187,9 @@ func (n *Node) manifestOf(ctx context.Context, entry string, l Layer) (manifest,
 	if owner == nil {
 		owner = v.FileOwner
 	}
-	var into *cas.Store
-	if hasDisk(entry) {
-		into = n.store
-	}
 	upper, _ := upperOf(entry)
 	base := &baseTree{store: n.store, root: l.Base, fetch: func(d cas.Digest) error { return n.group.Fetch(ctx, d) }}
-	if m, err = scanUpper(upper, owner, base, into); err != nil {
+	if m, err = scanUpper(upper, owner, base, n.store, hasDisk(entry)); err != nil {
 		return m, err
 	}
 	m.Commit.Base = l.Base
@@ -177,12 +206,16 @@ func (n *Node) manifestOf(ctx context.Context, entry string, l Layer) (manifest,
 }
 
 func (n *Node) allBlobsHere(c *tree.Commit) bool {
-	for _, op := range c.Ops {
-		if op.Kind == tree.OpUpsert && op.Entry.Type == tree.TypeFile && !n.store.Has(op.Entry.Digest) {
-			return false
+	missing := errors.New("missing")
+	err := c.Runs(n.store, func(cas.Digest) error { return nil }, func(ops []tree.Op) error {
+		for _, op := range ops {
+			if op.Kind == tree.OpUpsert && op.Entry.Type == tree.TypeFile && !n.store.Has(op.Entry.Digest) {
+				return missing
+			}
 		}
-	}
-	return true
+		return nil
+	})
+	return err == nil
 }
 
 // scanUpper reads an overlay upper directory as a list of changes: whiteouts
@@ -191,11 +224,56 @@ func (n *Node) allBlobsHere(c *tree.Commit) bool {
 // grafts, everything else upserts. Symlinks are recorded and never followed;
 // device files, FIFOs and sockets are dropped; setuid and setgid bits are
 // stripped (on the file itself too, since it becomes the blob). Files are
-// hashed here, once; with into, they are copied into that store as they are
-// hashed and left unchanged.
-func scanUpper(upper string, owner *volume.FileOwner, base *baseTree, into *cas.Store) (manifest, error) {
+// hashed here, once; with copied, they are copied into store as they are
+// hashed and left unchanged. Past PartOps ops, the ops go to store as
+// parts, a run at a time, so memory follows a part, not the layer.
+func scanUpper(upper string, owner *volume.FileOwner, base *baseTree, store *cas.Store, copied bool) (manifest, error) {
 	var m manifest
-	var files []int // indexes of file ops still to hash
+	var (
+		run   []tree.Op // the ops of the part being scanned
+		size  int       // about the bytes of run's encoding
+		files []int     // indexes in run of the file ops, still to hash
+	)
+	into := store
+	if !copied {
+		into = nil
+	}
+	// end hashes the files of run and, with part (the run is full, or the
+	// last of several), stores it as a part.
+	end := func(part bool) error {
+		if err := hashFiles(upper, run, files, into); err != nil {
+			return err
+		}
+		if err := (&tree.Commit{Ops: run}).Validate(); err != nil {
+			return fmt.Errorf("%w: %v", errBadLayer, err)
+		}
+		m.Ops += len(run)
+		if !part {
+			m.Commit.Ops = run
+			return nil
+		}
+		b := tree.EncodePart(run)
+		d, err := store.PutBytes(b)
+		if err != nil {
+			return err
+		}
+		m.Commit.Parts = append(m.Commit.Parts, cas.Ref{Digest: d, Size: int64(len(b))})
+		run, files, size = run[:0], files[:0], 0
+		return nil
+	}
+	add := func(op tree.Op, file bool) error {
+		if tree.Full(len(run), size) {
+			if err := end(true); err != nil {
+				return err
+			}
+		}
+		size += tree.OpBytes(op)
+		if file {
+			files = append(files, len(run))
+		}
+		run = append(run, op)
+		return nil
+	}
 	// The lower directories of the directories being walked, root first:
 	// the walk goes depth first, so a path's parent is always on it.
 	type walked struct {
@@ -227,10 +305,9 @@ func scanUpper(upper string, owner *volume.FileOwner, base *baseTree, into *cas.
 		switch st.Mode & unix.S_IFMT {
 		case unix.S_IFCHR:
 			if st.Rdev == 0 { // an overlay whiteout
-				m.Commit.Ops = append(m.Commit.Ops, tree.Op{Kind: tree.OpDelete, Path: rel})
-			} else {
-				m.Dropped++
+				return add(tree.Op{Kind: tree.OpDelete, Path: rel}, false)
 			}
+			m.Dropped++
 		case unix.S_IFDIR:
 			at, err := placeDir(p, name, stack[len(stack)-1].lower, base, buf)
 			if err != nil {
@@ -238,18 +315,17 @@ func scanUpper(upper string, owner *volume.FileOwner, base *baseTree, into *cas.
 			}
 			stack = append(stack, walked{rel: rel, lower: at.lower})
 			e.Type, e.Digest = tree.TypeDir, at.digest
-			m.Commit.Ops = append(m.Commit.Ops, tree.Op{Kind: at.kind, Path: rel, Entry: e, From: at.from})
+			return add(tree.Op{Kind: at.kind, Path: rel, Entry: e, From: at.from}, false)
 		case unix.S_IFLNK:
 			target, err := os.Readlink(p)
 			if err != nil {
 				return err
 			}
 			e.Type, e.Target, e.Size = tree.TypeSymlink, target, int64(len(target))
-			m.Commit.Ops = append(m.Commit.Ops, tree.Op{Kind: tree.OpUpsert, Path: rel, Entry: e})
+			return add(tree.Op{Kind: tree.OpUpsert, Path: rel, Entry: e}, false)
 		case unix.S_IFREG:
 			e.Type, e.Size = tree.TypeFile, st.Size
-			files = append(files, len(m.Commit.Ops))
-			m.Commit.Ops = append(m.Commit.Ops, tree.Op{Kind: tree.OpUpsert, Path: rel, Entry: e})
+			return add(tree.Op{Kind: tree.OpUpsert, Path: rel, Entry: e}, true)
 		default:
 			m.Dropped++
 		}
@@ -258,11 +334,8 @@ func scanUpper(upper string, owner *volume.FileOwner, base *baseTree, into *cas.
 	if err != nil {
 		return m, fmt.Errorf("scan %s: %w", upper, err)
 	}
-	if err := hashFiles(upper, m.Commit.Ops, files, into); err != nil {
+	if err := end(len(m.Commit.Parts) > 0); err != nil {
 		return m, err
-	}
-	if err := m.Commit.Validate(); err != nil {
-		return m, fmt.Errorf("%w: %v", errBadLayer, err)
 	}
 	return m, nil
 }
@@ -323,7 +396,7 @@ func hashFile(path string, e *tree.Entry, buf []byte) error {
 	defer f.Close()
 	fd := int(f.Fd())
 	h := sha256.New()
-	n, err := io.CopyBuffer(h, f, buf)
+	n, err := io.CopyBuffer(h, files.Reader(fd), buf) // not f: its WriteTo would ignore buf
 	if err != nil {
 		return fmt.Errorf("hash %s: %w", path, err)
 	}
@@ -379,7 +452,7 @@ func copyFile(s *cas.Store, path string, e *tree.Entry, buf []byte) error {
 		h.Write(buf)
 		if _, err = tmp.Write(buf); err == nil {
 			var n int64
-			n, err = io.CopyBuffer(io.MultiWriter(tmp, h), f, buf)
+			n, err = io.CopyBuffer(io.MultiWriter(tmp, h), files.Reader(f.Fd()), buf)
 			h.Sum(e.Digest[:0])
 			e.Size = int64(head) + n
 		}

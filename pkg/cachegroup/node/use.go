@@ -18,6 +18,39 @@ const useInterval, useSpacing = 2 * time.Minute, 10 * time.Second
 // (or written, or fetched for a snapshot) since the kernel last needed the
 // memory. The read path pays nothing; the sampler pays one open and one
 // cachestat(2) a blob per sample.
+//
+// Writing a blob fills the cache too: a snapshot's hydration would make
+// every file it fetched look read. So the store tells the node of each blob
+// written, and once a hydration is done (or at the next sample, for other
+// writes) the node drops those blobs' pages instead of counting them,
+// after one syncfs so that the pages are clean and go; from then on only
+// reads bring them back. Reads before the drop go unseen: a pod that reads
+// as its snapshot is settled, or a commit's files read before the sample.
+
+// maxArrived bounds the blobs written between two samples that the node
+// remembers; past it, a blob written counts as read once.
+const maxArrived = 1 << 21
+
+// arrive records that blob d was written into the store.
+func (n *Node) arrive(d cas.Digest) {
+	n.arrivedMu.Lock()
+	defer n.arrivedMu.Unlock()
+	if n.arrived == nil {
+		n.arrived = map[uint64]bool{}
+	}
+	if len(n.arrived) < maxArrived {
+		n.arrived[short(d)] = true
+	}
+}
+
+// takeArrived returns the blobs written since it was last called.
+func (n *Node) takeArrived() map[uint64]bool {
+	n.arrivedMu.Lock()
+	defer n.arrivedMu.Unlock()
+	a := n.arrived
+	n.arrived = nil
+	return a
+}
 
 // usedFor is how long the volume of a pod that ended is told of the blobs
 // read on this node: its pod's reads are sampled after it is unstaged.
@@ -97,28 +130,51 @@ func (n *Node) endedLately() []string {
 }
 
 // cachedBlobs returns the blobs of the store that have pages in the page
-// cache.
-func (n *Node) cachedBlobs() []cas.Digest {
+// cache and were not written since they were last settled (see above).
+func (n *Node) cachedBlobs() []cas.Digest { return n.sample(true) }
+
+// settle drops the pages of the blobs written lately, so that the page cache
+// tells of reads alone; it runs after each hydration.
+func (n *Node) settle() { n.sample(false) }
+
+// sample drops the pages of the blobs written since the last sample and,
+// with report, returns the other blobs that have pages in the page cache.
+func (n *Node) sample(report bool) []cas.Digest {
+	n.sampleMu.Lock() // a report waits for the drops of a settle under way
+	defer n.sampleMu.Unlock()
+	arrived := n.takeArrived()
+	if len(arrived) == 0 && !report {
+		return nil
+	}
+	if len(arrived) > 0 {
+		n.store.Sync() // a dirty page stays when dropped; a failed sync leaves some counted once
+	}
 	all, err := n.store.All()
 	if err != nil {
 		return nil
 	}
 	var used []cas.Digest
 	for _, d := range all {
-		if cached(n.store.Path(d)) {
+		drop := arrived[short(d)]
+		if (drop || report) && cached(n.store.Path(d), drop) {
 			used = append(used, d)
 		}
 	}
 	return used
 }
 
-// cached reports whether the file at path has pages in the page cache.
-func cached(path string) bool {
+// cached reports whether the file at path has pages in the page cache; with
+// drop, it drops them instead and reports false.
+func cached(path string, drop bool) bool {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOATIME|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return false
 	}
 	defer unix.Close(fd)
+	if drop {
+		unix.Fadvise(fd, 0, 0, unix.FADV_DONTNEED)
+		return false
+	}
 	var cs unix.Cachestat_t
 	return unix.Cachestat(uint(fd), &unix.CachestatRange{}, &cs, 0) == nil && cs.Cache > 0
 }

@@ -1,7 +1,6 @@
 package tree
 
 import (
-	"cmp"
 	"fmt"
 	"slices"
 	"strings"
@@ -81,12 +80,16 @@ type Op struct {
 // Either way no write is applied outside the volume: a graft never reads a
 // tree object the head does not reach, and the sizes and counts it adds are
 // the head's own.
+//
+// A large commit carries its ops in Parts (see PartOps), applied after Ops.
 type Commit struct {
-	Base cas.Digest `json:"base"`
-	Ops  []Op       `json:"ops"`
+	Base  cas.Digest `json:"base"`
+	Ops   []Op       `json:"ops"`
+	Parts []cas.Ref  `json:"parts,omitempty"`
 }
 
-// Validate checks every op's path and entry; what it finds wrong is
+// Validate checks every inline op's path and entry and the list of parts
+// (a part's ops are checked as it is read); what it finds wrong is
 // ErrInvalid.
 func (c *Commit) Validate() error {
 	if err := c.validate(); err != nil {
@@ -96,6 +99,14 @@ func (c *Commit) Validate() error {
 }
 
 func (c *Commit) validate() error {
+	if len(c.Parts) > MaxParts {
+		return fmt.Errorf("%d parts, at most %d", len(c.Parts), MaxParts)
+	}
+	for i, p := range c.Parts {
+		if p.Digest.IsZero() || p.Size <= 0 || p.Size > MaxPartBytes {
+			return fmt.Errorf("part %d: %s of %d bytes, at most %d", i, p.Digest, p.Size, MaxPartBytes)
+		}
+	}
 	for i, op := range c.Ops {
 		if _, err := SplitPath(op.Path); err != nil {
 			return fmt.Errorf("op %d: %w", i, err)
@@ -132,32 +143,6 @@ func (c *Commit) validate() error {
 	return nil
 }
 
-// Files returns the blobs of the files the commit writes with the sizes the
-// commit gives them, each pair once.
-func (c *Commit) Files() []cas.Ref {
-	seen := map[cas.Ref]bool{}
-	var refs []cas.Ref
-	for _, op := range c.Ops {
-		ref := cas.Ref{Digest: op.Entry.Digest, Size: op.Entry.Size}
-		if op.Kind == OpUpsert && op.Entry.Type == TypeFile && !seen[ref] {
-			seen[ref] = true
-			refs = append(refs, ref)
-		}
-	}
-	return refs
-}
-
-// Bytes returns the bytes of the files the commit writes.
-func (c *Commit) Bytes() int64 {
-	var n int64
-	for _, op := range c.Ops {
-		if op.Kind == OpUpsert && op.Entry.Type == TypeFile {
-			n += op.Entry.Size
-		}
-	}
-	return n
-}
-
 // mtree is a tree being edited: directories are loaded from the store when
 // first walked into and written back, bottom-up, when the edit is done.
 type mtree struct {
@@ -167,6 +152,7 @@ type mtree struct {
 	entries []Entry
 	subs    map[string]*mtree // loaded subdirectories by name
 	dirty   bool
+	loaded  *int // entries of the edit's loaded directories (see bound)
 }
 
 // Load reads, verifies and decodes tree object d from s.
@@ -186,12 +172,13 @@ func (m *mtree) open(d cas.Digest) (*mtree, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &mtree{store: m.store, load: m.load, trees: m.trees, entries: t.Entries}, nil
+	*m.loaded += len(t.Entries)
+	return &mtree{store: m.store, load: m.load, trees: m.trees, entries: t.Entries, loaded: m.loaded}, nil
 }
 
 // empty returns a new empty directory of the same edit.
 func (m *mtree) empty() *mtree {
-	return &mtree{store: m.store, load: m.load, trees: m.trees, dirty: true}
+	return &mtree{store: m.store, load: m.load, trees: m.trees, dirty: true, loaded: m.loaded}
 }
 
 func (m *mtree) find(name string) int {
@@ -339,26 +326,6 @@ func (m *mtree) lookup(parts []string) (*Entry, error) {
 	return nil, nil
 }
 
-// graftSources returns, for each graft of ops by index, the directory entry
-// at its From in m as it is now (nil: none there), for the grafts to copy
-// once m has changed.
-func (m *mtree) graftSources(ops []Op) (map[int]*Entry, error) {
-	srcs := map[int]*Entry{}
-	for i, op := range ops {
-		if op.Kind != OpGraft {
-			continue
-		}
-		parts, err := SplitPath(op.From)
-		if err != nil {
-			return nil, err
-		}
-		if srcs[i], err = m.lookup(parts); err != nil {
-			return nil, fmt.Errorf("graft %q from %q: %w", op.Path, op.From, err)
-		}
-	}
-	return srcs, nil
-}
-
 // graft places at op.Path the directory src (the head's at op.From before
 // the commit), or an empty one if there was none, with op's metadata. The
 // subtree is src's tree object, loaded only if a later op walks into it;
@@ -447,97 +414,3 @@ func (m *mtree) files(prefix string, fn func(path string, e Entry)) error {
 
 // Empty returns the encoding of a directory with nothing in it.
 func Empty() []byte { return (&Tree{}).Encode() }
-
-// Applied is the outcome of Apply.
-type Applied struct {
-	Root        cas.Digest
-	Size, Count int64
-	Evicted     int          // files evicted to stay within quota
-	Trees       []cas.Digest // tree objects the new root added
-	// Stale counts the grafts whose From the head no longer held as the
-	// commit's base did: renames that raced another commit (see Commit).
-	Stale int
-}
-
-// Apply applies c on top of the tree at root in s and enforces quota: if the
-// result is larger, the files the commit did not touch are evicted, least
-// recent first by recency (nil: by mtime). load makes a tree object present
-// in s before it is read. A graft copies the directory the tree at root
-// holds at its From; a tree object the commit names is never read (see
-// Commit).
-func Apply(s *cas.Store, load func(cas.Digest) error, root cas.Digest, c *Commit, quota int64, recency func(Entry) int64) (Applied, error) {
-	var res Applied
-	if err := c.Validate(); err != nil {
-		return res, err
-	}
-	if quota > 0 && c.Bytes() > quota {
-		return res, fmt.Errorf("%w: %d bytes written, quota %d", ErrTooLarge, c.Bytes(), quota)
-	}
-	m, err := (&mtree{store: s, load: load, trees: &res.Trees}).open(root)
-	if err != nil {
-		return res, err
-	}
-	srcs, err := m.graftSources(c.Ops)
-	if err != nil {
-		return res, err
-	}
-	touched := make(map[string]bool, len(c.Ops))
-	for i, op := range c.Ops {
-		if op.Kind == OpGraft {
-			if src := srcs[i]; src == nil || src.Digest != op.Entry.Digest {
-				res.Stale++
-			}
-			err = m.graft(op, srcs[i])
-		} else {
-			err = m.apply(op)
-		}
-		if err != nil {
-			return res, fmt.Errorf("apply %q: %w", op.Path, err)
-		}
-		touched[op.Path] = true
-	}
-	res.Root, res.Size, res.Count, err = m.write()
-	if err != nil || quota <= 0 || res.Size <= quota {
-		return res, err
-	}
-	if recency == nil {
-		recency = func(e Entry) int64 { return e.Mtime }
-	}
-	if res.Evicted, err = evict(m, res.Size-quota, touched, recency); err != nil {
-		return res, err
-	}
-	res.Root, res.Size, res.Count, err = m.write()
-	return res, err
-}
-
-// evict deletes files not in keep, least recent first (of files as recent,
-// the oldest mtime first), until need bytes are freed.
-func evict(m *mtree, need int64, keep map[string]bool, recency func(Entry) int64) (int, error) {
-	type victim struct {
-		path          string
-		recent, mtime int64
-		size          int64
-	}
-	var vs []victim
-	err := m.files("", func(p string, e Entry) {
-		if !keep[p] && e.Type == TypeFile {
-			vs = append(vs, victim{p, recency(e), e.Mtime, e.Size})
-		}
-	})
-	if err != nil {
-		return 0, err
-	}
-	slices.SortFunc(vs, func(a, b victim) int { return cmp.Or(cmp.Compare(a.recent, b.recent), cmp.Compare(a.mtime, b.mtime)) })
-	n := 0
-	for _, v := range vs {
-		if need <= 0 {
-			break
-		}
-		if err := m.apply(Op{Kind: OpDelete, Path: v.path}); err != nil {
-			return n, err
-		}
-		need -= v.size
-		n++
-	}
-	return n, nil
-}

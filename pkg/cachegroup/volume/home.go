@@ -72,7 +72,10 @@ func Open(store *cas.Store, dir string) (*Home, error) {
 	if _, err := store.PutBytes(tree.Empty()); err != nil {
 		return nil, err
 	}
-	h.uses = loadUses(filepath.Join(dir, "uses"))
+	// "uses" held whole digests; the table starts afresh rather than read
+	// them as keys.
+	os.Remove(filepath.Join(dir, "uses"))
+	h.uses = loadUses(filepath.Join(dir, "uses.v2"))
 	return h, nil
 }
 
@@ -309,29 +312,42 @@ func (l *Home) Commit(ctx context.Context, id string, c *tree.Commit) (CommitRes
 	if err := c.Validate(); err != nil {
 		return CommitResult{}, fmt.Errorf("volume %s: %w", id, err)
 	}
-	// A commit naming blobs nobody has, or with sizes they do not have,
-	// would make a head that cannot be staged and would pass the quota.
-	refs := c.Files()
-	err = CheckLocal(l.store, refs)
-	if l.group != nil {
-		err = l.group.CheckBlobs(ctx, refs)
-	}
-	if err != nil {
-		return CommitResult{}, fmt.Errorf("volume %s: %w", id, err)
-	}
 	load := func(d cas.Digest) error {
 		if l.group != nil && !l.store.Has(d) {
 			return l.group.Fetch(ctx, d)
 		}
 		return nil
 	}
+	// A commit naming blobs nobody has, or with sizes they do not have,
+	// would make a head that cannot be staged and would pass the quota.
 	// What a commit writes counts as used, so a volume over its quota
-	// evicts what was neither written nor read lately.
-	files := make([]cas.Digest, len(refs))
-	for i, ref := range refs {
-		files[i] = ref.Digest
+	// evicts what was neither written nor read lately. A run of ops at a
+	// time: a commit in parts is checked a part at a time.
+	now := time.Now()
+	if l.group != nil && len(c.Parts) > 0 {
+		err = l.group.CheckBlobs(ctx, c.Parts) // and kept until the commit is applied
 	}
-	l.uses.touch(files, time.Now())
+	if err == nil {
+		err = c.Runs(l.store, load, func(ops []tree.Op) error {
+			refs := tree.FilesOf(ops)
+			err := CheckLocal(l.store, refs)
+			if l.group != nil {
+				err = l.group.CheckBlobs(ctx, refs)
+			}
+			if err != nil {
+				return err
+			}
+			files := make([]cas.Digest, len(refs))
+			for i, ref := range refs {
+				files[i] = ref.Digest
+			}
+			l.uses.touch(files, now)
+			return nil
+		})
+	}
+	if err != nil {
+		return CommitResult{}, fmt.Errorf("volume %s: %w", id, err)
+	}
 	res, err := tree.Apply(l.store, load, v.Root, c, v.Quota, l.uses.recency)
 	if err != nil {
 		return CommitResult{}, fmt.Errorf("volume %s: %w", id, err)

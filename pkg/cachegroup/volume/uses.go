@@ -31,21 +31,26 @@ type uses struct {
 	path string
 
 	mu    sync.Mutex
-	at    map[cas.Digest]int64 // nanoseconds since the epoch
+	at    map[uint64]int64 // by the digest's first 64 bits: nanoseconds since the epoch
 	saved time.Time
 	dirty bool
 }
 
-const useRecord = len(cas.Digest{}) + 8
+// A record is a key and a time. Keys are a quarter of a digest, for a
+// table of a million blobs in some 40 MB; two blobs sharing one only
+// share a last use, which orders an eviction a little wrong, never more.
+const useRecord = 8 + 8
+
+func useKey(d cas.Digest) uint64 { return binary.LittleEndian.Uint64(d[:8]) }
 
 func loadUses(path string) *uses {
-	u := &uses{path: path, at: map[cas.Digest]int64{}, saved: time.Now()}
+	u := &uses{path: path, at: map[uint64]int64{}, saved: time.Now()}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return u // none yet, or unreadable: every file falls back to its mtime
 	}
 	for ; len(b) >= useRecord; b = b[useRecord:] {
-		u.at[cas.Digest(b[:32])] = int64(binary.LittleEndian.Uint64(b[32:useRecord]))
+		u.at[binary.LittleEndian.Uint64(b[:8])] = int64(binary.LittleEndian.Uint64(b[8:useRecord]))
 	}
 	return u
 }
@@ -55,7 +60,8 @@ func (u *uses) touch(ds []cas.Digest, t time.Time) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	for _, d := range ds {
-		u.at[d] = max(u.at[d], t.UnixNano())
+		k := useKey(d)
+		u.at[k] = max(u.at[k], t.UnixNano())
 	}
 	u.dirty = true
 	if len(u.at) > maxUses {
@@ -69,16 +75,15 @@ func (u *uses) touch(ds []cas.Digest, t time.Time) {
 // forgetOldest drops the least recently used tenth; u.mu is held.
 func (u *uses) forgetOldest() {
 	type use struct {
-		d  cas.Digest
-		at int64
+		k, at int64
 	}
 	all := make([]use, 0, len(u.at))
-	for d, at := range u.at {
-		all = append(all, use{d, at})
+	for k, at := range u.at {
+		all = append(all, use{int64(k), at})
 	}
 	slices.SortFunc(all, func(a, b use) int { return cmp.Compare(a.at, b.at) })
 	for _, x := range all[:len(all)-maxUses*9/10] {
-		delete(u.at, x.d)
+		delete(u.at, uint64(x.k))
 	}
 }
 
@@ -86,8 +91,8 @@ func (u *uses) forgetOldest() {
 // next touch.
 func (u *uses) save() {
 	b := make([]byte, 0, len(u.at)*useRecord)
-	for d, at := range u.at {
-		b = append(b, d[:]...)
+	for k, at := range u.at {
+		b = binary.LittleEndian.AppendUint64(b, k)
 		b = binary.LittleEndian.AppendUint64(b, uint64(at))
 	}
 	if err := files.WriteAtomic(u.path, b); err == nil || errors.Is(err, fs.ErrNotExist) {
@@ -100,7 +105,7 @@ func (u *uses) save() {
 func (u *uses) recency(e tree.Entry) int64 {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if at, ok := u.at[e.Digest]; ok {
+	if at, ok := u.at[useKey(e.Digest)]; ok {
 		return at
 	}
 	return e.Mtime

@@ -11,17 +11,19 @@ import (
 	"time"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree"
 	"k8s.io/klog/v2"
 )
 
-// The body caps of the routes. A commit carries the ops of a whole layer,
-// some 250 bytes of JSON each: the cap is what members read before it was
-// set, so that no layer that could be committed before is refused now (a
-// first build of about a million files); every other JSON body is a head,
-// a snapshot, a spec, or a list of at most a few thousand digests.
+// The body caps of the routes. A commit carries at most a part's worth of
+// ops inline (tree.PartOps), some 250 bytes of JSON each, and a larger one
+// names its parts, blobs it stores at their owners: so no commit is too
+// large for a request, and none holds more than a part in a member's
+// memory. Every other JSON body is a head, a snapshot, a spec, or a list of
+// at most a few thousand digests.
 const (
 	// MaxCommitBody is the largest commit a member takes, in bytes of JSON.
-	MaxCommitBody = 256 << 20
+	MaxCommitBody = tree.MaxPartBytes
 	maxJSONBody   = 1 << 20
 )
 
