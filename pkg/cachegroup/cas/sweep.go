@@ -144,14 +144,14 @@ func (s *Store) Evict(d Digest, window time.Duration) bool {
 	return true
 }
 
-// Settle forgets that the blobs of live were written or kept before t: a
-// collection found them referenced by a root listed after t, so the commits
-// that wrote them have landed, and once they turn garbage only a new Keep
-// (a new commit naming them) should hold them back. all is every blob of
-// the store, listed after t: a mark that one of the others shares may be
-// that blob's, for a commit in flight, and stays (one that a blob stored
-// since shares is newer than t).
-func (s *Store) Settle(live, all []Digest, t time.Time) {
+// Settle forgets that the blobs all[i] for which live(i) were written or
+// kept before t: a collection found them referenced by a root listed after
+// t, so the commits that wrote them have landed, and once they turn garbage
+// only a new Keep (a new commit naming them) should hold them back. all is
+// every blob of the store, listed after t: a mark that one of the others
+// shares may be that blob's, for a commit in flight, and stays (one that a
+// blob stored since shares is newer than t).
+func (s *Store) Settle(all []Digest, live func(i int) bool, t time.Time) {
 	keys := make([]uint64, len(all))
 	for i, d := range all {
 		keys[i] = d.Short()
@@ -164,7 +164,10 @@ func (s *Store) Settle(live, all []Digest, t time.Time) {
 	before := stamp(t)
 	s.fresh.mu.Lock()
 	defer s.fresh.mu.Unlock()
-	for _, d := range live {
+	for i, d := range all {
+		if !live(i) {
+			continue
+		}
 		k := d.Short()
 		if at, ok := s.fresh.at[k]; ok && at < before && !shared(k) {
 			delete(s.fresh.at, k)

@@ -1,6 +1,7 @@
 package group
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"fmt"
@@ -110,13 +111,10 @@ func (g *Group) Collect(ctx context.Context, opt CollectOptions) (Collection, er
 	if err != nil {
 		return res, err
 	}
-	held := make(map[cas.Digest]bool, len(all))
-	for _, d := range all {
-		held[d] = true
-	}
-	res.Held = len(held)
-	delete(held, cas.Sum(tree.Empty()))
-	w := &walk{g: g, ctx: ctx, held: held, visited: map[cas.Digest]bool{}}
+	h := newHeld(all)
+	res.Held = len(all)
+	h.mark(cas.Sum(tree.Empty()))
+	w := &walk{g: g, ctx: ctx, held: h, visited: map[cas.Digest]bool{}}
 	distinct := map[cas.Digest]bool{}
 	// Roots are listed twice: a commit applied while the first were walked
 	// adds a root the second listing has, so only the instant between the
@@ -160,17 +158,14 @@ func (g *Group) Collect(ctx context.Context, opt CollectOptions) (Collection, er
 	}
 	res.Roots = len(distinct)
 	res.Trees = len(w.visited)
-	live := make([]cas.Digest, 0, len(all)-len(held))
-	for _, d := range all {
-		if !held[d] {
-			live = append(live, d)
-		}
-	}
-	g.self.store.Settle(live, all, heldAt)
+	g.self.store.Settle(h.all, h.live, heldAt)
 	now := time.Now()
-	seen := make(map[cas.Digest]time.Time, len(held))
+	seen := map[cas.Digest]time.Time{}
 	var doomed []cas.Digest
-	for d := range held {
+	for i, d := range h.all {
+		if h.live(i) {
+			continue
+		}
 		if opt.InUse != nil && opt.InUse(d) {
 			continue
 		}
@@ -236,11 +231,34 @@ func (g *Group) liveRoots(ctx context.Context) ([]cas.Digest, error) {
 	return roots, nil
 }
 
-// walk marks what live roots reference, taking it out of held.
+// held is the store's blobs as one collection listed them, sorted, with
+// those a live root references marked: a bit a blob rather than a map
+// entry, as a store may hold millions.
+type held struct {
+	all    []cas.Digest
+	marked []uint64 // bit i: all[i] is referenced
+}
+
+func newHeld(all []cas.Digest) *held {
+	slices.SortFunc(all, func(a, b cas.Digest) int { return bytes.Compare(a[:], b[:]) })
+	return &held{all: all, marked: make([]uint64, (len(all)+63)/64)}
+}
+
+// mark records that a live root references d, if the store holds it.
+func (h *held) mark(d cas.Digest) {
+	if i, ok := slices.BinarySearchFunc(h.all, d, func(a, b cas.Digest) int { return bytes.Compare(a[:], b[:]) }); ok {
+		h.marked[i/64] |= 1 << (i % 64)
+	}
+}
+
+// live reports whether all[i] is referenced.
+func (h *held) live(i int) bool { return h.marked[i/64]&(1<<(i%64)) != 0 }
+
+// walk marks in held what live roots reference.
 type walk struct {
 	g       *Group
 	ctx     context.Context
-	held    map[cas.Digest]bool
+	held    *held
 	visited map[cas.Digest]bool // tree objects walked: shared subtrees once
 }
 
@@ -253,7 +271,7 @@ func (w *walk) tree(d cas.Digest) error {
 		if w.visited[d] {
 			continue
 		}
-		delete(w.held, d)
+		w.held.mark(d)
 		t, err := w.g.readTree(w.ctx, d)
 		if err != nil {
 			return err
@@ -262,7 +280,7 @@ func (w *walk) tree(d cas.Digest) error {
 		for _, e := range t.Entries {
 			switch e.Type {
 			case tree.TypeFile:
-				delete(w.held, e.Digest)
+				w.held.mark(e.Digest)
 			case tree.TypeDir:
 				stack = append(stack, e.Digest)
 			}
