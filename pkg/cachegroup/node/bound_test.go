@@ -160,3 +160,29 @@ func TestSubmitsShareSyncs(t *testing.T) {
 		t.Fatalf("flushes started with %v callers arrived, want one, then one for all %d", started, callers)
 	}
 }
+
+// The blobs written that a node remembers until it drops their pages are
+// bounded: the one that reaches the bound asks for a settle at once.
+func TestArrivedBlobsAreBounded(t *testing.T) {
+	n := &Node{settleWake: make(chan struct{}, 1)}
+	for i := range maxArrived - 1 {
+		n.arrive(cas.Sum(fmt.Append(nil, i)))
+	}
+	select {
+	case <-n.settleWake:
+		t.Fatalf("a settle was asked for at %d blobs, under the bound of %d", maxArrived-1, maxArrived)
+	default:
+	}
+	n.arrive(cas.Sum([]byte("the last")))
+	select {
+	case <-n.settleWake:
+	default:
+		t.Fatalf("no settle was asked for at the bound of %d blobs", maxArrived)
+	}
+	if a := n.takeArrived(); len(a) != maxArrived {
+		t.Fatalf("%d blobs remembered, want %d", len(a), maxArrived)
+	}
+	if a := n.takeArrived(); len(a) != 0 {
+		t.Fatalf("%d blobs remembered after they were taken", len(a))
+	}
+}

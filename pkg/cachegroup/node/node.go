@@ -93,15 +93,16 @@ type Node struct {
 	trashMu sync.Mutex     // serialises sweeps of the trash
 	disks   *diskPool      // layer images made ahead
 
-	wake      chan struct{}
-	trashWake chan struct{}
-	useWake   chan struct{}        // a pod ended: its reads are in the page cache now
-	endedAt   map[string]time.Time // volumes whose pods ended lately (use.go), under mu
-	arrivedMu sync.Mutex
-	sampleMu  sync.Mutex      // serialises samples of the page cache (use.go)
-	arrived   map[uint64]bool // blobs written since the last use sample, by short (use.go)
-	retry     retryPolicy     // how the committer retries an outbox entry
-	Stats     Stats
+	wake       chan struct{}
+	trashWake  chan struct{}
+	useWake    chan struct{}        // a pod ended: its reads are in the page cache now
+	settleWake chan struct{}        // arrived is full: settle now (use.go)
+	endedAt    map[string]time.Time // volumes whose pods ended lately (use.go), under mu
+	arrivedMu  sync.Mutex
+	sampleMu   sync.Mutex              // serialises samples of the page cache (use.go)
+	arrived    map[cas.Digest]struct{} // blobs written since the last settle (use.go)
+	retry      retryPolicy             // how the committer retries an outbox entry
+	Stats      Stats
 	// Lost, if set before Run, is told of every layer whose writes the
 	// committer drops or quarantines, with why: the writes a pod made that
 	// no later pod will see.
@@ -124,7 +125,7 @@ type Node struct {
 // layers left by an earlier process are mounted again.
 func Open(dir string, g *group.Group) (*Node, error) {
 	n := &Node{dir: dir, store: g.Store(), group: g, private: map[uint64]uint32{},
-		pinned: map[uint64]int{}, wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1), useWake: make(chan struct{}, 1), retry: defaultRetry}
+		pinned: map[uint64]int{}, wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1), useWake: make(chan struct{}, 1), settleWake: make(chan struct{}, 1), retry: defaultRetry}
 	for _, sub := range []string{"snaps", "pods", "outbox", "quarantine", "trash", "staged", "disks"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("open node tier: %w", err)

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"runtime"
 	"time"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
@@ -27,24 +28,25 @@ const useInterval, useSpacing = 2 * time.Minute, 10 * time.Second
 // reads bring them back. Reads before the drop go unseen: a pod that reads
 // as its snapshot is settled, or a commit's files read before the sample.
 
-// maxArrived bounds the blobs written between two samples that the node
-// remembers; past it, a blob written counts as read once.
-const maxArrived = 1 << 21
+// maxArrived bounds the blobs written that the node remembers until it
+// drops their pages: when it is reached, the node settles at once.
+const maxArrived = 1 << 16
 
 // arrive records that blob d was written into the store.
 func (n *Node) arrive(d cas.Digest) {
 	n.arrivedMu.Lock()
 	defer n.arrivedMu.Unlock()
 	if n.arrived == nil {
-		n.arrived = map[uint64]bool{}
+		n.arrived = map[cas.Digest]struct{}{}
 	}
-	if len(n.arrived) < maxArrived {
-		n.arrived[short(d)] = true
+	n.arrived[d] = struct{}{}
+	if len(n.arrived) >= maxArrived {
+		kick(n.settleWake)
 	}
 }
 
 // takeArrived returns the blobs written since it was last called.
-func (n *Node) takeArrived() map[uint64]bool {
+func (n *Node) takeArrived() map[cas.Digest]struct{} {
 	n.arrivedMu.Lock()
 	defer n.arrivedMu.Unlock()
 	a := n.arrived
@@ -64,6 +66,9 @@ func (n *Node) runUse(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-n.settleWake:
+			n.settle()
+			continue
 		case <-n.useWake:
 		case <-time.After(useInterval):
 		}
@@ -139,6 +144,8 @@ func (n *Node) settle() { n.sample(false) }
 
 // sample drops the pages of the blobs written since the last sample and,
 // with report, returns the other blobs that have pages in the page cache.
+// It runs at the lowest priority: it is never urgent, and at a million
+// blobs a report is a million opens that pod starts should not wait behind.
 func (n *Node) sample(report bool) []cas.Digest {
 	n.sampleMu.Lock() // a report waits for the drops of a settle under way
 	defer n.sampleMu.Unlock()
@@ -146,21 +153,38 @@ func (n *Node) sample(report bool) []cas.Digest {
 	if len(arrived) == 0 && !report {
 		return nil
 	}
-	if len(arrived) > 0 {
-		n.store.Sync() // a dirty page stays when dropped; a failed sync leaves some counted once
-	}
-	all, err := n.store.All()
-	if err != nil {
-		return nil
-	}
 	var used []cas.Digest
-	for _, d := range all {
-		drop := arrived[short(d)]
-		if (drop || report) && cached(n.store.Path(d), drop) {
-			used = append(used, d)
+	idle(func() {
+		if len(arrived) > 0 {
+			n.store.Sync() // a dirty page stays when dropped; a failed sync leaves some counted once
 		}
-	}
+		for d := range arrived {
+			cached(n.store.Path(d), true)
+		}
+		if !report {
+			return
+		}
+		n.store.Each(func(d cas.Digest) {
+			if _, ok := arrived[d]; !ok && cached(n.store.Path(d), false) {
+				used = append(used, d)
+			}
+		})
+	})
 	return used
+}
+
+// idle runs fn on a thread of its own at the lowest scheduling priority.
+func idle(fn func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// Never unlocked: the thread ends with the goroutine, and its
+		// priority with it.
+		runtime.LockOSThread()
+		unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 19)
+		fn()
+	}()
+	<-done
 }
 
 // cached reports whether the file at path has pages in the page cache; with
