@@ -1,10 +1,13 @@
 package cachegroup
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
+	"os"
 	"runtime"
+	"runtime/pprof"
 	"sync"
 	"syscall"
 	"testing"
@@ -17,7 +20,10 @@ import (
 
 // stageFiles sizes BenchmarkStageMemory: n gives a tree of about 1.25 n
 // small files in n/8 directories.
-var stageFiles = flag.Int("stage-files", 100000, "BenchmarkStageMemory: tree size n (about 1.25 n files)")
+var stageFiles = flag.Int("stage-files", 100000, "BenchmarkStageMemory, BenchmarkCommitMemory: tree size n (about 1.25 n files)")
+
+// heapProfile names a file for the heap profile taken at the peak.
+var heapProfile = flag.String("heap-profile", "", "BenchmarkStageMemory, BenchmarkCommitMemory: write the heap profile at the peak here")
 
 // BenchmarkStageMemory stages, on a fresh client-only node, a tree of many
 // small files held by one member, and reports the peak heap in use while it
@@ -91,12 +97,56 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// BenchmarkCommitMemory commits, on one member, an upper layer of many
+// small files, and reports the peak heap in use while the commit is scanned,
+// pushed and applied, and the processor time it takes.
+func BenchmarkCommitMemory(b *testing.B) {
+	n := *stageFiles
+	spec := gentree.Spec{Seed: 7, Files: n * 5 / 4, Dirs: n / 8, TotalBytes: int64(n) * 100, MaxJarBytes: 4 << 10}
+	ctx := context.Background()
+	var peak uint64
+	var cpu time.Duration
+	for range b.N {
+		b.StopTimer()
+		ms := newGroup(b, 1)
+		a := ms[0]
+		vol, err := a.group.CreateVolume(ctx, volume.Spec{Name: "bench", Quota: 1 << 40}, "")
+		if err != nil {
+			b.Fatal(err)
+		}
+		runtime.GC()
+		var stop func() uint64
+		var cpu0 time.Duration
+		submit(b, a, vol, "/pods/import", func(upper string) {
+			if _, err := gentree.Generate(upper, spec); err != nil {
+				b.Fatal(err)
+			}
+			runtime.GC()
+			stop, cpu0 = sampleHeap(), cpuTime()
+			b.StartTimer()
+		})
+		wctx, cancel := context.WithTimeout(ctx, time.Hour)
+		err = a.node.WaitIdle(wctx)
+		cancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		cpu += cpuTime() - cpu0
+		peak = max(peak, stop())
+	}
+	b.ReportMetric(float64(peak)/(1<<20), "peak-MB")
+	b.ReportMetric(cpu.Seconds()/float64(b.N), "cpu-s/op")
+}
+
 // sampleHeap samples the heap in use every 20 ms until the returned
-// function is called, which returns the highest figure seen.
+// function is called, which returns the highest figure seen (and, with
+// -heap-profile, writes the heap profile taken at it).
 func sampleHeap() (stop func() uint64) {
 	var (
 		wg   sync.WaitGroup
 		peak uint64
+		prof bytes.Buffer
 		done = make(chan struct{})
 	)
 	wg.Add(1)
@@ -107,6 +157,11 @@ func sampleHeap() (stop func() uint64) {
 		defer tick.Stop()
 		for {
 			runtime.ReadMemStats(&m)
+			if *heapProfile != "" && m.HeapInuse > peak+peak/20 {
+				runtime.GC() // the profile tells of the last collection
+				prof.Reset()
+				pprof.WriteHeapProfile(&prof)
+			}
 			peak = max(peak, m.HeapInuse)
 			select {
 			case <-done:
@@ -118,6 +173,9 @@ func sampleHeap() (stop func() uint64) {
 	return func() uint64 {
 		close(done)
 		wg.Wait()
+		if *heapProfile != "" {
+			os.WriteFile(*heapProfile, prof.Bytes(), 0o644)
+		}
 		return peak
 	}
 }
