@@ -86,7 +86,6 @@ type Node struct {
 	swept   time.Time      // when private last lost the marks of blobs gone
 	pinned  map[uint64]int // blobs of commits in progress, by short: kept here
 	sharing atomic.Int64   // hydrations of shared snapshots in progress
-	layerMu sync.Mutex     // serialises layer creation and submission
 	syncs   syncs          // of the store's filesystem, shared by submits
 	lay     layerState     // thin layers: builds and holds (layers.go)
 	diskMu  sync.Mutex     // serialises counts of the layer disks
@@ -164,8 +163,6 @@ func (n *Node) UpperDir(target string) string {
 
 // Drop discards target's layer and everything written to it.
 func (n *Node) Drop(target string) {
-	n.layerMu.Lock()
-	defer n.layerMu.Unlock()
 	n.discard(n.layerDir(target))
 }
 
@@ -177,9 +174,12 @@ func (n *Node) layerDir(target string) string {
 // work directories, returning their paths: on a filesystem of its own the
 // size of l.Quota if it has one. The upper directory's root takes the owner
 // of l.FileOwner, so non-root pods can write at the top of the volume.
+//
+// NewLayer, Submit and Drop touch target's layer alone: the caller
+// serialises the calls of one target (the driver locks each target), and
+// the calls of different targets run at once, so that pods starting
+// together do not wait on each other's disk.
 func (n *Node) NewLayer(l Layer) (upper, work string, err error) {
-	n.layerMu.Lock()
-	defer n.layerMu.Unlock()
 	dir := n.layerDir(l.Target)
 	// A layer never mounted (a failed publish) is stale; its disk goes
 	// first, so that nothing is removed through a mount.
@@ -263,15 +263,12 @@ func (n *Node) Layers() ([]Layer, error) {
 // not commit). A missing layer is not an error.
 func (n *Node) Submit(target string) error {
 	dir := n.layerDir(target)
-	// The pod's writes are flushed before the lock, so that pods ending at
-	// once share one syncfs instead of queueing for one each.
+	// Pods ending at once share one syncfs instead of queueing for one each.
 	if l, ok, _ := readLayer(dir); ok && !l.ReadOnly && l.Commit {
 		if err := n.flush(dir); err != nil {
 			return err
 		}
 	}
-	n.layerMu.Lock()
-	defer n.layerMu.Unlock()
 	l, ok, err := readLayer(dir)
 	if ok {
 		n.ended(l.VolumeID)
