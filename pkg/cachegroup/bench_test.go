@@ -24,20 +24,11 @@ func BenchmarkHydrate(b *testing.B) {
 	}
 	spec := gentree.Spec{Seed: 7, Files: 10000, Dirs: 1750, TotalBytes: 250 << 20, MaxJarBytes: 8 << 20, BigFileBytes: 512 << 20}
 	var st gentree.Stats
-	submit(b, a, vol, "/pods/import", func(upper string) {
+	head := land(b, a, vol, func(upper string) {
 		if st, err = gentree.Generate(upper, spec); err != nil {
 			b.Fatal(err)
 		}
-	})
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-	defer cancel()
-	if err := a.node.WaitIdle(wctx); err != nil {
-		b.Fatal(err)
-	}
-	head, err := a.group.Volume(ctx, vol.ID)
-	if err != nil {
-		b.Fatal(err)
-	}
+	}, 10*time.Minute)
 	b.ResetTimer()
 	for range b.N {
 		b.StopTimer()

@@ -147,6 +147,23 @@ func submit(t testing.TB, m *member, vol volume.Volume, target string, fill func
 	}
 }
 
+// land submits a layer filled by fill, as submit does, waits up to within
+// for m's node to commit it, and returns the volume's head.
+func land(t testing.TB, m *member, vol volume.Volume, fill func(upper string), within time.Duration) volume.Volume {
+	t.Helper()
+	submit(t, m, vol, "/pods/import", fill)
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	if err := m.node.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	head, err := m.group.Volume(ctx, vol.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return head
+}
+
 func TestGroupCommitOnOneNodeReadOnAnother(t *testing.T) {
 	ms := newGroup(t, 3)
 	ctx := context.Background()

@@ -41,20 +41,11 @@ func BenchmarkStageMemory(b *testing.B) {
 	}
 	spec := gentree.Spec{Seed: 7, Files: n * 5 / 4, Dirs: n / 8, TotalBytes: int64(n) * 100, MaxJarBytes: 4 << 10}
 	var st gentree.Stats
-	submit(b, a, vol, "/pods/import", func(upper string) {
+	head := land(b, a, vol, func(upper string) {
 		if st, err = gentree.Generate(upper, spec); err != nil {
 			b.Fatal(err)
 		}
-	})
-	wctx, cancel := context.WithTimeout(ctx, time.Hour)
-	defer cancel()
-	if err := a.node.WaitIdle(wctx); err != nil {
-		b.Fatal(err)
-	}
-	head, err := a.group.Volume(ctx, vol.ID)
-	if err != nil {
-		b.Fatal(err)
-	}
+	}, time.Hour)
 	var (
 		peak, base uint64
 		cpu        time.Duration

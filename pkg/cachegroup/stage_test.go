@@ -110,17 +110,7 @@ func commitTree(t *testing.T, m *member, fill func(upper string)) volume.Volume 
 	if err != nil {
 		t.Fatal(err)
 	}
-	submit(t, m, vol, "/pods/import", fill)
-	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	if err := m.node.WaitIdle(wctx); err != nil {
-		t.Fatal(err)
-	}
-	head, err := m.group.Volume(ctx, vol.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return head
+	return land(t, m, vol, fill, 2*time.Minute)
 }
 
 // A snapshot many chunks and batches large stages exactly: every entry with
