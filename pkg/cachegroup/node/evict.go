@@ -2,8 +2,10 @@ package node
 
 import (
 	"cmp"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/files"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree"
 	"golang.org/x/sys/unix"
 )
@@ -42,36 +45,88 @@ func (n *Node) Roots() []cas.Digest {
 // Keeps returns whether this node needs blob d kept: a commit in progress
 // holds it, or an outbox entry's manifest names it (moved into the store by
 // an attempt that failed, and, until its commit is applied, perhaps its only
-// copy). The manifests are read when Keeps is called.
+// copy). Each entry's keys are read when Keeps is called: 8 bytes a blob,
+// not the manifest's parts, which a collection would otherwise decode whole
+// every round.
 func (n *Node) Keeps() func(cas.Digest) bool {
-	names := map[uint64]bool{} // by short: a million files of an entry fit
+	var keys [][]uint64 // sorted, one list an entry
 	ents, _ := os.ReadDir(filepath.Join(n.dir, "outbox"))
 	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(n.dir, "outbox", e.Name(), "manifest.json"))
-		if err != nil {
-			continue // no manifest: nothing moved into the store yet
+		entry := filepath.Join(n.dir, "outbox", e.Name())
+		if ks, err := n.readKeys(entry); err == nil {
+			keys = append(keys, ks)
 		}
-		var m manifest
-		if json.Unmarshal(b, &m) != nil {
-			continue
-		}
-		keep := func(ops []tree.Op) {
-			for _, op := range ops {
-				if op.Entry.Type == tree.TypeFile {
-					names[short(op.Entry.Digest)] = true
-				}
+	}
+	return func(d cas.Digest) bool {
+		k := short(d)
+		for _, ks := range keys {
+			if _, ok := slices.BinarySearch(ks, k); ok {
+				return true
 			}
 		}
-		keep(m.Commit.Ops)
-		for _, p := range m.Commit.Parts {
-			names[short(p.Digest)] = true
-			// A part gone from here names nothing this node must keep.
-			if ops, err := tree.ReadPart(n.store, func(cas.Digest) error { return nil }, p); err == nil {
-				keep(ops)
+		return n.Pinned(d)
+	}
+}
+
+// keysFile holds, in an outbox entry, the sorted shorts of the blobs its
+// manifest names, little-endian.
+const keysFile = "keys"
+
+// writeKeys writes keys, sorted, as the keys of outbox entry.
+func writeKeys(entry string, keys []uint64) error {
+	slices.Sort(keys)
+	b := make([]byte, 0, 8*len(keys))
+	for _, k := range keys {
+		b = binary.LittleEndian.AppendUint64(b, k)
+	}
+	return files.WriteAtomic(filepath.Join(entry, keysFile), b)
+}
+
+// readKeys returns the keys of outbox entry: none if it has no manifest
+// yet (nothing moved into the store), and, for a manifest written before
+// entries had keys, those its commit names, written down once.
+func (n *Node) readKeys(entry string) ([]uint64, error) {
+	b, err := os.ReadFile(filepath.Join(entry, keysFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return n.oldKeys(entry)
+	}
+	if err != nil {
+		return nil, err
+	}
+	keys := make([]uint64, len(b)/8)
+	for i := range keys {
+		keys[i] = binary.LittleEndian.Uint64(b[8*i:])
+	}
+	return keys, nil
+}
+
+// oldKeys reads the keys of outbox entry from its manifest and its parts.
+func (n *Node) oldKeys(entry string) ([]uint64, error) {
+	b, err := os.ReadFile(filepath.Join(entry, "manifest.json"))
+	if err != nil {
+		return nil, err
+	}
+	var m manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, err
+	}
+	var keys []uint64
+	keep := func(ops []tree.Op) {
+		for _, op := range ops {
+			if op.Entry.Type == tree.TypeFile {
+				keys = append(keys, short(op.Entry.Digest))
 			}
 		}
 	}
-	return func(d cas.Digest) bool { return names[short(d)] || n.Pinned(d) }
+	keep(m.Commit.Ops)
+	for _, p := range m.Commit.Parts {
+		keys = append(keys, short(p.Digest))
+		// A part gone from here names nothing this node must keep.
+		if ops, err := tree.ReadPart(n.store, func(cas.Digest) error { return nil }, p); err == nil {
+			keep(ops)
+		}
+	}
+	return keys, writeKeys(entry, keys)
 }
 
 // roomy runs build (a hydration or a thin layer, both resumable) and, if it

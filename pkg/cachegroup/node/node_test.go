@@ -227,3 +227,46 @@ func TestPinnedBlobs(t *testing.T) {
 		t.Fatal("a blob no commit names is still pinned")
 	}
 }
+
+// The blobs an outbox entry's manifest names are kept from collection by
+// the keys written with it, and, for an entry whose manifest came before
+// keys did, by the manifest itself.
+func TestKeepsFollowsTheOutboxManifests(t *testing.T) {
+	n, l := newNode(t)
+	ctx := context.Background()
+	v, _ := l.CreateVolume(ctx, volume.Spec{Name: "v", Quota: 1 << 20})
+	layerWith(t, n, v, "/pods/a", func(up string) {
+		os.WriteFile(filepath.Join(up, "one"), []byte("1"), 0o644)
+		os.WriteFile(filepath.Join(up, "two"), []byte("2"), 0o644)
+	})
+	entry := outboxEntry(t, n)
+	if keeps := n.Keeps(); keeps(cas.Sum([]byte("1"))) {
+		t.Fatal("a blob is kept before any manifest names it")
+	}
+	la, ok, err := readLayer(entry)
+	if err != nil || !ok {
+		t.Fatalf("layer of the entry: %v %v", ok, err)
+	}
+	if _, err := n.manifestOf(ctx, entry, la); err != nil {
+		t.Fatal(err)
+	}
+	check := func(when string) {
+		keeps := n.Keeps()
+		for _, c := range []string{"1", "2"} {
+			if !keeps(cas.Sum([]byte(c))) {
+				t.Fatalf("%s: blob of %q, named by the manifest, is not kept", when, c)
+			}
+		}
+		if keeps(cas.Sum([]byte("3"))) {
+			t.Fatalf("%s: a blob no manifest names is kept", when)
+		}
+	}
+	check("with keys")
+	if err := os.Remove(filepath.Join(entry, keysFile)); err != nil {
+		t.Fatal(err)
+	}
+	check("with a manifest only")
+	if _, err := os.Stat(filepath.Join(entry, keysFile)); err != nil {
+		t.Fatalf("the keys of a manifest without them were not written down: %v", err)
+	}
+}

@@ -31,6 +31,8 @@ type manifest struct {
 	Commit  tree.Commit `json:"commit"`
 	Ops     int         `json:"opCount"`
 	Dropped int         `json:"dropped"`
+
+	keys []uint64 // shorts of the blobs it names, files and parts: see Keeps
 }
 
 // moveIn puts the new files of ops into the store: each moved from upper
@@ -193,6 +195,10 @@ func (n *Node) manifestOf(ctx context.Context, entry string, l Layer) (manifest,
 		return m, err
 	}
 	m.Commit.Base = l.Base
+	// The keys go first: an entry with a manifest has them (see Keeps).
+	if err := writeKeys(entry, m.keys); err != nil {
+		return m, err
+	}
 	b, _ := json.Marshal(&m)
 	if err := files.WriteAtomic(mpath, b); err != nil {
 		return m, err
@@ -247,6 +253,9 @@ func scanUpper(upper string, owner *volume.FileOwner, base *baseTree, store *cas
 		if err := (&tree.Commit{Ops: run}).Validate(); err != nil {
 			return fmt.Errorf("%w: %v", errBadLayer, err)
 		}
+		for _, i := range files {
+			m.keys = append(m.keys, short(run[i].Entry.Digest))
+		}
 		m.Ops += len(run)
 		if !part {
 			m.Commit.Ops = run
@@ -258,6 +267,7 @@ func scanUpper(upper string, owner *volume.FileOwner, base *baseTree, store *cas
 			return err
 		}
 		m.Commit.Parts = append(m.Commit.Parts, cas.Ref{Digest: d, Size: int64(len(b))})
+		m.keys = append(m.keys, short(d))
 		run, files, size = run[:0], files[:0], 0
 		return nil
 	}
