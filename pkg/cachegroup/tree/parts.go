@@ -1,9 +1,10 @@
 package tree
 
 import (
-	"bytes"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"io"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
 )
@@ -43,11 +44,11 @@ func EncodePart(ops []Op) []byte {
 	return b
 }
 
-// DecodePart decodes and validates a part; what it finds wrong is
-// ErrInvalid.
-func DecodePart(b []byte) ([]Op, error) {
+// DecodePart decodes and validates the part r reads; what it finds wrong
+// is ErrInvalid.
+func DecodePart(r io.Reader) ([]Op, error) {
 	var p part
-	dec := json.NewDecoder(bytes.NewReader(b))
+	dec := json.NewDecoder(r)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&p); err != nil {
 		return nil, fmt.Errorf("%w: part: %v", ErrInvalid, err)
@@ -72,11 +73,20 @@ func ReadPart(s *cas.Store, load func(cas.Digest) error, p cas.Ref) ([]Op, error
 	} else if n != p.Size || n > MaxPartBytes {
 		return nil, fmt.Errorf("%w: part %s of %d bytes, the commit says %d", ErrInvalid, d, n, p.Size)
 	}
-	b, err := s.ReadAll(d)
+	f, err := s.Open(d) // decoded as read: the decoder keeps its own copy
 	if err != nil {
 		return nil, fmt.Errorf("part %s: %w", d, err)
 	}
-	ops, err := DecodePart(b)
+	defer f.Close()
+	h := sha256.New()
+	r := io.TeeReader(io.LimitReader(f, MaxPartBytes), h)
+	ops, err := DecodePart(r)
+	if err == nil {
+		_, err = io.Copy(io.Discard, r) // the rest, for the digest
+	}
+	if err == nil && cas.Digest(h.Sum(nil)) != d {
+		err = cas.ErrCorrupt // checked before any op is used
+	}
 	if err != nil {
 		return nil, fmt.Errorf("part %s: %w", d, err)
 	}

@@ -3,6 +3,7 @@ package tree_test
 import (
 	"errors"
 	"fmt"
+	"os"
 	"testing"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
@@ -113,5 +114,29 @@ func TestHostilePartsAreRefused(t *testing.T) {
 		if !errors.Is(err, c.want) {
 			t.Errorf("%s: %v, want %v", name, err, c.want)
 		}
+	}
+}
+
+// A part whose bytes on disk no longer match its digest is refused as
+// corrupt, not applied, though what it decodes to is valid.
+func TestACorruptPartIsRefused(t *testing.T) {
+	s := openStore(t)
+	base := sample(t, s)
+	b := tree.EncodePart([]tree.Op{del("a")})
+	d, err := s.PutBytes(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := tree.EncodePart([]tree.Op{del("b")}) // as long, as valid
+	if len(other) != len(b) {
+		t.Fatalf("the parts differ in size: %d, %d", len(other), len(b))
+	}
+	os.Chmod(s.Path(d), 0o644)
+	if err := os.WriteFile(s.Path(d), other, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = tree.Apply(s, loads{}.load, base, &tree.Commit{Base: base, Parts: []cas.Ref{{Digest: d, Size: int64(len(b))}}}, 0, nil)
+	if !errors.Is(err, cas.ErrCorrupt) {
+		t.Fatalf("a corrupt part: %v, want %v", err, cas.ErrCorrupt)
 	}
 }
