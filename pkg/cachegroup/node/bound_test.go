@@ -185,4 +185,11 @@ func TestArrivedBlobsAreBounded(t *testing.T) {
 	if a := n.takeArrived(); len(a) != 0 {
 		t.Fatalf("%d blobs remembered after they were taken", len(a))
 	}
+	// No settle comes (a long sample holds it back): the set stops at its cap.
+	for i := range arrivedCap + 1000 {
+		n.arrive(cas.Sum(fmt.Append(nil, "held back", i)))
+	}
+	if a := n.takeArrived(); len(a) != arrivedCap {
+		t.Fatalf("%d blobs remembered while no settle came, want the cap of %d", len(a), arrivedCap)
+	}
 }

@@ -28,9 +28,14 @@ const useInterval, useSpacing = 2 * time.Minute, 10 * time.Second
 // reads bring them back. Reads before the drop go unseen: a pod that reads
 // as its snapshot is settled, or a commit's files read before the sample.
 
-// maxArrived bounds the blobs written that the node remembers until it
-// drops their pages: when it is reached, the node settles at once.
-const maxArrived = 1 << 16
+// maxArrived is how many blobs written the node remembers before it
+// settles at once. Until the settle takes them, at most arrivedCap are kept
+// (a sample can hold the settle back while a hydration writes on): a blob
+// past the cap is not remembered, and its pages count as one read.
+const (
+	maxArrived = 1 << 16
+	arrivedCap = 4 * maxArrived
+)
 
 // arrive records that blob d was written into the store.
 func (n *Node) arrive(d cas.Digest) {
@@ -39,7 +44,9 @@ func (n *Node) arrive(d cas.Digest) {
 	if n.arrived == nil {
 		n.arrived = map[cas.Digest]struct{}{}
 	}
-	n.arrived[d] = struct{}{}
+	if len(n.arrived) < arrivedCap {
+		n.arrived[d] = struct{}{}
+	}
 	if len(n.arrived) >= maxArrived {
 		kick(n.settleWake)
 	}
