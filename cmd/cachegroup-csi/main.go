@@ -121,14 +121,20 @@ func main() {
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	stopped := make(chan struct{})
 	go func() {
 		s := <-sig
 		klog.InfoS("Stopping; mounted pods keep working", "signal", s.String())
 		d.Stop()
+		close(stopped)
 	}()
 	if err := d.Serve(l); err != nil {
 		klog.ErrorS(err, "Serve")
 		os.Exit(1)
 	}
+	// Serve returns as soon as the stop begins: the node's loops end (and
+	// drop the layer disks made ahead) before the process does.
+	<-stopped
+	klog.InfoS("Stopped")
 	klog.Flush()
 }

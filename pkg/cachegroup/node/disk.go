@@ -105,23 +105,27 @@ func diskSize(quota, total int64) (size, inodes int64) {
 	return q + inodes*diskInode, inodes
 }
 
-// makeDisk gives layer directory dir an image for a layer of quota bytes,
-// one the pool made ahead or one made now, and mounts it at fs/.
+// makeDisk makes layer directory dir, which must not exist, with a disk for
+// a layer of quota bytes: one the pool made ahead, or an image made now and
+// mounted at fs/.
 func (n *Node) makeDisk(dir string, quota int64) error {
 	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
+	if err := unix.Statfs(filepath.Dir(dir), &st); err != nil {
 		return fmt.Errorf("layer disk: %w", err)
 	}
 	size, inodes := diskSize(quota, int64(st.Blocks)*st.Bsize)
-	img := filepath.Join(dir, diskImage)
-	if !n.disks.take(size, img) {
-		part := filepath.Join(dir, diskPart)
-		if err := makeImage(part, size, inodes); err != nil {
-			return err
-		}
-		if err := os.Rename(part, img); err != nil {
-			return fmt.Errorf("layer disk: %w", err)
-		}
+	if n.disks.take(size, dir) {
+		return nil
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return fmt.Errorf("layer disk: %w", err)
+	}
+	part, img := filepath.Join(dir, diskPart), filepath.Join(dir, diskImage)
+	if err := makeImage(part, size, inodes); err != nil {
+		return err
+	}
+	if err := os.Rename(part, img); err != nil {
+		return fmt.Errorf("layer disk: %w", err)
 	}
 	if err := os.Mkdir(filepath.Join(dir, diskMount), 0o700); err != nil {
 		return fmt.Errorf("layer disk: %w", err)
@@ -480,14 +484,7 @@ func (n *Node) recountDisks() {
 	n.diskMu.Lock()
 	defer n.diskMu.Unlock()
 	var total int64
-	ents, _ := os.ReadDir(n.disks.dir)
-	for _, e := range ents {
-		var st unix.Stat_t
-		if unix.Stat(filepath.Join(n.disks.dir, e.Name()), &st) == nil {
-			total += st.Blocks * 512
-		}
-	}
-	for _, sub := range []string{"pods", "outbox", "trash", "quarantine"} {
+	for _, sub := range []string{"disks", "pods", "outbox", "trash", "quarantine"} {
 		ents, _ := os.ReadDir(filepath.Join(n.dir, sub))
 		for _, e := range ents {
 			if e.IsDir() {

@@ -302,6 +302,32 @@ func TestTrashKeepsABusyDisk(t *testing.T) {
 	checkReleased(t, n)
 }
 
+// pooled fills n's pool and checks it holds count mounted disks of size
+// bytes and nothing else, returning the inodes of their images.
+func pooled(t *testing.T, n *Node, size int64, count int) map[uint64]bool {
+	t.Helper()
+	n.disks.fillOnce()
+	ents, err := os.ReadDir(n.disks.dir)
+	must(t, err)
+	ahead := map[uint64]bool{}
+	for _, e := range ents {
+		dir := filepath.Join(n.disks.dir, e.Name())
+		if s, ok := poolSize(e.Name()); !ok || s != size {
+			t.Fatalf("pool holds %s", e.Name())
+		}
+		if _, mounted, err := mountedDev(dir); err != nil || !mounted {
+			t.Fatalf("pool disk %s is not mounted: %v", e.Name(), err)
+		}
+		var st unix.Stat_t
+		must(t, unix.Stat(filepath.Join(dir, diskImage), &st))
+		ahead[st.Ino] = true
+	}
+	if len(ahead) != count {
+		t.Fatalf("pool holds %d disks, want %d", len(ahead), count)
+	}
+	return ahead
+}
+
 // diskNode is newNode for a test that makes layer disks, with no images
 // made ahead: whatever the test leaves mounted below the node's directory
 // is unmounted at its end.
@@ -345,50 +371,47 @@ func TestDiskSize(t *testing.T) {
 	}
 }
 
-// A layer takes an image the pool made ahead for its size; the pool keeps
-// only a few, of sizes asked for, and never hands out one half made.
-func TestLayerTakesAnImageMadeAhead(t *testing.T) {
+// A layer takes a disk the pool made ahead, mounted, for its size; the pool
+// keeps only a few, of sizes asked for, one more for each layer that found
+// it empty, and never hands out one half made.
+func TestLayerTakesADiskMadeAhead(t *testing.T) {
 	n, h := diskNode(t)
 	n.disks.setPerSize(poolPerSize)
 	v, err := h.CreateVolume(context.Background(), volume.Spec{Name: "v", Quota: 1 << 30})
 	must(t, err)
 	_, _, err = n.NewLayer(Layer{VolumeID: v.ID, Target: "/pods/a", Base: v.Root, Quota: 4 << 20})
 	must(t, err)
-	n.disks.fillOnce()
-	ents, err := os.ReadDir(n.disks.dir)
-	must(t, err)
-	ahead := map[uint64]bool{}
-	for _, e := range ents {
-		size, ok := poolSize(e.Name())
-		if want, _ := diskSize(4<<20, 1<<40); !ok || size != want {
-			t.Fatalf("pool holds %s", e.Name())
-		}
-		var st unix.Stat_t
-		must(t, unix.Stat(filepath.Join(n.disks.dir, e.Name()), &st))
-		ahead[st.Ino] = true
-	}
-	if len(ahead) != poolPerSize {
-		t.Fatalf("pool holds %d images, want %d", len(ahead), poolPerSize)
-	}
+	want, _ := diskSize(4<<20, 1<<40)
+	// The first layer found the pool empty: one more than poolPerSize.
+	ahead := pooled(t, n, want, poolPerSize+1)
 	if n.recountAndCharge() <= diskUsage(n.layerDir("/pods/a")) {
-		t.Fatal("images made ahead are not charged")
+		t.Fatal("disks made ahead are not charged")
 	}
 	upper, _, err := n.NewLayer(Layer{VolumeID: v.ID, Target: "/pods/b", Base: v.Root, Quota: 4 << 20})
 	must(t, err)
 	var st unix.Stat_t
 	must(t, unix.Stat(filepath.Join(n.layerDir("/pods/b"), diskImage), &st))
 	if !ahead[st.Ino] {
-		t.Fatal("the layer did not take an image made ahead")
+		t.Fatal("the layer did not take a disk made ahead")
+	}
+	if _, mounted, err := mountedDev(n.layerDir("/pods/b")); err != nil || !mounted {
+		t.Fatalf("the disk taken is not mounted: %v", err)
 	}
 	must(t, os.WriteFile(filepath.Join(upper, "f"), []byte("x"), 0o644))
-	// Restarted, the pool keeps its whole images only.
-	must(t, os.WriteFile(filepath.Join(n.disks.dir, "1-2-3.img.part"), []byte("half"), 0o600))
+	pooled(t, n, want, poolPerSize+1) // a hit: no more than before
+	// Restarted, the node drops the disks an earlier process made ahead,
+	// whole or not.
+	must(t, os.Mkdir(filepath.Join(n.disks.dir, "1-2-3.part"), 0o700))
+	must(t, os.WriteFile(filepath.Join(n.disks.dir, "1-2-4.img"), []byte("old"), 0o600))
 	n2, err := Open(n.dir, n.group)
 	must(t, err)
-	if _, err := os.Lstat(filepath.Join(n2.disks.dir, "1-2-3.img.part")); !os.IsNotExist(err) {
-		t.Fatalf("a half-made image is kept: %v", err)
+	if ents, _ := os.ReadDir(n2.disks.dir); len(ents) != 0 {
+		t.Fatalf("disks made by an earlier process are kept: %v", ents)
 	}
-	n.Drop("/pods/a")
+	if ms := mountsBelow(t, n2.disks.dir); len(ms) > 0 {
+		t.Fatalf("still mounted: %v", ms)
+	}
+n.Drop("/pods/a")
 	n.Drop("/pods/b")
 	n.sweepTrash()
 	if ms := mountsBelow(t, n.dir); len(ms) > 0 {

@@ -187,9 +187,6 @@ func (n *Node) NewLayer(l Layer) (upper, work string, err error) {
 		return "", "", err
 	}
 	os.RemoveAll(dir)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", "", err
-	}
 	defer func() {
 		if err != nil {
 			n.discard(dir)
@@ -200,6 +197,8 @@ func (n *Node) NewLayer(l Layer) (upper, work string, err error) {
 			return "", "", err
 		}
 		defer n.recountDisks()
+	} else if err := os.Mkdir(dir, 0o700); err != nil {
+		return "", "", err
 	}
 	upper, work = upperOf(dir)
 	if !l.ReadOnly {

@@ -36,6 +36,9 @@ func newNode(t testing.TB) (*Node, *volume.Home) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Disks made ahead stay mounted until the node's Run ends; a test that
+	// made some without Run drops them.
+	t.Cleanup(func() { n.disks.free(func(string) bool { return true }) })
 	return n, h
 }
 
