@@ -411,7 +411,7 @@ func TestLayerTakesADiskMadeAhead(t *testing.T) {
 	if ms := mountsBelow(t, n2.disks.dir); len(ms) > 0 {
 		t.Fatalf("still mounted: %v", ms)
 	}
-n.Drop("/pods/a")
+	n.Drop("/pods/a")
 	n.Drop("/pods/b")
 	n.sweepTrash()
 	if ms := mountsBelow(t, n.dir); len(ms) > 0 {
