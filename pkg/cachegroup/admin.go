@@ -72,14 +72,12 @@ func (a *admin) self() wire.Status {
 		Capacity: m.store.Capacity(), BelowR: int64(gauge(m.metrics.BelowR))}
 	// Owned now, not as of the last pass: an import or a commit since
 	// counts. One stat of each blob of the store.
-	if all, err := m.store.All(); err == nil {
-		for _, d := range all {
-			if m.group.IsOwner(d) {
-				st.OwnedBlobs++
-				st.OwnedBytes += max(m.store.Size(d), 0)
-			}
+	m.store.Each(func(d cas.Digest) {
+		if m.group.IsOwner(d) {
+			st.OwnedBlobs++
+			st.OwnedBytes += max(m.store.Size(d), 0)
 		}
-	}
+	})
 	for _, s := range m.group.MemberStates() {
 		st.Members = append(st.Members, wire.MemberStatus{Name: s.Name, Weight: s.Weight, Live: s.Up, Gone: s.Gone,
 			DownSeconds: s.DownFor.Seconds()})
@@ -250,48 +248,58 @@ func (a *admin) runVerify(ctx context.Context) {
 		f(&a.verify)
 	}
 	defer record(func(st *wire.VerifyState) { st.Running, st.Finished = false, time.Now().UTC() })
-	all, err := a.m.store.All()
-	if err != nil {
+	err := a.m.store.Chunks(verifyChunk, func(ds []cas.Digest) error {
+		for _, d := range ds {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			a.verifyBlob(ctx, d, record)
+		}
+		return nil
+	})
+	if err != nil && ctx.Err() == nil {
 		record(func(st *wire.VerifyState) { st.Errors = append(st.Errors, err.Error()) })
-		return
 	}
-	for _, d := range all {
-		if ctx.Err() != nil {
-			return
+}
+
+// verifyChunk is how many blobs a verification lists at a time.
+const verifyChunk = 4096
+
+// verifyBlob verifies blob d, drops it if corrupt (fetching it again if
+// this member owns it), and records what it found.
+func (a *admin) verifyBlob(ctx context.Context, d cas.Digest, record func(func(*wire.VerifyState))) {
+	size := a.m.store.Size(d)
+	err := a.m.store.Verify(d)
+	var repairErr error
+	corrupt := errors.Is(err, cas.ErrCorrupt)
+	if corrupt {
+		a.m.metrics.Corrupt.Inc()
+		klog.ErrorS(err, "Verify found a corrupt copy; dropped it", "blob", d)
+		if a.m.group.IsOwner(d) {
+			repairErr = a.m.group.Fetch(ctx, d)
 		}
-		size := a.m.store.Size(d)
-		err := a.m.store.Verify(d)
-		var repairErr error
-		corrupt := errors.Is(err, cas.ErrCorrupt)
-		if corrupt {
-			a.m.metrics.Corrupt.Inc()
-			klog.ErrorS(err, "Verify found a corrupt copy; dropped it", "blob", d)
-			if a.m.group.IsOwner(d) {
-				repairErr = a.m.group.Fetch(ctx, d)
+	}
+	record(func(st *wire.VerifyState) {
+		st.Checked++
+		st.Bytes += max(size, 0)
+		switch {
+		case corrupt:
+			st.CorruptCount++
+			if len(st.Corrupt) < wire.MaxVerifyReport {
+				st.Corrupt = append(st.Corrupt, d)
 			}
-		}
-		record(func(st *wire.VerifyState) {
-			st.Checked++
-			st.Bytes += max(size, 0)
 			switch {
-			case corrupt:
-				st.CorruptCount++
-				if len(st.Corrupt) < wire.MaxVerifyReport {
-					st.Corrupt = append(st.Corrupt, d)
-				}
-				switch {
-				case !a.m.group.IsOwner(d):
-					st.Dropped++
-				case repairErr == nil:
-					st.Repaired++
-				case len(st.Errors) < wire.MaxVerifyReport:
-					st.Errors = append(st.Errors, fmt.Sprintf("repair blob %s: %v", d, repairErr))
-				}
-			case err != nil && !errors.Is(err, cas.ErrNotFound) && len(st.Errors) < wire.MaxVerifyReport:
-				st.Errors = append(st.Errors, fmt.Sprintf("blob %s: %v", d, err))
+			case !a.m.group.IsOwner(d):
+				st.Dropped++
+			case repairErr == nil:
+				st.Repaired++
+			case len(st.Errors) < wire.MaxVerifyReport:
+				st.Errors = append(st.Errors, fmt.Sprintf("repair blob %s: %v", d, repairErr))
 			}
-		})
-	}
+		case err != nil && !errors.Is(err, cas.ErrNotFound) && len(st.Errors) < wire.MaxVerifyReport:
+			st.Errors = append(st.Errors, fmt.Sprintf("blob %s: %v", d, err))
+		}
+	})
 }
 
 // Collect collects the garbage of member q.Member's store now, passing the

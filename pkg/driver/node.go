@@ -3,6 +3,7 @@ package driver
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"context"
 	"io/fs"
@@ -231,10 +232,12 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 			return &csi.NodePublishVolumeResponse{}, nil
 		}
 	}
+	start := time.Now()
 	v, err := d.group.Volume(ctx, volID)
 	if err != nil {
 		return nil, errStatus(err, "publish volume %s", volID)
 	}
+	looked := time.Now()
 	lowers, release, err := d.node.Stack(ctx, v.Root, node.Want{VolumeID: volID, Sharing: !p.opts.NoSharing})
 	if err != nil {
 		return nil, snapshotStatus(err, "publish volume %s: snapshot %s", volID, v.Root)
@@ -246,10 +249,12 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	}
 	layer := node.Layer{VolumeID: volID, Handle: p.id, Target: target, Base: v.Root, ReadOnly: p.readOnly, Quota: v.Quota,
 		Commit: p.opts.Commit && !p.readOnly, FileOwner: owner, Sharing: !p.opts.NoSharing, Pod: podOf(p.attrs)}
+	stacked := time.Now()
 	upper, work, err := d.node.NewLayer(layer)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "publish volume %s: %v", volID, err)
 	}
+	layered := time.Now()
 	if err := makeTarget(target); err != nil {
 		d.node.Drop(target)
 		return nil, err
@@ -261,7 +266,10 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		d.node.Drop(target)
 		return nil, status.Errorf(codes.Internal, "mount volume %s at %s: %v", volID, target, err)
 	}
-	klog.V(2).InfoS("Published", "volume", volID, "target", target, "snapshot", v.Root, "layers", len(lowers), "generation", v.Generation, "readOnly", p.readOnly)
+	// Where a slow start went: the head's lookup, the snapshot, the pod's
+	// layer (its disk), the mounts.
+	klog.V(2).InfoS("Published", "volume", volID, "target", target, "snapshot", v.Root, "layers", len(lowers), "generation", v.Generation, "readOnly", p.readOnly,
+		"head", looked.Sub(start), "stack", stacked.Sub(looked), "layer", layered.Sub(stacked), "mount", time.Since(layered))
 	return &csi.NodePublishVolumeResponse{}, nil
 }
 

@@ -3,6 +3,9 @@ package cas
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"maps"
+	"slices"
 	"testing"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/files"
@@ -62,5 +65,48 @@ func TestChargesCountAgainstTheCacheSize(t *testing.T) {
 	}
 	if s.Charged() != 30 || s.Used() != 4 || s.Capacity() != 66 {
 		t.Fatalf("charged %d, used %d, capacity %d", s.Charged(), s.Used(), s.Capacity())
+	}
+}
+
+// Chunks hands out every blob once, in chunks of about the size asked, and
+// Shorts lists them all, sorted.
+func TestChunksAndShortsListEveryBlob(t *testing.T) {
+	s, err := OpenStore(t.TempDir(), Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[Digest]bool{}
+	for i := range 500 {
+		d, err := s.PutBytes(fmt.Append(nil, "blob ", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[d] = true
+	}
+	got := map[Digest]bool{}
+	chunks := 0
+	err = s.Chunks(100, func(ds []Digest) error {
+		chunks++
+		for _, d := range ds {
+			if got[d] {
+				t.Fatalf("blob %s handed out twice", d)
+			}
+			got[d] = true
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(got, want) || chunks < 3 || chunks > 5 {
+		t.Fatalf("%d blobs of %d in %d chunks of about 100", len(got), len(want), chunks)
+	}
+	stop := errors.New("stop")
+	if err := s.Chunks(100, func([]Digest) error { return stop }); err != stop {
+		t.Fatalf("Chunks returned %v, not the error of fn", err)
+	}
+	keys, err := s.Shorts()
+	if err != nil || len(keys) != len(want) || !slices.IsSorted(keys) {
+		t.Fatalf("Shorts: %d keys, sorted %v, %v", len(keys), slices.IsSorted(keys), err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/shortmap"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,7 +20,7 @@ import (
 // which forgets marks, forgets no shared one.
 type fresh struct {
 	mu sync.Mutex
-	at map[uint64]int64 // by Digest.Short: when, as a stamp
+	at shortmap.Map[int64] // by Digest.Short: when, as a stamp
 }
 
 // epoch is what fresh's times count from: time.Since of it is monotonic, as
@@ -32,10 +33,7 @@ func stamp(t time.Time) int64 { return int64(t.Sub(epoch)) }
 func (f *fresh) touch(d Digest) {
 	now := stamp(time.Now())
 	f.mu.Lock()
-	if f.at == nil {
-		f.at = map[uint64]int64{}
-	}
-	f.at[d.Short()] = now
+	f.at.Set(d.Short(), now)
 	f.mu.Unlock()
 }
 
@@ -43,14 +41,14 @@ func (f *fresh) touch(d Digest) {
 func (f *fresh) since(d Digest, t time.Time) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	at, ok := f.at[d.Short()]
+	at, ok := f.at.Get(d.Short())
 	return ok && at >= stamp(t)
 }
 
 // when returns when d was written or kept last, if it was in the window.
 func (f *fresh) when(d Digest) (time.Time, bool) {
 	f.mu.Lock()
-	at, ok := f.at[d.Short()]
+	at, ok := f.at.Get(d.Short())
 	f.mu.Unlock()
 	return epoch.Add(time.Duration(at)), ok
 }
@@ -60,11 +58,7 @@ func (f *fresh) expire(t time.Time) {
 	before := stamp(t)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for k, at := range f.at {
-		if at < before {
-			delete(f.at, k)
-		}
-	}
+	f.at.DeleteFunc(func(_ uint64, at int64) bool { return at < before })
 }
 
 // Keep returns the size of blob d, or -1 if the store lacks it, and keeps a
@@ -144,33 +138,22 @@ func (s *Store) Evict(d Digest, window time.Duration) bool {
 	return true
 }
 
-// Settle forgets that the blobs all[i] for which live(i) were written or
-// kept before t: a collection found them referenced by a root listed after
-// t, so the commits that wrote them have landed, and once they turn garbage
-// only a new Keep (a new commit naming them) should hold them back. all is
-// every blob of the store, listed after t: a mark that one of the others
-// shares may be that blob's, for a commit in flight, and stays (one that a
-// blob stored since shares is newer than t).
-func (s *Store) Settle(all []Digest, live func(i int) bool, t time.Time) {
-	keys := make([]uint64, len(all))
-	for i, d := range all {
-		keys[i] = d.Short()
-	}
-	slices.Sort(keys)
-	shared := func(k uint64) bool {
-		i, ok := slices.BinarySearch(keys, k)
-		return !ok || i+1 < len(keys) && keys[i+1] == k
-	}
+// Settle forgets that the blobs of Short keys[i] for which live(i) were
+// written or kept before t: a collection found them referenced by a root
+// listed after t, so the commits that wrote them have landed, and once they
+// turn garbage only a new Keep (a new commit naming them) should hold them
+// back. keys is the Shorts of the store, listed after t: a mark two blobs
+// share may be the other's, for a commit in flight, and stays (as does one
+// that a blob stored since shares: it is newer than t).
+func (s *Store) Settle(keys []uint64, live func(i int) bool, t time.Time) {
 	before := stamp(t)
 	s.fresh.mu.Lock()
 	defer s.fresh.mu.Unlock()
-	for i, d := range all {
-		if !live(i) {
-			continue
+	s.fresh.at.DeleteFunc(func(k uint64, at int64) bool {
+		if at >= before {
+			return false
 		}
-		k := d.Short()
-		if at, ok := s.fresh.at[k]; ok && at < before && !shared(k) {
-			delete(s.fresh.at, k)
-		}
-	}
+		i, ok := slices.BinarySearch(keys, k) // the first of k's run
+		return ok && live(i) && (i+1 == len(keys) || keys[i+1] != k)
+	})
 }

@@ -1,7 +1,6 @@
 package group
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"fmt"
@@ -107,12 +106,12 @@ func (g *Group) Collect(ctx context.Context, opt CollectOptions) (Collection, er
 	g.self.store.Forget(time.Now().Add(-opt.Grace))
 	var res Collection
 	heldAt := time.Now() // before the store is listed: see Settle
-	all, err := g.self.store.All()
+	keys, err := g.self.store.Shorts()
 	if err != nil {
 		return res, err
 	}
-	h := newHeld(all)
-	res.Held = len(all)
+	h := newHeld(keys)
+	res.Held = len(keys)
 	h.mark(cas.Sum(tree.Empty()))
 	w := &walk{g: g, ctx: ctx, held: h, visited: map[cas.Digest]bool{}}
 	distinct := map[cas.Digest]bool{}
@@ -158,16 +157,17 @@ func (g *Group) Collect(ctx context.Context, opt CollectOptions) (Collection, er
 	}
 	res.Roots = len(distinct)
 	res.Trees = len(w.visited)
-	g.self.store.Settle(h.all, h.live, heldAt)
+	g.self.store.Settle(h.keys, h.live, heldAt)
 	now := time.Now()
 	seen := map[cas.Digest]time.Time{}
 	var doomed []cas.Digest
-	for i, d := range h.all {
-		if h.live(i) {
-			continue
+	// The store is walked again for the digests of what was not marked.
+	err = g.self.store.Each(func(d cas.Digest) {
+		if live, listed := h.held(d); live || !listed { // not listed: stored since
+			return
 		}
 		if opt.InUse != nil && opt.InUse(d) {
-			continue
+			return
 		}
 		first, ok := c.seen[d]
 		if !ok {
@@ -179,6 +179,9 @@ func (g *Group) Collect(ctx context.Context, opt CollectOptions) (Collection, er
 		if opt.Pressure || now.Sub(first) >= opt.Grace {
 			doomed = append(doomed, d)
 		}
+	})
+	if err != nil {
+		return res, err
 	}
 	c.seen = seen
 	c.gmu.Lock()
@@ -231,28 +234,35 @@ func (g *Group) liveRoots(ctx context.Context) ([]cas.Digest, error) {
 	return roots, nil
 }
 
-// held is the store's blobs as one collection listed them, sorted, with
-// those a live root references marked: a bit a blob rather than a map
-// entry, as a store may hold millions.
+// held is the store's blobs as one collection listed them, by Short,
+// sorted, with those a live root references marked: 8 bytes and a bit a
+// blob rather than a map entry, as a store may hold millions. Blobs that
+// share a Short share its mark (the first of its run), so a blob is kept
+// if another of its Short is referenced, never collected for it.
 type held struct {
-	all    []cas.Digest
-	marked []uint64 // bit i: all[i] is referenced
+	keys   []uint64
+	marked []uint64 // bit i: a blob of Short keys[i] is referenced
 }
 
-func newHeld(all []cas.Digest) *held {
-	slices.SortFunc(all, func(a, b cas.Digest) int { return bytes.Compare(a[:], b[:]) })
-	return &held{all: all, marked: make([]uint64, (len(all)+63)/64)}
+func newHeld(keys []uint64) *held {
+	return &held{keys: keys, marked: make([]uint64, (len(keys)+63)/64)}
 }
 
 // mark records that a live root references d, if the store holds it.
 func (h *held) mark(d cas.Digest) {
-	if i, ok := slices.BinarySearchFunc(h.all, d, func(a, b cas.Digest) int { return bytes.Compare(a[:], b[:]) }); ok {
+	if i, ok := slices.BinarySearch(h.keys, d.Short()); ok {
 		h.marked[i/64] |= 1 << (i % 64)
 	}
 }
 
-// live reports whether all[i] is referenced.
+// live reports whether keys[i] is marked.
 func (h *held) live(i int) bool { return h.marked[i/64]&(1<<(i%64)) != 0 }
+
+// held reports whether d is marked, and whether it was listed at all.
+func (h *held) held(d cas.Digest) (live, listed bool) {
+	i, ok := slices.BinarySearch(h.keys, d.Short())
+	return ok && h.live(i), ok
+}
 
 // walk marks in held what live roots reference.
 type walk struct {

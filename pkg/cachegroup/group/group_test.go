@@ -3,6 +3,7 @@ package group
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
@@ -41,5 +42,24 @@ func TestSnapshotsAndClone(t *testing.T) {
 	}
 	if _, err := g.CreateVolume(ctx, volume.Spec{Name: "clone", Quota: 200}, snap.ID); !errors.Is(err, volume.ErrExists) {
 		t.Fatalf("same name, other quota: %v", err)
+	}
+}
+
+// Blobs whose digests share a Short share a mark: one referenced keeps the
+// other, and a blob stored after the listing is never taken for garbage.
+func TestHeldKeepsBlobsSharingAShort(t *testing.T) {
+	a, b, c, later := cas.Sum([]byte("a")), cas.Sum([]byte("b")), cas.Sum([]byte("c")), cas.Sum([]byte("later"))
+	copy(b[:8], a[:8]) // b shares a's Short
+	keys := []uint64{a.Short(), b.Short(), c.Short()}
+	slices.Sort(keys)
+	h := newHeld(keys)
+	h.mark(b)
+	for _, x := range []struct {
+		d            cas.Digest
+		live, listed bool
+	}{{a, true, true}, {b, true, true}, {c, false, true}, {later, false, false}} {
+		if live, listed := h.held(x.d); live != x.live || listed != x.listed {
+			t.Errorf("held(%s) = %v, %v; want %v, %v", x.d, live, listed, x.live, x.listed)
+		}
 	}
 }

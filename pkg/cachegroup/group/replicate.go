@@ -118,7 +118,11 @@ func (g *Group) reconcileHeads(ctx context.Context) int {
 	return n
 }
 
-// reconcileBlobs walks the local store.
+// reconcileChunk is about how many blobs of the store one step of a pass
+// holds: a pass over millions holds a few MB.
+const reconcileChunk = 1 << 16
+
+// reconcileBlobs walks the local store, a chunk at a time.
 func (g *Group) reconcileBlobs(ctx context.Context, p *Pass, inUse func(cas.Digest) bool) error {
 	down := 0
 	for _, m := range g.Members() {
@@ -126,21 +130,49 @@ func (g *Group) reconcileBlobs(ctx context.Context, p *Pass, inUse func(cas.Dige
 			down++
 		}
 	}
-	all, err := g.self.store.All()
+	r := &reconcile{g: g, p: p, inUse: inUse, failed: map[Peer]bool{}}
+	g.metrics.ReplicationPending.Set(0)
+	err := g.self.store.Chunks(reconcileChunk, func(ds []cas.Digest) error {
+		r.chunk(ctx, ds)
+		return ctx.Err()
+	})
 	if err != nil {
 		return err
 	}
+	p.Owned = r.owned
+	g.metrics.OwnedBlobs.Set(float64(r.owned))
+	g.metrics.OwnedBytes.Set(float64(r.ownedBytes))
+	g.metrics.ReplicationPending.Set(0)
+	g.metrics.BelowR.Set(float64(r.below))
+	g.metrics.PassDown.Set(float64(down))
+	g.metrics.BlobPasses.Inc()
+	p.BelowR = r.below
+	return nil
+}
+
+// reconcile is one pass of reconcileBlobs: what it has counted so far.
+type reconcile struct {
+	g      *Group
+	p      *Pass
+	inUse  func(cas.Digest) bool
+	failed map[Peer]bool // members that failed a request: not asked again this pass
+
+	owned      int
+	ownedBytes int64
+	below      int
+}
+
+// chunk reconciles the blobs ds.
+func (r *reconcile) chunk(ctx context.Context, ds []cas.Digest) {
+	g, p := r.g, r.p
 	// Group the blobs by the remote members that should hold them, and ask
 	// each member in batches which it has.
 	want := map[Peer][]cas.Digest{}
-	var owned int
-	var ownedBytes int64
-	for _, d := range all {
+	for _, d := range ds {
 		if g.Garbage(d) {
 			continue // not pushed anywhere: a member back from away resurrects nothing
 		}
-		ts := g.placed(d)
-		for _, t := range ts {
+		for _, t := range g.placed(d) {
 			// An owner down within the grace period is neither given
 			// copies nor replaced: it keeps its place until it is gone.
 			if t != Peer(g.self) && g.Live(t.Name()) {
@@ -148,29 +180,31 @@ func (g *Group) reconcileBlobs(ctx context.Context, p *Pass, inUse func(cas.Dige
 			}
 		}
 		if g.IsOwner(d) {
-			owned++
+			r.owned++
 			if fi, err := os.Lstat(g.self.store.Path(d)); err == nil {
-				ownedBytes += fi.Size()
+				r.ownedBytes += fi.Size()
 			}
 		}
 	}
-	pending := 0
-	for _, ds := range want {
-		pending += len(ds)
+	for _, ws := range want {
+		g.metrics.ReplicationPending.Add(float64(len(ws))) // checks of copies still to make
 	}
-	g.metrics.ReplicationPending.Set(float64(pending)) // checks of copies still to make
-	p.Owned = owned
-	g.metrics.OwnedBlobs.Set(float64(owned))
-	g.metrics.OwnedBytes.Set(float64(ownedBytes))
 	confirmed := map[cas.Digest]int{}
-	for t, ds := range want {
-		for i := 0; i < len(ds); i += sizesBatch {
-			batch := ds[i:min(i+sizesBatch, len(ds))]
+	for t, ws := range want {
+		for i := 0; i < len(ws); i += sizesBatch {
+			batch := ws[i:min(i+sizesBatch, len(ws))]
+			if r.failed[t] {
+				p.Failed += len(batch)
+				g.metrics.ReplicationPending.Sub(float64(len(batch)))
+				continue
+			}
 			sizes, err := t.Sizes(ctx, batch)
 			if err != nil {
 				g.Failed(t, err)
+				r.failed[t] = true
 				p.Failed += len(batch)
-				break
+				g.metrics.ReplicationPending.Sub(float64(len(batch)))
+				continue
 			}
 			var missing []cas.Digest
 			for j, d := range batch {
@@ -195,17 +229,16 @@ func (g *Group) reconcileBlobs(ctx context.Context, p *Pass, inUse func(cas.Dige
 	}
 	// Drop copies this member no longer should hold, once every target has
 	// one; count the blobs with fewer than R copies known.
-	below := 0
-	for _, d := range all {
+	for _, d := range ds {
 		ts := g.placed(d)
 		mine := slices.Contains(ts, Peer(g.self))
 		if copies := confirmed[d]; mine && copies+1 < g.replicas || !mine && copies < g.replicas {
-			below++
+			r.below++
 		}
 		if mine || confirmed[d] < len(ts) || len(ts) < g.replicas {
 			continue
 		}
-		if inUse != nil && inUse(d) {
+		if r.inUse != nil && r.inUse(d) {
 			continue
 		}
 		if g.self.store.Linked(d) {
@@ -215,12 +248,6 @@ func (g *Group) reconcileBlobs(ctx context.Context, p *Pass, inUse func(cas.Dige
 		p.Dropped++
 		g.metrics.Replicated.WithLabelValues("dropped").Inc()
 	}
-	g.metrics.ReplicationPending.Set(0)
-	g.metrics.BelowR.Set(float64(below))
-	g.metrics.PassDown.Set(float64(down))
-	g.metrics.BlobPasses.Inc()
-	p.BelowR = below
-	return nil
 }
 
 func (g *Group) pushTo(ctx context.Context, t Peer, d cas.Digest) error {

@@ -159,20 +159,19 @@ func (n *Node) Evict(need int64, keeps func(cas.Digest) bool) (blobs int, bytes 
 		used int64
 		size int64
 	}
-	all, err := n.store.All()
-	if err != nil {
-		return 0, 0
-	}
 	var cs []copy
-	for _, d := range all {
+	err := n.store.Each(func(d cas.Digest) {
 		if n.group.IsOwner(d) || keeps(d) {
-			continue
+			return
 		}
 		var st unix.Stat_t
 		if unix.Lstat(n.store.Path(d), &st) != nil || st.Nlink > 1 {
-			continue
+			return
 		}
 		cs = append(cs, copy{d, st.Ctim.Nano(), st.Size})
+	})
+	if err != nil {
+		return 0, 0
 	}
 	slices.SortFunc(cs, func(a, b copy) int { return cmp.Compare(a.used, b.used) })
 	for _, c := range cs {

@@ -82,15 +82,16 @@ type Node struct {
 	// which its owners do. Each holds the round of forgetPrivate it was
 	// set or renewed in.
 	private map[uint64]uint32
-	round   uint32         // of forgetPrivate
-	swept   time.Time      // when private last lost the marks of blobs gone
-	pinned  map[uint64]int // blobs of commits in progress, by short: kept here
-	sharing atomic.Int64   // hydrations of shared snapshots in progress
-	syncs   syncs          // of the store's filesystem, shared by submits
-	lay     layerState     // thin layers: builds and holds (layers.go)
-	diskMu  sync.Mutex     // serialises counts of the layer disks
-	trashMu sync.Mutex     // serialises sweeps of the trash
-	disks   *diskPool      // layer images made ahead
+	round   uint32           // of forgetPrivate
+	swept   time.Time        // when private last lost the marks of blobs gone
+	pinned  map[int][]uint64 // the keys of the commits in progress: their blobs are kept here
+	pinSeq  int
+	sharing atomic.Int64 // hydrations of shared snapshots in progress
+	syncs   syncs        // of the store's filesystem, shared by submits
+	lay     layerState   // thin layers: builds and holds (layers.go)
+	diskMu  sync.Mutex   // serialises counts of the layer disks
+	trashMu sync.Mutex   // serialises sweeps of the trash
+	disks   *diskPool    // layer images made ahead
 
 	wake       chan struct{}
 	trashWake  chan struct{}
@@ -124,7 +125,7 @@ type Node struct {
 // layers left by an earlier process are mounted again.
 func Open(dir string, g *group.Group) (*Node, error) {
 	n := &Node{dir: dir, store: g.Store(), group: g, private: map[uint64]uint32{},
-		pinned: map[uint64]int{}, wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1), useWake: make(chan struct{}, 1), settleWake: make(chan struct{}, 1), retry: defaultRetry}
+		pinned: map[int][]uint64{}, wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1), useWake: make(chan struct{}, 1), settleWake: make(chan struct{}, 1), retry: defaultRetry}
 	for _, sub := range []string{"snaps", "pods", "outbox", "quarantine", "trash", "staged", "disks"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("open node tier: %w", err)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
@@ -218,14 +219,19 @@ func must(t *testing.T, err error) {
 // commits name them.
 func TestPinnedBlobs(t *testing.T) {
 	n, _ := newNode(t)
-	d := cas.Sum([]byte("blob"))
-	first := n.pin([]cas.Digest{d})
-	second := n.pin([]cas.Digest{d})
-	n.unpin(first)
+	d, other := cas.Sum([]byte("blob")), cas.Sum([]byte("other"))
+	keys := []uint64{short(d), short(other)}
+	slices.Sort(keys)
+	unpinFirst := n.pin(keys)
+	unpinSecond := n.pin([]uint64{short(d)})
+	unpinFirst()
 	if !n.Pinned(d) {
 		t.Fatal("a blob of a commit in progress is not pinned")
 	}
-	n.unpin(second)
+	if n.Pinned(other) {
+		t.Fatal("a blob of a commit that ended is still pinned")
+	}
+	unpinSecond()
 	if n.Pinned(d) {
 		t.Fatal("a blob no commit names is still pinned")
 	}

@@ -99,8 +99,13 @@ func (n *Node) commitEntry(ctx context.Context, entry string) error {
 	}
 	// The commit's blobs stay on this node until the commit is applied:
 	// re-replication must not hand them over halfway.
-	var pinned []uint64
-	defer func() { n.unpin(pinned) }()
+	keys := m.keys
+	if keys == nil { // the manifest an earlier attempt wrote
+		if keys, err = n.readKeys(entry); err != nil {
+			return err
+		}
+	}
+	defer n.pin(keys)()
 	load := func(d cas.Digest) error {
 		if n.store.Has(d) {
 			return nil
@@ -118,7 +123,6 @@ func (n *Node) commitEntry(ctx context.Context, entry string) error {
 				blobs = append(blobs, op.Entry.Digest)
 			}
 		}
-		pinned = append(pinned, n.pin(blobs)...)
 		if copied && buf == nil {
 			buf = make([]byte, copyBuf)
 		}
@@ -143,7 +147,6 @@ func (n *Node) commitEntry(ctx context.Context, entry string) error {
 		for i, p := range m.Commit.Parts {
 			parts[i] = p.Digest
 		}
-		pinned = append(pinned, n.pin(parts)...)
 		if err := n.group.PushAll(ctx, parts); err != nil {
 			return err
 		}

@@ -2,6 +2,7 @@ package node
 
 import (
 	"encoding/binary"
+	"slices"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
 )
@@ -12,26 +13,19 @@ import (
 // keep a blob on this node a little longer.
 func short(d cas.Digest) uint64 { return binary.BigEndian.Uint64(d[:8]) }
 
-// pin keeps blobs ds on this node until unpin is given what it returns:
-// see Pinned.
-func (n *Node) pin(ds []cas.Digest) []uint64 {
-	keys := make([]uint64, len(ds))
+// pin keeps on this node, until the returned unpin is called, the blobs
+// whose shorts are keys, sorted (an outbox entry's keys): see Pinned. The
+// list is the commit's own, held while it runs, not a copy in a set.
+func (n *Node) pin(keys []uint64) (unpin func()) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for i, d := range ds {
-		keys[i] = short(d)
-		n.pinned[keys[i]]++
-	}
-	return keys
-}
-
-func (n *Node) unpin(keys []uint64) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for _, k := range keys {
-		if n.pinned[k]--; n.pinned[k] <= 0 {
-			delete(n.pinned, k)
-		}
+	n.pinSeq++
+	id := n.pinSeq
+	n.pinned[id] = keys
+	return func() {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		delete(n.pinned, id)
 	}
 }
 
@@ -40,7 +34,13 @@ func (n *Node) unpin(keys []uint64) {
 // because the commit pushes it from here and, until the commit is applied,
 // this copy may be the only one.
 func (n *Node) Pinned(d cas.Digest) bool {
+	k := short(d)
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.pinned[short(d)] > 0
+	for _, keys := range n.pinned {
+		if _, ok := slices.BinarySearch(keys, k); ok {
+			return true
+		}
+	}
+	return false
 }

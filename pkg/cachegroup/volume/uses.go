@@ -1,7 +1,6 @@
 package volume
 
 import (
-	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/files"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/shortmap"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree"
 )
 
@@ -31,26 +31,26 @@ type uses struct {
 	path string
 
 	mu    sync.Mutex
-	at    map[uint64]int64 // by the digest's first 64 bits: nanoseconds since the epoch
+	at    shortmap.Map[int64] // by the digest's first 64 bits: nanoseconds since the epoch
 	saved time.Time
 	dirty bool
 }
 
 // A record is a key and a time. Keys are a quarter of a digest, for a
-// table of a million blobs in some 40 MB; two blobs sharing one only
+// table of a million blobs in some 20 MB; two blobs sharing one only
 // share a last use, which orders an eviction a little wrong, never more.
 const useRecord = 8 + 8
 
 func useKey(d cas.Digest) uint64 { return binary.LittleEndian.Uint64(d[:8]) }
 
 func loadUses(path string) *uses {
-	u := &uses{path: path, at: map[uint64]int64{}, saved: time.Now()}
+	u := &uses{path: path, saved: time.Now()}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return u // none yet, or unreadable: every file falls back to its mtime
 	}
 	for ; len(b) >= useRecord; b = b[useRecord:] {
-		u.at[binary.LittleEndian.Uint64(b[:8])] = int64(binary.LittleEndian.Uint64(b[8:useRecord]))
+		u.at.Set(binary.LittleEndian.Uint64(b[:8]), int64(binary.LittleEndian.Uint64(b[8:useRecord])))
 	}
 	return u
 }
@@ -61,37 +61,46 @@ func (u *uses) touch(ds []cas.Digest, t time.Time) {
 	defer u.mu.Unlock()
 	for _, d := range ds {
 		k := useKey(d)
-		u.at[k] = max(u.at[k], t.UnixNano())
+		at, _ := u.at.Get(k)
+		u.at.Set(k, max(at, t.UnixNano()))
 	}
 	u.dirty = true
-	if len(u.at) > maxUses {
-		u.forgetOldest()
+	if u.at.Len() > maxUses {
+		u.forgetOldest(maxUses)
 	}
 	if time.Since(u.saved) >= usesSave {
 		u.save()
 	}
 }
 
-// forgetOldest drops the least recently used tenth; u.mu is held.
-func (u *uses) forgetOldest() {
-	type use struct {
-		k, at int64
+// forgetOldest drops the least recently used, down to 9/10 of bound; u.mu
+// is held.
+func (u *uses) forgetOldest(bound int) {
+	ats := make([]int64, 0, u.at.Len())
+	for _, at := range u.at.All() {
+		ats = append(ats, at)
 	}
-	all := make([]use, 0, len(u.at))
-	for k, at := range u.at {
-		all = append(all, use{int64(k), at})
-	}
-	slices.SortFunc(all, func(a, b use) int { return cmp.Compare(a.at, b.at) })
-	for _, x := range all[:len(all)-maxUses*9/10] {
-		delete(u.at, uint64(x.k))
-	}
+	slices.Sort(ats)
+	drop := len(ats) - bound*9/10
+	newest := ats[drop-1] // the last use of the newest to go
+	// Of the uses at newest, as many go as make up drop: a commit records
+	// all its blobs at one time.
+	ties, _ := slices.BinarySearch(ats, newest)
+	ties = drop - ties
+	u.at.DeleteFunc(func(_ uint64, at int64) bool {
+		if at == newest && ties > 0 {
+			ties--
+			return true
+		}
+		return at < newest
+	})
 }
 
 // save writes the table down; u.mu is held. A failure is retried at the
 // next touch.
 func (u *uses) save() {
-	b := make([]byte, 0, len(u.at)*useRecord)
-	for k, at := range u.at {
+	b := make([]byte, 0, u.at.Len()*useRecord)
+	for k, at := range u.at.All() {
 		b = binary.LittleEndian.AppendUint64(b, k)
 		b = binary.LittleEndian.AppendUint64(b, uint64(at))
 	}
@@ -105,7 +114,7 @@ func (u *uses) save() {
 func (u *uses) recency(e tree.Entry) int64 {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if at, ok := u.at[useKey(e.Digest)]; ok {
+	if at, ok := u.at.Get(useKey(e.Digest)); ok {
 		return at
 	}
 	return e.Mtime
