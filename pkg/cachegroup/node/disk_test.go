@@ -143,6 +143,11 @@ func TestQuotaBoundsWritesAndCommitsByCopy(t *testing.T) {
 	if _, mounted, err := mountedDev(entry); err != nil || !mounted {
 		t.Fatalf("the disk of an entry in the outbox is not mounted: %v", err)
 	}
+	// Submitted is durable: nothing of the image is left to write back,
+	// though the store's filesystem was not synced for it.
+	if dirty := dirtyPages(t, filepath.Join(entry, diskImage)); dirty > 0 {
+		t.Fatalf("%d pages of a submitted layer's image are not on the disk", dirty)
+	}
 	must(t, n.commitEntry(ctx, entry))
 	cur, err := h.Volume(ctx, v.ID)
 	must(t, err)
@@ -188,6 +193,18 @@ func TestSmallQuotaLayerHoldsNoMoreThanItsQuota(t *testing.T) {
 		n.Drop(target)
 	}
 	checkReleased(t, n)
+}
+
+// dirtyPages returns the pages of the file at path in the page cache that are
+// dirty or being written back.
+func dirtyPages(t *testing.T, path string) uint64 {
+	t.Helper()
+	f, err := os.Open(path)
+	must(t, err)
+	defer f.Close()
+	var cs unix.Cachestat_t
+	must(t, unix.Cachestat(uint(f.Fd()), &unix.CachestatRange{}, &cs, 0))
+	return cs.Dirty + cs.Writeback
 }
 
 // recountAndCharge counts the layer disks and returns what the store is

@@ -290,7 +290,7 @@ func (n *Node) Submit(target string) error {
 	if err := os.Rename(dir, filepath.Join(n.dir, "outbox", name)); err != nil {
 		return fmt.Errorf("move layer into outbox: %w", err)
 	}
-	if err := files.SyncDir(filepath.Join(n.dir, "outbox")); err != nil {
+	if err := files.Sync(filepath.Join(n.dir, "outbox")); err != nil {
 		return err
 	}
 	n.kick()
@@ -298,17 +298,20 @@ func (n *Node) Submit(target string) error {
 }
 
 // flush makes every write of the layer in dir durable: the overlay is
-// mounted volatile, so the pod's own fsyncs cost nothing, and one syncfs of
-// the store's filesystem does it, shared by the layers flushed at once. A
-// layer's own filesystem is synced first, into its image on the store's.
+// mounted volatile, so the pod's own fsyncs cost nothing. A layer with a
+// disk of its own syncs that filesystem and then its image, and nothing
+// else of the store's disk (not the disks being made ahead, nor other
+// pods' writes); a layer without one takes one syncfs of the store's
+// filesystem, shared by the layers flushed at once.
 func (n *Node) flush(dir string) error {
-	if hasDisk(dir) {
-		if err := sealDisk(dir); err != nil {
-			return err
-		}
-		defer n.recountDisks()
+	if !hasDisk(dir) {
+		return n.syncs.do(n.store.Sync)
 	}
-	return n.syncs.do(n.store.Sync)
+	defer n.recountDisks()
+	if err := sealDisk(dir); err != nil {
+		return err
+	}
+	return files.Sync(filepath.Join(dir, diskImage))
 }
 
 // syncs shares syncs among callers: one started after a caller came covers

@@ -152,12 +152,12 @@ func WriteAtomic(path string, b []byte) error {
 		os.Remove(tmp)
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	return SyncDir(filepath.Dir(path))
+	return Sync(filepath.Dir(path))
 }
 
-// SyncDir makes the entries of dir durable.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
+// Sync makes the file at path durable: its data, or a directory's entries.
+func Sync(path string) error {
+	d, err := os.Open(path)
 	if err != nil {
 		return err
 	}
