@@ -144,11 +144,13 @@ func sampleHeap() (stop func() uint64) {
 	go func() {
 		defer wg.Done()
 		var m runtime.MemStats
+		var profiled uint64 // the heap in use when the profile was last taken
 		tick := time.NewTicker(20 * time.Millisecond)
 		defer tick.Stop()
 		for {
 			runtime.ReadMemStats(&m)
-			if *heapProfile != "" && m.HeapInuse > peak+peak/20 {
+			if *heapProfile != "" && m.HeapInuse > profiled+profiled/20 {
+				profiled = m.HeapInuse
 				runtime.GC() // the profile tells of the last collection
 				prof.Reset()
 				pprof.WriteHeapProfile(&prof)
