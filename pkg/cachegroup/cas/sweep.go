@@ -78,16 +78,14 @@ func (s *Store) Keep(d Digest) int64 {
 // Sweep deletes the blobs of garbage, as a collection found them: blobs no
 // live root references. It leaves those written or kept (see Keep) at or
 // after since, and those linked into a snapshot on this node, and returns
-// how many blobs and bytes it deleted. What was written or kept before
-// forget is forgotten.
-func (s *Store) Sweep(garbage []Digest, since, forget time.Time) (blobs int, bytes int64) {
+// how many blobs and bytes it deleted.
+func (s *Store) Sweep(garbage []Digest, since time.Time) (blobs int, bytes int64) {
 	for _, d := range garbage {
 		if n := s.sweep(d, since); n >= 0 {
 			blobs++
 			bytes += n
 		}
 	}
-	s.fresh.expire(forget)
 	return blobs, bytes
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/shortmap"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree"
 	"k8s.io/klog/v2"
 )
@@ -57,20 +58,22 @@ const maxTreeObject = 64 << 20
 // garbage of the last.
 type collector struct {
 	mu     sync.Mutex
-	seen   map[cas.Digest]time.Time // garbage, with when it was first found
+	seen   shortmap.Map[int64]      // garbage by Short, with when it was first found (Unix ns)
 	recent map[cas.Digest]time.Time // roots live lately, with when last seen
 
-	// garbage is what the last complete collection found, for the
-	// reconciler, which neither pushes nor asks about it; nil before one.
+	// garbage is the Shorts of what the last complete collection found,
+	// sorted, for the reconciler, which neither pushes nor asks about it.
+	// A live blob sharing a Short with garbage waits for a pass after the
+	// garbage is gone.
 	gmu     sync.RWMutex
-	garbage map[cas.Digest]bool
+	garbage []uint64
 	marked  chan struct{} // closed once a collection has completed
 
 	kick chan struct{} // asks for a collection soon
 }
 
 func newCollector() *collector {
-	return &collector{seen: map[cas.Digest]time.Time{}, recent: map[cas.Digest]time.Time{},
+	return &collector{recent: map[cas.Digest]time.Time{},
 		marked: make(chan struct{}), kick: make(chan struct{}, 1)}
 }
 
@@ -80,7 +83,8 @@ func (g *Group) Garbage(d cas.Digest) bool {
 	c := g.gc
 	c.gmu.RLock()
 	defer c.gmu.RUnlock()
-	return c.garbage[d]
+	_, ok := slices.BinarySearch(c.garbage, d.Short())
+	return ok
 }
 
 // KickCollector asks for a collection soon (after a volume or snapshot is
@@ -158,9 +162,26 @@ func (g *Group) Collect(ctx context.Context, opt CollectOptions) (Collection, er
 	res.Roots = len(distinct)
 	res.Trees = len(w.visited)
 	g.self.store.Settle(h.keys, h.live, heldAt)
+	// A blob kept for a commit after since is left: the commit, if it was
+	// not applied before the last listing, is applied within the window.
+	window := opt.Grace
+	if opt.Pressure {
+		window = cmp.Or(opt.Window, pressureWindow)
+	}
+	since := listed.Add(-window)
 	now := time.Now()
-	seen := map[cas.Digest]time.Time{}
-	var doomed []cas.Digest
+	// What was found garbage, by Short, with when it was first found: a
+	// commit of a million files in flight is a million blobs of garbage.
+	var seen shortmap.Map[int64]
+	var doomed []cas.Digest // deleted a batch at a time
+	sweep := func() {
+		if !opt.DryRun {
+			n, freed := g.self.store.Sweep(doomed, since)
+			res.Deleted += n
+			res.Freed += freed
+		}
+		doomed = doomed[:0]
+	}
 	// The store is walked again for the digests of what was not marked.
 	err = g.self.store.Each(func(d cas.Digest) {
 		if live, listed := h.held(d); live || !listed { // not listed: stored since
@@ -169,46 +190,49 @@ func (g *Group) Collect(ctx context.Context, opt CollectOptions) (Collection, er
 		if opt.InUse != nil && opt.InUse(d) {
 			return
 		}
-		first, ok := c.seen[d]
+		k := d.Short()
+		first, ok := c.seen.Get(k)
 		if !ok {
-			first = now
+			first = now.UnixNano()
 		}
-		seen[d] = first
+		seen.Set(k, first)
 		res.Garbage++
 		res.Bytes += max(g.self.store.Size(d), 0)
-		if opt.Pressure || now.Sub(first) >= opt.Grace {
+		if opt.Pressure || now.Sub(time.Unix(0, first)) >= opt.Grace {
 			doomed = append(doomed, d)
+			if len(doomed) == sweepBatch {
+				sweep()
+			}
 		}
 	})
+	sweep()
 	if err != nil {
 		return res, err
 	}
+	g.self.store.Forget(time.Now().Add(-opt.Grace))
 	c.seen = seen
-	c.gmu.Lock()
-	first := c.garbage == nil
-	c.garbage = make(map[cas.Digest]bool, len(seen))
-	for d := range seen {
-		c.garbage[d] = true
+	garbage := make([]uint64, 0, seen.Len())
+	for k := range seen.All() {
+		garbage = append(garbage, k)
 	}
+	slices.Sort(garbage)
+	c.gmu.Lock()
+	c.garbage = garbage
 	c.gmu.Unlock()
-	if first {
+	select {
+	case <-c.marked:
+	default:
 		close(c.marked)
 	}
 	g.metrics.Garbage.Set(float64(res.Garbage))
-	if opt.DryRun {
-		return res, nil
-	}
-	// A blob kept for a commit after since is left: the commit, if it was
-	// not applied before the last listing, is applied within the window.
-	window := opt.Grace
-	if opt.Pressure {
-		window = cmp.Or(opt.Window, pressureWindow)
-	}
-	res.Deleted, res.Freed = g.self.store.Sweep(doomed, listed.Add(-window), time.Now().Add(-opt.Grace))
 	g.metrics.CollectedBlobs.Add(float64(res.Deleted))
 	g.metrics.CollectedBytes.Add(float64(res.Freed))
 	return res, nil
 }
+
+// sweepBatch is how many blobs of garbage a collection deletes at a time, as
+// it walks the store.
+const sweepBatch = 4096
 
 // liveRoots lists the root of every head and snapshot every member keeps.
 func (g *Group) liveRoots(ctx context.Context) ([]cas.Digest, error) {
