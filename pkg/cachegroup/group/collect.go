@@ -58,22 +58,22 @@ const maxTreeObject = 64 << 20
 // garbage of the last.
 type collector struct {
 	mu     sync.Mutex
-	seen   shortmap.Map[int64]      // garbage by Short, with when it was first found (Unix ns)
 	recent map[cas.Digest]time.Time // roots live lately, with when last seen
 
-	// garbage is the Shorts of what the last complete collection found,
-	// sorted, for the reconciler, which neither pushes nor asks about it.
-	// A live blob sharing a Short with garbage waits for a pass after the
-	// garbage is gone.
-	gmu     sync.RWMutex
-	garbage []uint64
-	marked  chan struct{} // closed once a collection has completed
+	// seen is the garbage the last complete collection found, by Short,
+	// with when it was first found (Unix ns): for the next collection,
+	// and for the reconciler, which neither pushes nor asks about it. A
+	// live blob sharing a Short with garbage waits for a pass after the
+	// garbage is gone. A collection reads it and replaces it whole.
+	gmu    sync.RWMutex
+	seen   *shortmap.Map[int64]
+	marked chan struct{} // closed once a collection has completed
 
 	kick chan struct{} // asks for a collection soon
 }
 
 func newCollector() *collector {
-	return &collector{recent: map[cas.Digest]time.Time{},
+	return &collector{recent: map[cas.Digest]time.Time{}, seen: &shortmap.Map[int64]{},
 		marked: make(chan struct{}), kick: make(chan struct{}, 1)}
 }
 
@@ -83,7 +83,7 @@ func (g *Group) Garbage(d cas.Digest) bool {
 	c := g.gc
 	c.gmu.RLock()
 	defer c.gmu.RUnlock()
-	_, ok := slices.BinarySearch(c.garbage, d.Short())
+	_, ok := c.seen.Get(d.Short())
 	return ok
 }
 
@@ -172,7 +172,7 @@ func (g *Group) Collect(ctx context.Context, opt CollectOptions) (Collection, er
 	now := time.Now()
 	// What was found garbage, by Short, with when it was first found: a
 	// commit of a million files in flight is a million blobs of garbage.
-	var seen shortmap.Map[int64]
+	seen := &shortmap.Map[int64]{}
 	var doomed []cas.Digest // deleted a batch at a time
 	sweep := func() {
 		if !opt.DryRun {
@@ -210,14 +210,8 @@ func (g *Group) Collect(ctx context.Context, opt CollectOptions) (Collection, er
 		return res, err
 	}
 	g.self.store.Forget(time.Now().Add(-opt.Grace))
-	c.seen = seen
-	garbage := make([]uint64, 0, seen.Len())
-	for k := range seen.All() {
-		garbage = append(garbage, k)
-	}
-	slices.Sort(garbage)
 	c.gmu.Lock()
-	c.garbage = garbage
+	c.seen = seen
 	c.gmu.Unlock()
 	select {
 	case <-c.marked:
