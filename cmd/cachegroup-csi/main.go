@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -20,24 +22,51 @@ import (
 )
 
 // memoryLimit sets the Go runtime's soft memory limit to 90% of the
-// container's (cgroup v2 memory.max), unless GOMEMLIMIT says otherwise: the
-// runtime then collects garbage harder as it nears the limit instead of
-// letting the kernel kill the node plugin, with every mount it serves, for
-// garbage it had not collected yet.
+// container's, unless GOMEMLIMIT says otherwise: the runtime then collects
+// garbage harder as it nears the limit instead of letting the kernel kill
+// the node plugin, with every mount it serves, for garbage it had not
+// collected yet. The tenth left is for what the runtime does not count (the
+// binary's pages, the kernel's for its threads).
 func memoryLimit() (int64, bool) {
 	if os.Getenv("GOMEMLIMIT") != "" {
 		return 0, false
 	}
-	b, err := os.ReadFile("/sys/fs/cgroup/memory.max")
-	if err != nil {
-		return 0, false
+	cgroups, _ := os.ReadFile("/proc/self/cgroup")
+	limit, ok := containerMemory("/sys/fs/cgroup", cgroups)
+	if ok {
+		debug.SetMemoryLimit(limit / 10 * 9)
 	}
-	limit, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-	if err != nil || limit <= 0 { // "max": no limit
-		return 0, false
+	return limit, ok
+}
+
+// containerMemory returns the memory limit of the cgroup this process is in,
+// as cgroups (the text of /proc/self/cgroup) names it below root:
+// memory.max (cgroup v2) or memory.limit_in_bytes (v1), at the cgroup's own
+// path or, where a container sees its cgroup as the mount's top, there.
+func containerMemory(root string, cgroups []byte) (int64, bool) {
+	var paths []string
+	for line := range strings.SplitSeq(string(cgroups), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		switch {
+		case len(f) != 3:
+		case f[0] == "0" && f[1] == "":
+			paths = append(paths, filepath.Join(root, f[2], "memory.max"))
+		case slices.Contains(strings.Split(f[1], ","), "memory"):
+			paths = append(paths, filepath.Join(root, "memory", f[2], "memory.limit_in_bytes"))
+		}
 	}
-	debug.SetMemoryLimit(limit / 10 * 9)
-	return limit, true
+	paths = append(paths, filepath.Join(root, "memory.max"), filepath.Join(root, "memory", "memory.limit_in_bytes"))
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		// "max" (v2), or v1's "unlimited", a page short of 2^63.
+		if n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil && n > 0 && n < 1<<62 {
+			return n, true
+		}
+	}
+	return 0, false
 }
 
 // sizeFlag is a byte count written as a Kubernetes quantity (20Gi, 1.5Gi).

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -34,5 +35,45 @@ func TestVersionAndSizeFlags(t *testing.T) {
 	out, err = exec.Command(bin, "--cache-size=1.5", "--version").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "whole number of bytes") {
 		t.Errorf("--cache-size=1.5: %v\n%s", err, out)
+	}
+}
+
+// The container's memory limit is found on cgroup v2 and v1, at the
+// cgroup's own path or at the top of the mount; no limit is none.
+func TestContainerMemory(t *testing.T) {
+	root := t.TempDir()
+	write := func(path, text string) {
+		t.Helper()
+		p := filepath.Join(root, path)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(text+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("kubepods/pod1/c1/memory.max", "268435456")
+	write("memory/kubepods/pod2/memory.limit_in_bytes", "536870912")
+	write("memory/unlimited/memory.limit_in_bytes", "9223372036854771712")
+	write("nolimit/memory.max", "max")
+	for _, c := range []struct {
+		cgroups string
+		want    int64
+	}{
+		{"0::/kubepods/pod1/c1\n", 256 << 20},
+		{"12:pids:/x\n4:memory:/kubepods/pod2\n0::/\n", 512 << 20},
+		{"4:memory:/unlimited\n", 0},
+		{"0::/nolimit\n", 0},
+		{"", 0},
+	} {
+		got, ok := containerMemory(root, []byte(c.cgroups))
+		if got != c.want || ok != (c.want > 0) {
+			t.Errorf("cgroups %q: %d, %v; want %d", c.cgroups, got, ok, c.want)
+		}
+	}
+	// A container that sees its own cgroup at the top of the mount.
+	write("memory.max", "1073741824")
+	if got, ok := containerMemory(root, []byte("0::/\n")); !ok || got != 1<<30 {
+		t.Errorf("at the top: %d, %v; want 1 GiB", got, ok)
 	}
 }

@@ -125,10 +125,6 @@ spec:
               value: {{ $v.cacheSize | quote }}
             - name: FREE_FLOOR
               value: {{ $v.freeFloor | quote }}
-            - name: GOMEMLIMIT
-              valueFrom:
-                resourceFieldRef:
-                  resource: limits.memory
           securityContext:
             # Overlay and bind mounts into pods' volume directories.
             privileged: true
