@@ -63,15 +63,6 @@ func Apply(s *cas.Store, load func(cas.Digest) error, root cas.Digest, c *Commit
 	if quota > 0 && written > quota {
 		return res, fmt.Errorf("%w: %d bytes written, quota %d", ErrTooLarge, written, quota)
 	}
-	// The paths written are kept from eviction, known by a hash: a
-	// collision keeps one more file, and only with a quota is it needed.
-	var (
-		seed    = maphash.MakeSeed()
-		touched map[uint64]bool
-	)
-	if quota > 0 {
-		touched = map[uint64]bool{}
-	}
 	err = m.each(c, func(i int, op Op) (err error) {
 		if op.Kind == OpGraft {
 			if src := srcs[i]; src == nil || src.Digest != op.Entry.Digest {
@@ -84,9 +75,6 @@ func Apply(s *cas.Store, load func(cas.Digest) error, root cas.Digest, c *Commit
 		if err != nil {
 			return fmt.Errorf("apply %q: %w", op.Path, err)
 		}
-		if touched != nil {
-			touched[maphash.String(seed, op.Path)] = true
-		}
 		return nil
 	})
 	if err != nil {
@@ -98,6 +86,19 @@ func Apply(s *cas.Store, load func(cas.Digest) error, root cas.Digest, c *Commit
 	}
 	if recency == nil {
 		recency = func(e Entry) int64 { return e.Mtime }
+	}
+	// The paths written are kept from eviction, known by a hash (a
+	// collision keeps one more file): read again from the commit only
+	// now, as an eviction is rare and the set as large as the commit.
+	seed, touched := maphash.MakeSeed(), map[uint64]bool{}
+	err = c.Runs(s, load, func(ops []Op) error {
+		for _, op := range ops {
+			touched[maphash.String(seed, op.Path)] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return res, err
 	}
 	keep := func(p string) bool { return touched[maphash.String(seed, p)] }
 	if res.Evicted, err = evict(m, res.Size-quota, keep, recency); err != nil {

@@ -3,6 +3,7 @@ package tree_test
 import (
 	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
@@ -263,5 +264,16 @@ func TestGraftWithinQuota(t *testing.T) {
 	res := apply(t, s, base, 6, graft(t, s, base, "b", "b2"))
 	if res.Size > 6 || res.Evicted == 0 {
 		t.Fatalf("%d bytes after grafting 3 more within a quota of 6, %d evicted", res.Size, res.Evicted)
+	}
+}
+
+// What a commit writes is never what it evicts to stay within the quota,
+// however old the mtimes it brings (a tar extracted keeps its own).
+func TestEvictionSparesWhatTheCommitWrote(t *testing.T) {
+	s := openStore(t)
+	base := sample(t, s) // 6 bytes: a/f (mtime 1), a/sub/g (2), b/h (3)
+	res := apply(t, s, base, 7, treetest.File(t, s, "old", "oo", 0))
+	if got := treetest.Listing(t, s, res.Root); res.Evicted != 1 || !strings.Contains(got, "old=oo") || strings.Contains(got, "a/f=") {
+		t.Fatalf("evicted %d, left %s; want a/f gone and old kept", res.Evicted, got)
 	}
 }
