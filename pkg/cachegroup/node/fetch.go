@@ -123,7 +123,7 @@ func (n *Node) fetch(ctx context.Context, d cas.Digest, size int64, sources []gr
 func (n *Node) Offer(d cas.Digest) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	_, private := n.private[d.Short()]
+	_, private := n.private.Get(d.Short())
 	return !private
 }
 
@@ -150,5 +150,5 @@ func (n *Node) Through(ctx context.Context, d cas.Digest) bool {
 func (n *Node) markPrivate(d cas.Digest) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.private[d.Short()] = n.round
+	n.private.Set(d.Short(), n.round)
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/group"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/files"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/flight"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/shortmap"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
 	"k8s.io/klog/v2"
 )
@@ -81,7 +82,7 @@ type Node struct {
 	// blob shares only keeps this node from serving that one as a peer,
 	// which its owners do. Each holds the round of forgetPrivate it was
 	// set or renewed in.
-	private map[uint64]uint32
+	private shortmap.Map[uint32]
 	round   uint32           // of forgetPrivate
 	swept   time.Time        // when private last lost the marks of blobs gone
 	pinned  map[int][]uint64 // the keys of the commits in progress: their blobs are kept here
@@ -124,7 +125,7 @@ type Node struct {
 // file of a layer without a quota is a rename. The filesystems of live
 // layers left by an earlier process are mounted again.
 func Open(dir string, g *group.Group) (*Node, error) {
-	n := &Node{dir: dir, store: g.Store(), group: g, private: map[uint64]uint32{},
+	n := &Node{dir: dir, store: g.Store(), group: g,
 		pinned: map[int][]uint64{}, wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1), useWake: make(chan struct{}, 1), settleWake: make(chan struct{}, 1), retry: defaultRetry}
 	for _, sub := range []string{"snaps", "pods", "outbox", "quarantine", "trash", "staged", "disks"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
@@ -496,7 +497,7 @@ const privateSweep = 10 * time.Minute
 // the others are dropped.
 func (n *Node) forgetPrivate() {
 	n.mu.Lock()
-	if len(n.private) == 0 || time.Since(n.swept) < privateSweep {
+	if n.private.Len() == 0 || time.Since(n.swept) < privateSweep {
 		n.mu.Unlock()
 		return
 	}
@@ -507,8 +508,8 @@ func (n *Node) forgetPrivate() {
 	err := n.store.Each(func(d cas.Digest) {
 		n.mu.Lock()
 		defer n.mu.Unlock()
-		if _, ok := n.private[d.Short()]; ok {
-			n.private[d.Short()] = round
+		if _, ok := n.private.Get(d.Short()); ok {
+			n.private.Set(d.Short(), round)
 		}
 	})
 	if err != nil {
@@ -516,10 +517,6 @@ func (n *Node) forgetPrivate() {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for k, r := range n.private {
-		// A copy fetched meanwhile was marked in this round: it stays.
-		if r != round {
-			delete(n.private, k)
-		}
-	}
+	// A copy fetched meanwhile was marked in this round: it stays.
+	n.private.DeleteFunc(func(_ uint64, r uint32) bool { return r != round })
 }

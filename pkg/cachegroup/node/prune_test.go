@@ -63,7 +63,7 @@ func TestPruneForgetsThePrivateMarksOfBlobsGone(t *testing.T) {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if _, ok := n.private[gone.Short()]; ok || len(n.private) != 1 {
-		t.Fatalf("%d marks kept, the one of a blob the node no longer has among them", len(n.private))
+	if _, ok := n.private.Get(gone.Short()); ok || n.private.Len() != 1 {
+		t.Fatalf("%d marks kept, the one of a blob the node no longer has among them", n.private.Len())
 	}
 }
