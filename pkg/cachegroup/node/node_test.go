@@ -3,9 +3,9 @@ package node
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"testing"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
@@ -78,7 +78,7 @@ func TestScanUpperReadsOverlayMarkers(t *testing.T) {
 		unix.Mknod(filepath.Join(up, "dev"), unix.S_IFCHR, int(unix.Mkdev(1, 3)))
 		os.Symlink("/etc/shadow", filepath.Join(up, "link"))
 	})
-	m, err := scanUpper(filepath.Join(outboxEntry(t, n), "upper"), nil, nil, n.store, false)
+	m, err := scanUpper(filepath.Join(outboxEntry(t, n), "upper"), nil, nil, n.store, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +118,7 @@ func TestCommitResumesAfterCrashMidway(t *testing.T) {
 	})
 	entry := outboxEntry(t, n)
 	// First attempt, up to the crash: manifest written, one file moved.
-	m, err := scanUpper(filepath.Join(entry, "upper"), nil, nil, n.store, false)
+	m, err := scanUpper(filepath.Join(entry, "upper"), nil, nil, n.store, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,22 +216,28 @@ func must(t *testing.T, err error) {
 }
 
 // A commit's blobs are pinned from its start to its end, however many
-// commits name them.
+// commits name them, and what a pin is given as it goes adds to it.
 func TestPinnedBlobs(t *testing.T) {
 	n, _ := newNode(t)
-	d, other := cas.Sum([]byte("blob")), cas.Sum([]byte("other"))
-	keys := []uint64{short(d), short(other)}
-	slices.Sort(keys)
-	unpinFirst := n.pin(keys)
-	unpinSecond := n.pin([]uint64{short(d)})
-	unpinFirst()
+	d, other, later := cas.Sum([]byte("blob")), cas.Sum([]byte("other")), cas.Sum([]byte("later"))
+	first, second := n.newPin(), n.newPin()
+	first.add([]uint64{short(other), short(d)})
+	second.set([]uint64{short(d)})
+	if n.Pinned(later) {
+		t.Fatal("a blob no pin holds is pinned")
+	}
+	first.add([]uint64{short(later)})
+	if !n.Pinned(later) || !n.Pinned(other) {
+		t.Fatal("a blob added to a pin is not pinned")
+	}
+	first.drop()
 	if !n.Pinned(d) {
 		t.Fatal("a blob of a commit in progress is not pinned")
 	}
-	if n.Pinned(other) {
+	if n.Pinned(other) || n.Pinned(later) {
 		t.Fatal("a blob of a commit that ended is still pinned")
 	}
-	unpinSecond()
+	second.drop()
 	if n.Pinned(d) {
 		t.Fatal("a blob no commit names is still pinned")
 	}
@@ -256,7 +262,7 @@ func TestKeepsFollowsTheOutboxManifests(t *testing.T) {
 	if err != nil || !ok {
 		t.Fatalf("layer of the entry: %v %v", ok, err)
 	}
-	if _, err := n.manifestOf(ctx, entry, la); err != nil {
+	if _, err := n.manifestOf(ctx, entry, la, n.newPin()); err != nil {
 		t.Fatal(err)
 	}
 	check := func(when string) {
@@ -277,5 +283,32 @@ func TestKeepsFollowsTheOutboxManifests(t *testing.T) {
 	check("with a manifest only")
 	if _, err := os.Stat(filepath.Join(entry, keysFile)); err != nil {
 		t.Fatalf("the keys of a manifest without them were not written down: %v", err)
+	}
+}
+
+// A scan longer than the garbage grace loses nothing it stored: each part
+// is kept from collection as soon as it is stored, before any manifest or
+// keys file names it.
+func TestAScanKeepsThePartsItStores(t *testing.T) {
+	n, l := newNode(t)
+	v, _ := l.CreateVolume(context.Background(), volume.Spec{Name: "v", Quota: 1 << 30})
+	layerWith(t, n, v, "/pods/a", func(up string) {
+		for i := range tree.PartOps + 300 { // two parts
+			must(t, os.WriteFile(filepath.Join(up, fmt.Sprint("f", i)), fmt.Append(nil, i), 0o644))
+		}
+	})
+	entry := outboxEntry(t, n)
+	kept := n.newPin()
+	defer kept.drop()
+	m, err := scanUpper(filepath.Join(entry, "upper"), nil, nil, n.store, false, kept.add)
+	must(t, err)
+	if len(m.Commit.Parts) < 2 {
+		t.Fatalf("%d parts, want 2", len(m.Commit.Parts))
+	}
+	keeps := n.Keeps() // the entry has neither manifest nor keys yet
+	for _, p := range m.Commit.Parts {
+		if !keeps(p.Digest) {
+			t.Fatalf("part %s of a scan is not kept", p.Digest)
+		}
 	}
 }

@@ -93,19 +93,23 @@ func (n *Node) commitEntry(ctx context.Context, entry string) error {
 		}
 	}
 	upper, _ := upperOf(entry)
-	m, err := n.manifestOf(ctx, entry, l)
+	// The commit's blobs stay on this node until the commit is applied:
+	// neither a collection nor re-replication may take them halfway, from
+	// the first part a scan stores (a scan of a million files takes longer
+	// than the garbage grace).
+	kept := n.newPin()
+	defer kept.drop()
+	m, err := n.manifestOf(ctx, entry, l, kept)
 	if err != nil {
 		return err
 	}
-	// The commit's blobs stay on this node until the commit is applied:
-	// re-replication must not hand them over halfway.
 	keys := m.keys
 	if keys == nil { // the manifest an earlier attempt wrote
 		if keys, err = n.readKeys(entry); err != nil {
 			return err
 		}
 	}
-	defer n.pin(keys)()
+	kept.set(keys)
 	load := func(d cas.Digest) error {
 		if n.store.Has(d) {
 			return nil
@@ -171,8 +175,8 @@ func (n *Node) commitEntry(ctx context.Context, entry string) error {
 
 // manifestOf returns the manifest of outbox entry (of layer l): the one an
 // earlier attempt wrote, or a new scan of its upper directory, written down
-// before any file moves.
-func (n *Node) manifestOf(ctx context.Context, entry string, l Layer) (manifest, error) {
+// before any file moves. What a scan stores is kept in kept as it goes.
+func (n *Node) manifestOf(ctx context.Context, entry string, l Layer, kept pin) (manifest, error) {
 	mpath := filepath.Join(entry, "manifest.json")
 	var m manifest
 	if b, err := os.ReadFile(mpath); err == nil {
@@ -194,7 +198,7 @@ func (n *Node) manifestOf(ctx context.Context, entry string, l Layer) (manifest,
 	}
 	upper, _ := upperOf(entry)
 	base := &baseTree{store: n.store, root: l.Base, fetch: func(d cas.Digest) error { return n.group.Fetch(ctx, d) }}
-	if m, err = scanUpper(upper, owner, base, n.store, hasDisk(entry)); err != nil {
+	if m, err = scanUpper(upper, owner, base, n.store, hasDisk(entry), kept.add); err != nil {
 		return m, err
 	}
 	m.Commit.Base = l.Base
@@ -235,8 +239,10 @@ func (n *Node) allBlobsHere(c *tree.Commit) bool {
 // stripped (on the file itself too, since it becomes the blob). Files are
 // hashed here, once; with copied, they are copied into store as they are
 // hashed and left unchanged. Past PartOps ops, the ops go to store as
-// parts, a run at a time, so memory follows a part, not the layer.
-func scanUpper(upper string, owner *volume.FileOwner, base *baseTree, store *cas.Store, copied bool) (manifest, error) {
+// parts, a run at a time, so memory follows a part, not the layer. Unless
+// it is nil, keep is given the keys of what each run names as soon as the
+// run is stored, to keep it from collection until the manifest does.
+func scanUpper(upper string, owner *volume.FileOwner, base *baseTree, store *cas.Store, copied bool, keep func(keys []uint64)) (manifest, error) {
 	var m manifest
 	var (
 		run   []tree.Op // the ops of the part being scanned
@@ -250,6 +256,7 @@ func scanUpper(upper string, owner *volume.FileOwner, base *baseTree, store *cas
 	// end hashes the files of run and, with part (the run is full, or the
 	// last of several), stores it as a part.
 	end := func(part bool) error {
+		from := len(m.keys)
 		if err := hashFiles(upper, run, files, into); err != nil {
 			return err
 		}
@@ -262,6 +269,9 @@ func scanUpper(upper string, owner *volume.FileOwner, base *baseTree, store *cas
 		m.Ops += len(run)
 		if !part {
 			m.Commit.Ops = run
+			if keep != nil {
+				keep(m.keys[from:]) // blobs copied into the store
+			}
 			return nil
 		}
 		b := tree.EncodePart(run)
@@ -271,6 +281,9 @@ func scanUpper(upper string, owner *volume.FileOwner, base *baseTree, store *cas
 		}
 		m.Commit.Parts = append(m.Commit.Parts, cas.Ref{Digest: d, Size: int64(len(b))})
 		m.keys = append(m.keys, short(d))
+		if keep != nil {
+			keep(m.keys[from:])
+		}
 		run, files, size = run[:0], files[:0], 0
 		return nil
 	}

@@ -13,20 +13,56 @@ import (
 // keep a blob on this node a little longer.
 func short(d cas.Digest) uint64 { return binary.BigEndian.Uint64(d[:8]) }
 
-// pin keeps on this node, until the returned unpin is called, the blobs
-// whose shorts are keys, sorted (an outbox entry's keys): see Pinned. The
-// list is the commit's own, held while it runs, not a copy in a set.
-func (n *Node) pin(keys []uint64) (unpin func()) {
+// pin keeps on this node the blobs whose shorts it holds, sorted, until it
+// is dropped: see Pinned. A commit's pin holds what its scan has stored so
+// far, then its outbox entry's keys.
+type pin struct {
+	n  *Node
+	id int
+}
+
+// newPin returns an empty pin.
+func (n *Node) newPin() pin {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.pinSeq++
-	id := n.pinSeq
-	n.pinned[id] = keys
-	return func() {
-		n.mu.Lock()
-		defer n.mu.Unlock()
-		delete(n.pinned, id)
+	n.pinned[n.pinSeq] = nil
+	return pin{n, n.pinSeq}
+}
+
+// set makes keys, sorted, what p keeps: the list itself, not a copy.
+func (p pin) set(keys []uint64) {
+	p.n.mu.Lock()
+	defer p.n.mu.Unlock()
+	p.n.pinned[p.id] = keys
+}
+
+// add keeps the blobs of keys too, merging them into p's list in place
+// (under the lock Pinned reads it with).
+func (p pin) add(keys []uint64) {
+	add := slices.Sorted(slices.Values(keys))
+	p.n.mu.Lock()
+	defer p.n.mu.Unlock()
+	have := p.n.pinned[p.id]
+	n, a := len(have), len(add)
+	have = slices.Grow(have, a)[:n+a]
+	for i, j, w := n-1, a-1, n+a-1; j >= 0; w-- {
+		if i >= 0 && have[i] > add[j] {
+			have[w] = have[i]
+			i--
+		} else {
+			have[w] = add[j]
+			j--
+		}
 	}
+	p.n.pinned[p.id] = have
+}
+
+// drop lets go of what p keeps.
+func (p pin) drop() {
+	p.n.mu.Lock()
+	defer p.n.mu.Unlock()
+	delete(p.n.pinned, p.id)
 }
 
 // Pinned reports whether blob d belongs to a commit this node is making;

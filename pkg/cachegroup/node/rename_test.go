@@ -271,7 +271,7 @@ func TestARenamedDirectoryIsOneOp(t *testing.T) {
 	p := c.mount(t)
 	mv(t, p.target, "big", "big2")
 	p.unmount(t)
-	m, err := scanUpper(p.upper, nil, &baseTree{store: c.n.store, root: base.Root}, c.n.store, false)
+	m, err := scanUpper(p.upper, nil, &baseTree{store: c.n.store, root: base.Root}, c.n.store, false, nil)
 	must(t, err)
 	want, ok, err := (&baseTree{store: c.n.store, root: base.Root}).dir("big")
 	must(t, err)
