@@ -14,7 +14,7 @@ import (
 // lower rank, so that the store and trees know nothing of the group and the
 // group nothing of the node tier.
 var layers = map[string]int{
-	"internal/files": 0, "internal/parallel": 0, "internal/flight": 0, "metrics": 0,
+	"internal/files": 0, "internal/parallel": 0, "internal/flight": 0, "internal/shortmap": 0, "metrics": 0,
 	"cas": 1, "tree": 2, "tree/treetest": 3, "volume": 3, "wire": 4, "wire/wiretest": 0, "group": 5, "node": 6, ".": 7,
 }
 

@@ -145,8 +145,8 @@ func TestLayersBenchRuns(t *testing.T) {
 	if err := b.runLayers(ctx, 400); err != nil {
 		t.Fatal(err)
 	}
-	if len(b.rows) != 11 {
-		t.Fatalf("%d result rows, want 11", len(b.rows))
+	if len(b.rows) != 13 { // two bursts of 16 pods, each a start row and an end row
+		t.Fatalf("%d result rows, want 13", len(b.rows))
 	}
 	if left, _ := csiharness.MountsUnder(work); len(left) > 0 {
 		t.Fatalf("mounts left behind: %v", left)

@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree/treetest"
@@ -166,4 +169,49 @@ func BenchmarkDropLayerQuota(b *testing.B) {
 		n.Drop(target)
 		n.sweepTrash()
 	}
+}
+
+// BenchmarkNewLayerBurst makes the layers of 16 pods starting at once, with
+// a disk made ahead for each, and reports the median and the slowest.
+func BenchmarkNewLayerBurst(b *testing.B) {
+	needDisks(b)
+	const pods = 16
+	n, l := newNode(b)
+	b.Cleanup(n.sweepTrash)
+	const quota = 10 << 30
+	v, err := l.CreateVolume(context.Background(), volume.Spec{Name: "bench", Quota: quota})
+	if err != nil {
+		b.Fatal(err)
+	}
+	size, _ := diskSize(quota, 1<<40)
+	n.disks.setPerSize(pods)
+	var p50, worst time.Duration
+	for i := range b.N {
+		b.StopTimer()
+		n.disks.ask(size, false)
+		n.disks.fillOnce()
+		b.StartTimer()
+		ds := make([]time.Duration, pods)
+		var wg sync.WaitGroup
+		for p := range pods {
+			wg.Go(func() {
+				t0 := time.Now()
+				if _, _, err := n.NewLayer(Layer{VolumeID: v.ID, Target: fmt.Sprintf("/pods/%d-%d", i, p), Base: v.Root, Quota: quota}); err != nil {
+					b.Error(err)
+				}
+				ds[p] = time.Since(t0)
+			})
+		}
+		wg.Wait()
+		b.StopTimer()
+		slices.Sort(ds)
+		p50, worst = p50+ds[pods/2], worst+ds[pods-1]
+		for p := range pods {
+			n.Drop(fmt.Sprintf("/pods/%d-%d", i, p))
+		}
+		n.sweepTrash()
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(p50.Microseconds())/1000/float64(b.N), "p50-ms")
+	b.ReportMetric(float64(worst.Microseconds())/1000/float64(b.N), "max-ms")
 }

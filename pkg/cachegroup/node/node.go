@@ -96,6 +96,7 @@ type Node struct {
 
 	wake       chan struct{}
 	trashWake  chan struct{}
+	countWake  chan struct{}        // the layer disks changed: count them again
 	useWake    chan struct{}        // a pod ended: its reads are in the page cache now
 	settleWake chan struct{}        // arrived is full: settle now (use.go)
 	endedAt    map[string]time.Time // volumes whose pods ended lately (use.go), under mu
@@ -126,7 +127,7 @@ type Node struct {
 // layers left by an earlier process are mounted again.
 func Open(dir string, g *group.Group) (*Node, error) {
 	n := &Node{dir: dir, store: g.Store(), group: g,
-		pinned: map[int][]uint64{}, wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1), useWake: make(chan struct{}, 1), settleWake: make(chan struct{}, 1), retry: defaultRetry}
+		pinned: map[int][]uint64{}, wake: make(chan struct{}, 1), trashWake: make(chan struct{}, 1), countWake: make(chan struct{}, 1), useWake: make(chan struct{}, 1), settleWake: make(chan struct{}, 1), retry: defaultRetry}
 	for _, sub := range []string{"snaps", "pods", "outbox", "quarantine", "trash", "staged", "disks"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("open node tier: %w", err)
@@ -198,7 +199,7 @@ func (n *Node) NewLayer(l Layer) (upper, work string, err error) {
 		if err := n.makeDisk(dir, l.Quota); err != nil {
 			return "", "", err
 		}
-		defer n.recountDisks()
+		defer n.kickCount()
 	} else if err := os.Mkdir(dir, 0o700); err != nil {
 		return "", "", err
 	}
@@ -308,7 +309,7 @@ func (n *Node) flush(dir string) error {
 	if !hasDisk(dir) {
 		return n.syncs.do(n.store.Sync)
 	}
-	defer n.recountDisks()
+	defer n.kickCount()
 	if err := sealDisk(dir); err != nil {
 		return err
 	}
