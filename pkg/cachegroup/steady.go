@@ -58,11 +58,13 @@ func (m *Member) need() int64 {
 // and snapshots no mounted pod reads, least recently used first. It
 // reports whether it freed anything.
 func (m *Member) room() bool {
+	held := m.store.Used() + m.store.Charged()
 	opt := m.collectOptions(true)
 	res, _ := m.group.Collect(m.ctx, opt)
 	need := max(m.need(), m.cfg.CacheSize/4, m.margin())
 	_, evicted := m.node.Evict(need, opt.InUse)
-	return res.Freed+evicted > 0
+	// relieve, woken by the same refused write, may have freed it first.
+	return res.Freed+evicted > 0 || m.store.Used()+m.store.Charged() < held
 }
 
 // relieve makes room whenever the store is within its margin of a bound or
