@@ -152,7 +152,7 @@ type mtree struct {
 	entries []Entry
 	subs    map[string]*mtree // loaded subdirectories by name
 	dirty   bool
-	loaded  *int // entries of the edit's loaded directories (see bound)
+	loaded  *int // entries the edit holds, loaded or added (see bound)
 }
 
 // Load reads, verifies and decodes tree object d from s.
@@ -213,6 +213,9 @@ func (m *mtree) put(e Entry, child *mtree) {
 		m.entries[i] = e
 	} else {
 		m.entries = slices.Insert(m.entries, i, e)
+		if m.loaded != nil {
+			*m.loaded++ // held like a loaded one, until a flush lets it go
+		}
 	}
 	if m.subs == nil {
 		m.subs = map[string]*mtree{}

@@ -41,6 +41,23 @@ func TestACommitInPartsMakesTheSameTree(t *testing.T) {
 		}
 	}
 	base := apply(t, s, cas.Sum(tree.Empty()), 0, ops...).Root
+	// Into an empty tree, in parts: the entries the edit adds count
+	// towards its bound as loaded ones do, so it lets go as it goes (its
+	// flushes write more tree objects) and makes the same tree.
+	empty := cas.Sum(tree.Empty())
+	inline, err := tree.Apply(s, loads{}.load, empty, &tree.Commit{Base: empty, Ops: ops}, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	restore := tree.SetFlushEntries(8)
+	imported, err := tree.Apply(s, loads{}.load, empty, inParts(t, s, empty, ops, 5), 0, nil)
+	restore()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if imported.Root != inline.Root || len(imported.Trees) <= len(inline.Trees) {
+		t.Fatalf("import in parts: root %s, %d trees written; inline: root %s, %d trees", imported.Root, len(imported.Trees), inline.Root, len(inline.Trees))
+	}
 	// Changes across the whole tree, coming back to directories an earlier
 	// part changed: renames, deletes, replaces, writes into renamed trees.
 	change := []tree.Op{
