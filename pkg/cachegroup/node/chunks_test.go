@@ -55,7 +55,7 @@ func TestThinLayerOfManyChunksIsExact(t *testing.T) {
 	stackOf(t, n, v.ID, root1)
 	root2 := commitOps(t, l, v.ID, change...)
 	lowers := stackOf(t, n, v.ID, root2)
-	defer n.lay.compacting.Wait()
+	defer n.running.Wait()
 	if len(lowers) != 2 {
 		t.Fatalf("presented as %d layers, want a thin layer over the first generation", len(lowers))
 	}

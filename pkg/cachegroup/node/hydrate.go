@@ -60,7 +60,7 @@ func (n *Node) Materialize(ctx context.Context, root cas.Digest, want Want) (str
 		if want.Sharing {
 			n.sharing.Add(1)
 		}
-		go func() {
+		n.running.Go(func() {
 			start := time.Now()
 			err := n.roomy(func() error { return n.hydrate(root, want) })
 			if want.Sharing {
@@ -71,7 +71,7 @@ func (n *Node) Materialize(ctx context.Context, root cas.Digest, want Want) (str
 			}
 			n.hydrations.Done(root, c, err)
 			n.settle() // what it wrote is no read (use.go)
-		}()
+		})
 	}
 	if err := c.Wait(ctx); err != nil {
 		return "", err

@@ -49,7 +49,6 @@ type layerState struct {
 	builds flight.Group[cas.Digest] // thin layers being built
 	// compactDepth, if set, replaces the package's (for tests).
 	compactDepth int
-	compacting   sync.WaitGroup // compactions in progress
 
 	// mu is held by Prune over its whole pass and to take a hold, so a
 	// snapshot a caller holds (or a pod's layer records) is never removed.
@@ -110,11 +109,11 @@ func (n *Node) stack(ctx context.Context, root cas.Digest, want Want) ([]string,
 		if ok {
 			c, mine := n.lay.builds.Claim(root)
 			if mine {
-				go func() {
+				n.running.Go(func() {
 					err := n.roomy(func() error { return n.buildLayer(root, base, bs, want) })
 					releaseBase()
 					n.lay.builds.Done(root, c, err)
-				}()
+				})
 			} else {
 				releaseBase()
 			}
@@ -184,9 +183,7 @@ func (n *Node) compact(root cas.Digest, want Want) {
 		}
 	}
 	release := n.hold(root)
-	n.lay.compacting.Add(1)
-	go func() {
-		defer n.lay.compacting.Done()
+	n.running.Go(func() {
 		defer release()
 		if _, err := n.Materialize(context.Background(), root, want); err != nil {
 			klog.ErrorS(err, "Compact snapshot", "root", root)
@@ -197,7 +194,7 @@ func (n *Node) compact(root cas.Digest, want Want) {
 		if err := n.Prune(n.heads()...); err != nil {
 			klog.ErrorS(err, "Prune after compaction", "root", root)
 		}
-	}()
+	})
 }
 
 // head returns the newest root presented for volume vol here, or zero.

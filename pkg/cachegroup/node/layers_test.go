@@ -255,7 +255,7 @@ func TestCompactionKeepsMountedStacks(t *testing.T) {
 		t.Fatalf("generation 2: %v", l2)
 	}
 	release2()
-	n.lay.compacting.Wait()
+	n.running.Wait()
 	must(t, n.Prune()) // as the compaction does, once no caller holds the stack
 	if l := stackOf(t, n, v.ID, roots[2]); len(l) != 1 || l[0] != n.snapPath(roots[2]) {
 		t.Fatalf("after compaction a new pod gets %v, not the flat snapshot", l)

@@ -1,7 +1,6 @@
 package node
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -21,7 +20,6 @@ import (
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/flight"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/shortmap"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
-	"k8s.io/klog/v2"
 )
 
 // Layer is one pod's mount of a volume on this node: the snapshot it reads
@@ -91,7 +89,7 @@ type Node struct {
 	syncs   syncs        // of the store's filesystem, shared by submits
 	lay     layerState   // thin layers: builds and holds (layers.go)
 	diskMu  sync.Mutex   // serialises counts of the layer disks
-	trashMu sync.Mutex   // serialises sweeps of the trash
+	trash   trash        // what is being removed (trash.go)
 	disks   *diskPool    // layer images made ahead
 
 	wake       chan struct{}
@@ -101,10 +99,14 @@ type Node struct {
 	settleWake chan struct{}        // arrived is full: settle now (use.go)
 	endedAt    map[string]time.Time // volumes whose pods ended lately (use.go), under mu
 	arrivedMu  sync.Mutex
-	sampleMu   sync.Mutex              // serialises samples of the page cache (use.go)
-	arrived    map[cas.Digest]struct{} // blobs written since the last settle (use.go)
-	retry      retryPolicy             // how the committer retries an outbox entry
-	Stats      Stats
+	sampleMu   sync.Mutex // serialises samples of the page cache (use.go)
+	// running counts the hydrations, thin layer builds and compactions
+	// that run on their own (each resumes after a restart, so nothing
+	// waits for them but tests).
+	running sync.WaitGroup
+	arrived map[cas.Digest]struct{} // blobs written since the last settle (use.go)
+	retry   retryPolicy             // how the committer retries an outbox entry
+	Stats   Stats
 	// Lost, if set before Run, is told of every layer whose writes the
 	// committer drops or quarantines, with why: the writes a pod made that
 	// no later pod will see.
@@ -351,62 +353,6 @@ func (s *syncs) do(flush func() error) error {
 		s.cond.Broadcast()
 	}
 	return s.err
-}
-
-// discard moves dir into the trash, removed in the background; a layer's
-// disk moves along, mounted, and the trash frees it first, off the path of
-// the pod's unpublish.
-func (n *Node) discard(dir string) {
-	if _, err := os.Lstat(dir); err != nil {
-		return
-	}
-	dst := filepath.Join(n.dir, "trash", fmt.Sprintf("%d-%s", time.Now().UnixNano(), filepath.Base(dir)))
-	if err := os.Rename(dir, dst); err != nil {
-		n.releaseDisk(dir)
-		if _, mounted, err := mountedDev(dir); err == nil && !mounted {
-			os.RemoveAll(dir)
-		}
-		return
-	}
-	n.kickTrash()
-}
-
-func (n *Node) kickTrash() { kick(n.trashWake) }
-
-func (n *Node) emptyTrash(ctx context.Context) {
-	for {
-		n.sweepTrash()
-		select {
-		case <-ctx.Done():
-			return
-		case <-n.trashWake:
-		case <-time.After(time.Minute):
-		}
-	}
-}
-
-// sweepTrash removes what is in the trash, each entry's disk first. Nothing
-// is removed through a mount: a disk still busy stays, with its entry, until
-// a later sweep.
-func (n *Node) sweepTrash() {
-	n.trashMu.Lock()
-	defer n.trashMu.Unlock()
-	ents, _ := os.ReadDir(filepath.Join(n.dir, "trash"))
-	disks := false
-	for _, e := range ents {
-		dir := filepath.Join(n.dir, "trash", e.Name())
-		if hasDisk(dir) {
-			disks = true
-		}
-		if err := freeDisk(dir); err != nil {
-			klog.ErrorS(err, "Release the disk of a trashed layer; tried again later", "dir", dir)
-			continue
-		}
-		os.RemoveAll(dir)
-	}
-	if disks {
-		n.recountDisks()
-	}
 }
 
 func (n *Node) kick() { kick(n.wake) }

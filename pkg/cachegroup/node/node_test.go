@@ -39,7 +39,10 @@ func newNode(t testing.TB) (*Node, *volume.Home) {
 	}
 	// Disks made ahead stay mounted until the node's Run ends; a test that
 	// made some without Run drops them.
-	t.Cleanup(func() { n.disks.free(func(string) bool { return true }) })
+	t.Cleanup(func() {
+		n.running.Wait()
+		n.disks.free(func(string) bool { return true })
+	})
 	return n, h
 }
 

@@ -5,6 +5,7 @@ import (
 	"slices"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/internal/shortmap"
 )
 
 // short is the first 64 bits of d: the key of the sets of blobs a node
@@ -43,19 +44,7 @@ func (p pin) add(keys []uint64) {
 	add := slices.Sorted(slices.Values(keys))
 	p.n.mu.Lock()
 	defer p.n.mu.Unlock()
-	have := p.n.pinned[p.id]
-	n, a := len(have), len(add)
-	have = slices.Grow(have, a)[:n+a]
-	for i, j, w := n-1, a-1, n+a-1; j >= 0; w-- {
-		if i >= 0 && have[i] > add[j] {
-			have[w] = have[i]
-			i--
-		} else {
-			have[w] = add[j]
-			j--
-		}
-	}
-	p.n.pinned[p.id] = have
+	p.n.pinned[p.id] = shortmap.Merge(p.n.pinned[p.id], add, nil)
 }
 
 // drop lets go of what p keeps.

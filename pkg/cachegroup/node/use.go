@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"runtime"
 	"time"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/cas"
@@ -178,20 +177,6 @@ func (n *Node) sample(report bool) []cas.Digest {
 		})
 	})
 	return used
-}
-
-// idle runs fn on a thread of its own at the lowest scheduling priority.
-func idle(fn func()) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		// Never unlocked: the thread ends with the goroutine, and its
-		// priority with it.
-		runtime.LockOSThread()
-		unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 19)
-		fn()
-	}()
-	<-done
 }
 
 // cached reports whether the file at path has pages in the page cache; with

@@ -49,28 +49,48 @@ func (m *Map[V]) Set(k uint64, v V) {
 	}
 }
 
-// merge moves the new keys into the arrays, merging from the end so that
-// nothing is copied twice.
+// merge moves the new keys into the arrays.
 func (m *Map[V]) merge() {
 	add := make([]uint64, 0, len(m.news))
 	for k := range m.news {
 		add = append(add, k)
 	}
 	slices.Sort(add)
-	n, a := len(m.keys), len(add)
-	m.keys = slices.Grow(m.keys, a)[:n+a]
-	m.vals = slices.Grow(m.vals, a)[:n+a]
+	m.vals = slices.Grow(m.vals, len(add))[:len(m.keys)+len(add)]
+	m.keys = Merge(m.keys, add, func(to, from int, added bool) {
+		if added {
+			m.vals[to] = m.news[add[from]]
+		} else {
+			m.vals[to] = m.vals[from]
+		}
+	})
+	m.news = nil
+}
+
+// Merge merges the sorted keys add into the sorted keys, in place and from
+// the end so that nothing is copied twice, and returns the merged keys.
+// placed, if not nil, is told where each key went: to index to, from index
+// from of keys or, if added, of add.
+func Merge(keys, add []uint64, placed func(to, from int, added bool)) []uint64 {
+	n, a := len(keys), len(add)
+	keys = slices.Grow(keys, a)[:n+a]
 	i, j := n-1, a-1
 	for w := n + a - 1; j >= 0; w-- {
-		if i >= 0 && m.keys[i] > add[j] {
-			m.keys[w], m.vals[w] = m.keys[i], m.vals[i]
+		if i >= 0 && keys[i] > add[j] {
+			keys[w] = keys[i]
+			if placed != nil {
+				placed(w, i, false)
+			}
 			i--
 		} else {
-			m.keys[w], m.vals[w] = add[j], m.news[add[j]]
+			keys[w] = add[j]
+			if placed != nil {
+				placed(w, j, true)
+			}
 			j--
 		}
 	}
-	m.news = nil
+	return keys
 }
 
 // DeleteFunc deletes every key for which del returns true.
