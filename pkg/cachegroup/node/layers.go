@@ -185,7 +185,9 @@ func (n *Node) compact(root cas.Digest, want Want) {
 	release := n.hold(root)
 	n.running.Go(func() {
 		defer release()
-		if _, err := n.Materialize(context.Background(), root, want); err != nil {
+		bg := want
+		bg.Background = true
+		if _, err := n.Materialize(context.Background(), root, bg); err != nil {
 			klog.ErrorS(err, "Compact snapshot", "root", root)
 			return
 		}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -219,32 +218,4 @@ func (r *remover) dir(parent int, name string) error {
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	return nil
-}
-
-// I/O priority of the idle class (linux/ioprio.h), for ioprio_set.
-const (
-	ioprioWhoProcess = 1
-	ioprioClassIdle  = 3
-	ioprioClassShift = 13
-)
-
-// idle runs f on a thread of its own at the lowest CPU priority (nice 19)
-// and in the idle I/O class, and waits for it. The thread ends with f,
-// taking its priority along: threads the runtime starts meanwhile come from
-// its template thread, not from this one.
-func idle(f func()) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
-		tid := unix.Gettid()
-		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, 19); err != nil {
-			klog.V(2).InfoS("Lower a background thread's CPU priority", "err", err)
-		}
-		if _, _, errno := unix.Syscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, uintptr(tid), ioprioClassIdle<<ioprioClassShift); errno != 0 {
-			klog.V(2).InfoS("Lower a background thread's I/O priority", "err", errno)
-		}
-		f()
-	}()
-	<-done
 }

@@ -143,6 +143,9 @@ func TestRemoveTreeStopsAtAMount(t *testing.T) {
 // idle runs its function at nice 19 in the idle I/O class, on a thread of
 // its own: the caller's thread keeps its priority.
 func TestIdleLowersOnlyItsThread(t *testing.T) {
+	p, err := unix.Getpriority(unix.PRIO_PROCESS, 0)
+	must(t, err)
+	base := 20 - p
 	var nice, class int
 	var tid int
 	idle(func() {
@@ -162,7 +165,30 @@ func TestIdleLowersOnlyItsThread(t *testing.T) {
 	if tid == unix.Gettid() {
 		t.Fatal("idle ran on the caller's thread")
 	}
-	if p, err := unix.Getpriority(unix.PRIO_PROCESS, 0); err != nil || 20-p == 19 {
+	if p, err := unix.Getpriority(unix.PRIO_PROCESS, 0); err != nil || 20-p == 19 && base != 19 {
 		t.Fatalf("the caller's thread is at nice %d (%v)", 20-p, err)
+	}
+}
+
+// A background hydration's goroutines run at the lowest priority, a pod's
+// at the driver's own.
+func TestBackgroundHydrationWorkersAreLowered(t *testing.T) {
+	p, err := unix.Getpriority(unix.PRIO_PROCESS, 0)
+	must(t, err)
+	base := 20 - p // the tests' own, maybe run under nice
+	for _, background := range []bool{false, true} {
+		h := &hydration{background: background}
+		nice := make(chan int)
+		go func() {
+			h.worker()
+			p, err := unix.Getpriority(unix.PRIO_PROCESS, 0)
+			if err != nil {
+				t.Error(err)
+			}
+			nice <- 20 - p
+		}()
+		if got, want := <-nice, map[bool]int{false: base, true: 19}[background]; got != want {
+			t.Errorf("background %v: a worker runs at nice %d, want %d", background, got, want)
+		}
 	}
 }
