@@ -185,6 +185,7 @@ func (n *Node) layerDir(target string) string {
 // the calls of different targets run at once, so that pods starting
 // together do not wait on each other's disk.
 func (n *Node) NewLayer(l Layer) (upper, work string, err error) {
+	defer n.makingLayer()()
 	dir := n.layerDir(l.Target)
 	// A layer never mounted (a failed publish) is stale; its disk goes
 	// first, so that nothing is removed through a mount.

@@ -24,6 +24,10 @@ const removeBatch = 1024
 type trash struct {
 	mu     sync.Mutex   // serialises sweeps
 	urgent atomic.Int32 // sweeps waiting for mu that need the space now
+	// starting counts the pod layers being made: a background sweep waits
+	// for them, since a layer disk's mkfs syncs its image, and a sync waits
+	// for the journal to take every unlink made before it.
+	starting atomic.Int32
 }
 
 // discard moves dir into the trash, removed in the background; a layer's
@@ -66,10 +70,21 @@ func (n *Node) emptyTrash(ctx context.Context) {
 	}
 }
 
-// givesWay returns the stop of a background sweep: once ctx ends, or a
-// sweep that needs the space now waits.
+// givesWay returns the stop of a background sweep: once ctx ends, a sweep
+// that needs the space now waits, or a pod's layer is being made.
 func (n *Node) givesWay(ctx context.Context) func() bool {
-	return func() bool { return ctx.Err() != nil || n.trash.urgent.Load() > 0 }
+	return func() bool { return ctx.Err() != nil || n.trash.urgent.Load() > 0 || n.trash.starting.Load() > 0 }
+}
+
+// makingLayer tells a background sweep that a pod's layer is being made
+// until the returned func is called; the sweep goes on once none is.
+func (n *Node) makingLayer() (done func()) {
+	n.trash.starting.Add(1)
+	return func() {
+		if n.trash.starting.Add(-1) == 0 {
+			n.kickTrash()
+		}
+	}
 }
 
 // sweepTrash removes all that is in the trash now, for a caller that needs

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
@@ -86,7 +87,9 @@ func TestABackgroundSweepGivesWay(t *testing.T) {
 		name   string
 		urgent bool
 		ended  bool
-	}{{"urgent sweep waiting", true, false}, {"node stopping", false, true}, {"alone", false, false}} {
+		layer  bool
+	}{{"urgent sweep waiting", true, false, false}, {"node stopping", false, true, false},
+		{"pod layer being made", false, false, true}, {"alone", false, false, false}} {
 		bigTree(t, filepath.Join(n.dir, "old-snapshot"), files)
 		n.discard(filepath.Join(n.dir, "old-snapshot"))
 		ctx, cancel := context.WithCancel(context.Background())
@@ -96,13 +99,18 @@ func TestABackgroundSweepGivesWay(t *testing.T) {
 		if c.urgent {
 			n.trash.urgent.Add(1) // as sweepTrash does while it waits
 		}
+		done := func() {}
+		if c.layer {
+			done = n.makingLayer()
+		}
 		n.sweep(n.givesWay(ctx))
 		if c.urgent {
 			n.trash.urgent.Add(-1)
 		}
+		done()
 		cancel()
 		left := countFiles(t, trash)
-		if stopped := c.urgent || c.ended; stopped && left < files-removeBatch || !stopped && left != 0 {
+		if stopped := c.urgent || c.ended || c.layer; stopped && left < files-removeBatch || !stopped && left != 0 {
 			t.Errorf("%s: a background sweep left %d of %d files", c.name, left, files)
 		}
 		n.sweepTrash()
@@ -190,5 +198,25 @@ func TestBackgroundHydrationWorkersAreLowered(t *testing.T) {
 		if got, want := <-nice, map[bool]int{false: base, true: 19}[background]; got != want {
 			t.Errorf("background %v: a worker runs at nice %d, want %d", background, got, want)
 		}
+	}
+}
+
+// A page-cache sample ends with the node: past its context it opens no
+// more blobs (at a million blobs a sample takes minutes).
+func TestASampleEndsWithItsContext(t *testing.T) {
+	n, _ := newNode(t)
+	d, err := n.store.PutBytes([]byte("read by a pod"))
+	must(t, err)
+	n.settle() // what was written is no read
+	if _, err := os.ReadFile(n.store.Path(d)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if got := n.cachedBlobs(ctx); len(got) != 0 {
+		t.Fatalf("a sample past its context found %v", got)
+	}
+	if got := n.cachedBlobs(context.Background()); !slices.Contains(got, d) {
+		t.Fatalf("a sample found %v, want the blob read", got)
 	}
 }

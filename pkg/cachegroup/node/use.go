@@ -104,7 +104,7 @@ func (n *Node) ReportUse(ctx context.Context) int {
 			ids = append(ids, l.VolumeID)
 		}
 	}
-	ds := n.cachedBlobs()
+	ds := n.cachedBlobs(ctx)
 	if len(ds) == 0 || len(ids) == 0 {
 		return 0
 	}
@@ -141,18 +141,19 @@ func (n *Node) endedLately() []string {
 }
 
 // cachedBlobs returns the blobs of the store that have pages in the page
-// cache and were not written since they were last settled (see above).
-func (n *Node) cachedBlobs() []cas.Digest { return n.sample(true) }
+// cache and were not written since they were last settled (see above); once
+// ctx ends, it looks at no more.
+func (n *Node) cachedBlobs(ctx context.Context) []cas.Digest { return n.sample(ctx, true) }
 
 // settle drops the pages of the blobs written lately, so that the page cache
 // tells of reads alone; it runs after each hydration.
-func (n *Node) settle() { n.sample(false) }
+func (n *Node) settle() { n.sample(context.Background(), false) }
 
 // sample drops the pages of the blobs written since the last sample and,
 // with report, returns the other blobs that have pages in the page cache.
 // It runs at the lowest priority: it is never urgent, and at a million
 // blobs a report is a million opens that pod starts should not wait behind.
-func (n *Node) sample(report bool) []cas.Digest {
+func (n *Node) sample(ctx context.Context, report bool) []cas.Digest {
 	n.sampleMu.Lock() // a report waits for the drops of a settle under way
 	defer n.sampleMu.Unlock()
 	arrived := n.takeArrived()
@@ -171,7 +172,9 @@ func (n *Node) sample(report bool) []cas.Digest {
 			return
 		}
 		n.store.Each(func(d cas.Digest) {
-			if _, ok := arrived[d]; !ok && cached(n.store.Path(d), false) {
+			// Past ctx, the walk goes on without a look: a million
+			// names are read in a second, a million opens take minutes.
+			if _, ok := arrived[d]; !ok && ctx.Err() == nil && cached(n.store.Path(d), false) {
 				used = append(used, d)
 			}
 		})
