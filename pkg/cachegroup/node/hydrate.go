@@ -43,9 +43,6 @@ type Want struct {
 	// Sharing offers this node's copies to peers and fetches from theirs;
 	// without it (no-sharing) the copies are private to this node.
 	Sharing bool
-	// Background runs the hydration at the lowest priority (see lower): a
-	// compaction, which no pod waits for.
-	Background bool
 }
 
 // Materialize materialises the tree at root on this node and returns its
@@ -64,9 +61,6 @@ func (n *Node) Materialize(ctx context.Context, root cas.Digest, want Want) (str
 			n.sharing.Add(1)
 		}
 		n.running.Go(func() {
-			if want.Background {
-				lower()
-			}
 			start := time.Now()
 			err := n.roomy(func() error { return n.hydrate(root, want) })
 			if want.Sharing {
@@ -118,7 +112,7 @@ func (n *Node) hydrate(root cas.Digest, want Want) error {
 // newHydration starts the hydration of the tree at root (a snapshot or a
 // thin layer) in work, telling the volume's home when it is shared.
 func (n *Node) newHydration(ctx context.Context, work string, root cas.Digest, want Want) *hydration {
-	h := &hydration{sourcing: sourcing{n: n, private: !want.Sharing}, work: work, root: root, volume: want.VolumeID, background: want.Background,
+	h := &hydration{sourcing: sourcing{n: n, private: !want.Sharing}, work: work, root: root, volume: want.VolumeID,
 		bigSlots: make(chan struct{}, batchStreams)}
 	if want.Sharing {
 		h.holders = &sharers{}
@@ -142,10 +136,9 @@ type hydration struct {
 	root   cas.Digest // the tree built, as announced to the volume's home
 	volume string
 
-	cancel     context.CancelCauseFunc // stops the hydration with its first failure
-	announced  time.Time               // when walk last asked who shares the snapshot
-	changed    atomic.Int64            // entries of a thin layer (diffDir)
-	background bool                    // runs at the lowest priority (Want.Background)
+	cancel    context.CancelCauseFunc // stops the hydration with its first failure
+	announced time.Time               // when walk last asked who shares the snapshot
+	changed   atomic.Int64            // entries of a thin layer (diffDir)
 
 	mu    sync.Mutex                // guards trees
 	trees map[cas.Digest]*tree.Tree // the tree objects of the chunk walk reads, decoded as fetched
@@ -188,15 +181,6 @@ func (h *hydration) entryIn(d *dirDone) error {
 	return h.n.store.SetDirMeta(d.w.path, d.w.meta)
 }
 
-// worker readies a goroutine the hydration starts: one of a background
-// hydration runs at the lowest priority.
-func (h *hydration) worker() struct{} {
-	if h.background {
-		lower()
-	}
-	return struct{}{}
-}
-
 // run fills the directories of top and everything below them. Each step is
 // idempotent, so a work directory left by a failure is resumed. It returns
 // the first failure, once nothing runs any more.
@@ -209,7 +193,6 @@ func (h *hydration) run(ctx context.Context, top ...dirWork) error {
 	linked := make(chan struct{})
 	go func() {
 		defer close(linked)
-		h.worker()
 		for fs := range files {
 			if err := h.link(ctx, fs); err != nil {
 				h.cancel(err)
@@ -277,7 +260,7 @@ func (h *hydration) fill(ctx context.Context, chunk []dirWork) (next []dirWork, 
 		return nil, nil, err
 	}
 	var mu sync.Mutex
-	err = parallel.Do(chunk, hydrateWorkers, h.worker, func(w dirWork, _ struct{}) error {
+	err = parallel.Do(chunk, hydrateWorkers, parallel.NoState, func(w dirWork, _ struct{}) error {
 		var (
 			sub []dirWork
 			fs  []placed
@@ -381,7 +364,7 @@ func (h *hydration) link(ctx context.Context, files []placed) error {
 		mu      sync.Mutex
 		missing []cas.Digest
 	)
-	err := parallel.Do(blobs, hydrateWorkers, h.worker, func(d cas.Digest, _ struct{}) error {
+	err := parallel.Do(blobs, hydrateWorkers, parallel.NoState, func(d cas.Digest, _ struct{}) error {
 		fs := byBlob[d]
 		err := h.n.store.Link(d, fs[0].e.Meta(), fs[0].path)
 		if errors.Is(err, cas.ErrNotFound) {

@@ -185,9 +185,7 @@ func (n *Node) compact(root cas.Digest, want Want) {
 	release := n.hold(root)
 	n.running.Go(func() {
 		defer release()
-		bg := want
-		bg.Background = true
-		if _, err := n.Materialize(context.Background(), root, bg); err != nil {
+		if _, err := n.Materialize(context.Background(), root, want); err != nil {
 			klog.ErrorS(err, "Compact snapshot", "root", root)
 			return
 		}

@@ -178,29 +178,6 @@ func TestIdleLowersOnlyItsThread(t *testing.T) {
 	}
 }
 
-// A background hydration's goroutines run at the lowest priority, a pod's
-// at the driver's own.
-func TestBackgroundHydrationWorkersAreLowered(t *testing.T) {
-	p, err := unix.Getpriority(unix.PRIO_PROCESS, 0)
-	must(t, err)
-	base := 20 - p // the tests' own, maybe run under nice
-	for _, background := range []bool{false, true} {
-		h := &hydration{background: background}
-		nice := make(chan int)
-		go func() {
-			h.worker()
-			p, err := unix.Getpriority(unix.PRIO_PROCESS, 0)
-			if err != nil {
-				t.Error(err)
-			}
-			nice <- 20 - p
-		}()
-		if got, want := <-nice, map[bool]int{false: base, true: 19}[background]; got != want {
-			t.Errorf("background %v: a worker runs at nice %d, want %d", background, got, want)
-		}
-	}
-}
-
 // A page-cache sample ends with the node: past its context it opens no
 // more blobs (at a million blobs a sample takes minutes).
 func TestASampleEndsWithItsContext(t *testing.T) {
