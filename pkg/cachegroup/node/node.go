@@ -88,9 +88,13 @@ type Node struct {
 	sharing atomic.Int64 // hydrations of shared snapshots in progress
 	syncs   syncs        // of the store's filesystem, shared by submits
 	lay     layerState   // thin layers: builds and holds (layers.go)
-	diskMu  sync.Mutex   // serialises counts of the layer disks
-	trash   trash        // what is being removed (trash.go)
-	disks   *diskPool    // layer images made ahead
+	// running counts the hydrations, thin layer builds and compactions
+	// that run on their own (each resumes after a restart, so nothing
+	// waits for them but tests).
+	running sync.WaitGroup
+	diskMu  sync.Mutex // serialises counts of the layer disks
+	trash   trash      // what is being removed (trash.go)
+	disks   *diskPool  // layer images made ahead
 
 	wake       chan struct{}
 	trashWake  chan struct{}
@@ -99,14 +103,10 @@ type Node struct {
 	settleWake chan struct{}        // arrived is full: settle now (use.go)
 	endedAt    map[string]time.Time // volumes whose pods ended lately (use.go), under mu
 	arrivedMu  sync.Mutex
-	sampleMu   sync.Mutex // serialises samples of the page cache (use.go)
-	// running counts the hydrations, thin layer builds and compactions
-	// that run on their own (each resumes after a restart, so nothing
-	// waits for them but tests).
-	running sync.WaitGroup
-	arrived map[cas.Digest]struct{} // blobs written since the last settle (use.go)
-	retry   retryPolicy             // how the committer retries an outbox entry
-	Stats   Stats
+	sampleMu   sync.Mutex              // serialises samples of the page cache (use.go)
+	arrived    map[cas.Digest]struct{} // blobs written since the last settle (use.go)
+	retry      retryPolicy             // how the committer retries an outbox entry
+	Stats      Stats
 	// Lost, if set before Run, is told of every layer whose writes the
 	// committer drops or quarantines, with why: the writes a pod made that
 	// no later pod will see.
