@@ -156,17 +156,17 @@ func removeTree(path string, stop func() bool) error {
 		return fmt.Errorf("remove %s: %w", path, err)
 	}
 	defer unix.Close(parent)
-	mnt, err := mountID(unix.AT_FDCWD, path)
+	// The parent's mount: something mounted at path itself is a mount too.
+	mnt, err := mountID(parent, "")
 	if err != nil {
 		return fmt.Errorf("remove %s: %w", path, err)
 	}
 	r := remover{mnt: mnt, stop: stop}
-	if err := r.dir(parent, filepath.Base(path)); err != nil && !errors.Is(err, errStopped) {
-		return fmt.Errorf("remove %s: %w", path, err)
-	} else if err != nil {
-		return err
+	err = r.dir(parent, filepath.Base(path))
+	if err != nil && !errors.Is(err, errStopped) {
+		err = fmt.Errorf("remove %s: %w", path, err)
 	}
-	return nil
+	return err
 }
 
 // remover removes one tree, within the mount of ID mnt.

@@ -146,6 +146,18 @@ func TestRemoveTreeStopsAtAMount(t *testing.T) {
 		t.Fatalf("tree left: %v", err)
 	}
 	must(t, removeTree(tree, func() bool { return false })) // gone already: nothing to do
+
+	// Nor through a mount at the path itself.
+	must(t, os.Mkdir(tree, 0o755))
+	must(t, unix.Mount(inner, tree, "", unix.MS_BIND, ""))
+	t.Cleanup(func() { unix.Unmount(tree, unix.MNT_DETACH) })
+	if err := removeTree(tree, func() bool { return false }); err == nil {
+		t.Fatal("removed a tree that is a mount")
+	}
+	if b, err := os.ReadFile(filepath.Join(inner, "kept")); err != nil || string(b) != "kept" {
+		t.Fatalf("a file below a mount at the removed path was removed: %q %v", b, err)
+	}
+	must(t, unix.Unmount(tree, 0))
 }
 
 // idle runs its function at nice 19 in the idle I/O class, on a thread of
