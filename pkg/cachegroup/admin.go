@@ -36,7 +36,7 @@ const statusWait = 5 * time.Second
 
 // Status is this member's status and, with all, every other member's.
 func (a *admin) Status(ctx context.Context, all bool) ([]wire.Status, error) {
-	out := []wire.Status{a.self()}
+	out := []wire.Status{a.self(ctx)}
 	if !all {
 		return out, nil
 	}
@@ -64,15 +64,16 @@ func (a *admin) Status(ctx context.Context, all bool) ([]wire.Status, error) {
 	return append(out, res...), nil
 }
 
-// self is this member's own status.
-func (a *admin) self() wire.Status {
+// self is this member's own status; a blob count left halfway when ctx ends
+// goes unanswered anyway.
+func (a *admin) self(ctx context.Context) wire.Status {
 	m := a.m
 	st := wire.Status{Health: m.Health(), Version: m.cfg.Version, Replicas: m.group.Replicas(),
 		GraceSeconds: m.group.Grace().Seconds(), StoreUsed: m.store.Used(), CacheSize: m.cfg.CacheSize,
 		Capacity: m.store.Capacity(), BelowR: int64(gauge(m.metrics.BelowR))}
 	// Owned now, not as of the last pass: an import or a commit since
 	// counts. One stat of each blob of the store.
-	m.store.Each(func(d cas.Digest) {
+	m.store.Each(ctx, func(d cas.Digest) {
 		if m.group.IsOwner(d) {
 			st.OwnedBlobs++
 			st.OwnedBytes += max(m.store.Size(d), 0)

@@ -2,10 +2,12 @@ package cachegroup
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -327,5 +329,75 @@ func TestCollectGoesOnPastANodeRootTheGroupForgot(t *testing.T) {
 	opt.Roots = append(opt.Roots, cas.Sum([]byte("a tree no member has any more")))
 	if _, err := ms[0].group.Collect(context.Background(), opt); err != nil {
 		t.Fatalf("collection stopped at a forgotten node root: %v", err)
+	}
+}
+
+// stopAt is a context that ends at the k-th time Err is asked for (never
+// with k 0), counting the asks.
+type stopAt struct {
+	context.Context
+	cancel context.CancelFunc
+	k      int64
+	asked  atomic.Int64
+}
+
+func newStopAt(k int64) *stopAt {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &stopAt{Context: ctx, cancel: cancel, k: k}
+}
+
+func (s *stopAt) Err() error {
+	if s.asked.Add(1) == s.k {
+		s.cancel()
+	}
+	return s.Context.Err()
+}
+
+// A collection ends with its context, deleting nothing: one of a store of
+// millions walks for tens of seconds, and a member stopping waits for it.
+func TestACollectionStopsWithItsContext(t *testing.T) {
+	ms := newGroup(t, 1)
+	m := ms[0]
+	vol, err := m.group.CreateVolume(context.Background(), volume.Spec{Name: "gc", Quota: 1 << 30}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]string{}
+	for i := range 300 {
+		files[fmt.Sprintf("d%03d/e/f", i)] = fmt.Sprint(i)
+	}
+	commitOver(t, m, vol, writeFiles(t, files))
+	garbage, err := m.store.PutBytes([]byte("no tree names this"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt := m.collectOptions(true) // under pressure: garbage goes at once
+	opt.Window = time.Millisecond  // once a little older than this
+	time.Sleep(10 * opt.Window)
+	// How often a whole collection asks its context, deleting nothing.
+	dry := opt
+	dry.DryRun = true
+	whole := newStopAt(0)
+	res, err := m.group.Collect(whole, dry)
+	if err != nil || res.Garbage == 0 {
+		t.Fatalf("dry run: %+v, %v", res, err)
+	}
+	// Each tree walked and each blob listed (twice: held, then swept) is a
+	// point where it can stop.
+	if got, want := whole.asked.Load(), int64(res.Trees+2*res.Held); got < want {
+		t.Fatalf("a collection of %d trees and %d blobs asked its context %d times, want at least %d", res.Trees, res.Held, got, want)
+	}
+	for _, k := range []int64{whole.asked.Load() / 4, whole.asked.Load() * 3 / 4} {
+		ctx := newStopAt(k)
+		res, err := m.group.Collect(ctx, opt)
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("context ended at ask %d of %d: collection returned %+v, %v", k, whole.asked.Load(), res, err)
+		}
+		if !m.store.Has(garbage) || res.Deleted > 0 {
+			t.Fatalf("a collection stopped at ask %d of %d deleted %d blobs", k, whole.asked.Load(), res.Deleted)
+		}
+	}
+	if res, err := m.group.Collect(context.Background(), opt); err != nil || m.store.Has(garbage) {
+		t.Fatalf("a whole collection left the garbage: %+v, %v", res, err)
 	}
 }

@@ -62,7 +62,7 @@ func (m *Member) room() bool {
 	opt := m.collectOptions(true)
 	res, _ := m.group.Collect(m.ctx, opt)
 	need := max(m.need(), m.cfg.CacheSize/4, m.margin())
-	_, evicted := m.node.Evict(need, opt.InUse)
+	_, evicted := m.node.Evict(m.ctx, need, opt.InUse)
 	// relieve, woken by the same refused write, may have freed it first.
 	return res.Freed+evicted > 0 || m.store.Used()+m.store.Charged() < held
 }
@@ -97,7 +97,7 @@ func (m *Member) relieve(ctx context.Context) {
 		var blobs int
 		var bytes int64
 		if need := m.need(); need > 0 && m.node != nil {
-			blobs, bytes = m.node.Evict(need, opt.InUse)
+			blobs, bytes = m.node.Evict(ctx, need, opt.InUse)
 		}
 		klog.InfoS("Made room", "collected", res.Deleted, "freed", res.Freed, "evicted", blobs,
 			"evictedBytes", bytes, "stillNeeded", m.need(), "duration", time.Since(start))

@@ -1,6 +1,7 @@
 package cas
 
 import (
+	"context"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -62,20 +63,26 @@ func (s *Store) Chunks(n int, fn func(ds []Digest) error) error {
 }
 
 // Shorts returns the Short of every blob in the store, sorted: a listing of
-// a quarter of the size of the digests, for a collection of millions.
-func (s *Store) Shorts() ([]uint64, error) {
+// a quarter of the size of the digests, for a collection of millions. It
+// stops with ctx's error once ctx ends.
+func (s *Store) Shorts(ctx context.Context) ([]uint64, error) {
 	var keys []uint64
-	err := s.Each(func(d Digest) { keys = append(keys, d.Short()) })
+	err := s.Each(ctx, func(d Digest) { keys = append(keys, d.Short()) })
 	slices.Sort(keys)
 	return keys, err
 }
 
 // Each calls fn for every blob in the store, without listing them all at
 // once, and reports the first directory it could not read (after which
-// some blobs were left out).
-func (s *Store) Each(fn func(Digest)) error {
+// some blobs were left out). It stops with ctx's error once ctx ends: a
+// walk of a store of millions takes seconds, and a process stopping waits
+// for the walks it runs.
+func (s *Store) Each(ctx context.Context, fn func(Digest)) error {
 	return filepath.WalkDir(s.blobDir(), func(_ string, e fs.DirEntry, err error) error {
 		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
 			return err
 		}
 		if e.Type().IsRegular() {

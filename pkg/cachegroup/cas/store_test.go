@@ -2,6 +2,7 @@ package cas
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -105,7 +106,7 @@ func TestChunksAndShortsListEveryBlob(t *testing.T) {
 	if err := s.Chunks(100, func([]Digest) error { return stop }); err != stop {
 		t.Fatalf("Chunks returned %v, not the error of fn", err)
 	}
-	keys, err := s.Shorts()
+	keys, err := s.Shorts(context.Background())
 	if err != nil || len(keys) != len(want) || !slices.IsSorted(keys) {
 		t.Fatalf("Shorts: %d keys, sorted %v, %v", len(keys), slices.IsSorted(keys), err)
 	}

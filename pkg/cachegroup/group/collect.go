@@ -110,7 +110,7 @@ func (g *Group) Collect(ctx context.Context, opt CollectOptions) (Collection, er
 	g.self.store.Forget(time.Now().Add(-opt.Grace))
 	var res Collection
 	heldAt := time.Now() // before the store is listed: see Settle
-	keys, err := g.self.store.Shorts()
+	keys, err := g.self.store.Shorts(ctx)
 	if err != nil {
 		return res, err
 	}
@@ -183,7 +183,7 @@ func (g *Group) Collect(ctx context.Context, opt CollectOptions) (Collection, er
 		doomed = doomed[:0]
 	}
 	// The store is walked again for the digests of what was not marked.
-	err = g.self.store.Each(func(d cas.Digest) {
+	err = g.self.store.Each(ctx, func(d cas.Digest) {
 		if live, listed := h.held(d); live || !listed { // not listed: stored since
 			return
 		}
@@ -298,6 +298,11 @@ func (w *walk) tree(d cas.Digest) error {
 		stack = stack[:len(stack)-1]
 		if w.visited[d] {
 			continue
+		}
+		// A walk of a million directories takes seconds: a process
+		// stopping does not wait for it.
+		if err := w.ctx.Err(); err != nil {
+			return err
 		}
 		w.held.mark(d)
 		t, err := w.g.readTree(w.ctx, d)

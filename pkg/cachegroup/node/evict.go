@@ -2,6 +2,7 @@ package node
 
 import (
 	"cmp"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -149,8 +150,8 @@ func (n *Node) roomy(build func() error) error {
 // time (access times say nothing: reads through an overlay never set them).
 // keeps says which blobs this node needs kept (see Keeps), read once by the
 // caller for the collection and the eviction of one round. It returns what
-// it removed.
-func (n *Node) Evict(need int64, keeps func(cas.Digest) bool) (blobs int, bytes int64) {
+// it removed, and removes no copies once ctx ends.
+func (n *Node) Evict(ctx context.Context, need int64, keeps func(cas.Digest) bool) (blobs int, bytes int64) {
 	if err := n.Prune(); err == nil {
 		n.sweepTrash()
 	}
@@ -160,7 +161,7 @@ func (n *Node) Evict(need int64, keeps func(cas.Digest) bool) (blobs int, bytes 
 		size int64
 	}
 	var cs []copy
-	err := n.store.Each(func(d cas.Digest) {
+	err := n.store.Each(ctx, func(d cas.Digest) {
 		if n.group.IsOwner(d) || keeps(d) {
 			return
 		}

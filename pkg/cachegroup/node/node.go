@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -453,7 +454,9 @@ func (n *Node) forgetPrivate() {
 	n.round++
 	round := n.round
 	n.mu.Unlock()
-	err := n.store.Each(func(d cas.Digest) {
+	// Not stopped by the node's stop: a walk of names alone, a second for
+	// a million blobs, at most once per privateSweep.
+	err := n.store.Each(context.Background(), func(d cas.Digest) {
 		n.mu.Lock()
 		defer n.mu.Unlock()
 		if _, ok := n.private.Get(d.Short()); ok {

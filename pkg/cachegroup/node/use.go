@@ -171,10 +171,8 @@ func (n *Node) sample(ctx context.Context, report bool) []cas.Digest {
 		if !report {
 			return
 		}
-		n.store.Each(func(d cas.Digest) {
-			// Past ctx, the walk goes on without a look: a million
-			// names are read in a second, a million opens take minutes.
-			if _, ok := arrived[d]; !ok && ctx.Err() == nil && cached(n.store.Path(d), false) {
+		n.store.Each(ctx, func(d cas.Digest) {
+			if _, ok := arrived[d]; !ok && cached(n.store.Path(d), false) {
 				used = append(used, d)
 			}
 		})
