@@ -372,7 +372,7 @@ func TestACollectionStopsWithItsContext(t *testing.T) {
 		t.Fatal(err)
 	}
 	opt := m.collectOptions(true) // under pressure: garbage goes at once
-	opt.Window = time.Millisecond  // once a little older than this
+	opt.Window = time.Millisecond // once a little older than this
 	time.Sleep(10 * opt.Window)
 	// How often a whole collection asks its context, deleting nothing.
 	dry := opt
