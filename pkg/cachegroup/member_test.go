@@ -17,6 +17,7 @@ import (
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/group"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/metrics"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/node"
+	"github.com/cachegroup/cachegroup/pkg/cachegroup/tree"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/volume"
 	"github.com/cachegroup/cachegroup/pkg/cachegroup/wire"
 	dto "github.com/prometheus/client_model/go"
@@ -661,5 +662,43 @@ func TestCommitWaitsForTheHomeThatHasTheVolume(t *testing.T) {
 	}
 	if head.Count != 1 || committer.node.Stats.Commits.Load() != 1 {
 		t.Fatalf("after the partition: %d entries, %d commits", head.Count, committer.node.Stats.Commits.Load())
+	}
+}
+
+// A node whose copy of a tree object went bad (a disk error, a hand in the
+// store) drops it and fetches it again: its hydration still builds the right
+// tree.
+func TestAHydrationRefetchesAWrongLocalTree(t *testing.T) {
+	ms := newGroup(t, 2)
+	ctx := context.Background()
+	vol, err := ms[0].group.CreateVolume(ctx, volume.Spec{Name: "trees", Quota: 1 << 20}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := commitOver(t, ms[0], vol, writeFiles(t, map[string]string{"a/b/f": "right"}))
+	var sub cas.Digest
+	for _, m := range ms {
+		if root, err := tree.Load(m.store, v.Root); err == nil {
+			sub = root.Entries[0].Digest
+			break
+		}
+	}
+	if sub.IsZero() {
+		t.Fatal("no member has the head's tree")
+	}
+	c := newClient(t, ms)
+	os.MkdirAll(filepath.Dir(c.store.Path(sub)), 0o755)
+	if err := os.WriteFile(c.store.Path(sub), []byte("not the tree of a/"), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := c.node.Materialize(ctx, v.Root, node.Want{VolumeID: vol.ID})
+	if err != nil {
+		t.Fatalf("hydration over a wrong copy of a/'s tree: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "a/b/f")); err != nil || string(b) != "right" {
+		t.Fatalf("a/b/f: %q %v", b, err)
+	}
+	if _, err := tree.Load(c.store, sub); err != nil {
+		t.Fatalf("the node's copy of a/'s tree: %v", err)
 	}
 }

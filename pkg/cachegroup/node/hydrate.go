@@ -237,17 +237,13 @@ func (h *hydration) walk(ctx context.Context, stack []dirWork, files chan<- []pl
 	return nil
 }
 
-// fill reads the tree objects of chunk, fetching those not here together,
-// and fills each of its directories but for their files. It returns the
+// fill reads the tree objects of chunk and fills each of its directories
+// but for their files. The directories whose tree objects are here are
+// filled at once, reading them as they go (a stat of each first would be
+// a third more system calls on a node that has them all); those lacking
+// one are filled once the lacking are fetched together. It returns the
 // directories found, to be filled next, and the files.
 func (h *hydration) fill(ctx context.Context, chunk []dirWork) (next []dirWork, files []placed, err error) {
-	refs := make([]blobRef, 0, len(chunk))
-	for _, w := range chunk {
-		refs = append(refs, blobRef{Ref: cas.Ref{Digest: w.new}})
-		if !w.old.IsZero() {
-			refs = append(refs, blobRef{Ref: cas.Ref{Digest: w.old}})
-		}
-	}
 	h.mu.Lock()
 	h.trees = map[cas.Digest]*tree.Tree{}
 	h.mu.Unlock()
@@ -256,28 +252,48 @@ func (h *hydration) fill(ctx context.Context, chunk []dirWork) (next []dirWork, 
 		h.trees = nil
 		h.mu.Unlock()
 	}()
+	var (
+		mu      sync.Mutex
+		lacking []dirWork
+	)
+	fillAll := func(chunk []dirWork, here bool) error {
+		return parallel.Do(chunk, hydrateWorkers, parallel.NoState, func(w dirWork, _ struct{}) error {
+			var (
+				sub []dirWork
+				fs  []placed
+				err error
+			)
+			if w.old.IsZero() {
+				sub, fs, err = h.makeDir(w)
+			} else {
+				sub, fs, err = h.diffDir(w)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			// Nothing is made before both tree objects are read.
+			if here && (errors.Is(err, cas.ErrNotFound) || errors.Is(err, cas.ErrCorrupt)) {
+				lacking = append(lacking, w)
+				return nil
+			}
+			next = append(next, sub...)
+			files = append(files, fs...)
+			return err
+		})
+	}
+	if err := fillAll(chunk, true); err != nil || len(lacking) == 0 {
+		return next, files, err
+	}
+	refs := make([]blobRef, 0, len(lacking))
+	for _, w := range lacking {
+		refs = append(refs, blobRef{Ref: cas.Ref{Digest: w.new}})
+		if !w.old.IsZero() {
+			refs = append(refs, blobRef{Ref: cas.Ref{Digest: w.old}})
+		}
+	}
 	if err := h.fetchAll(ctx, refs, h.putTree); err != nil {
 		return nil, nil, err
 	}
-	var mu sync.Mutex
-	err = parallel.Do(chunk, hydrateWorkers, parallel.NoState, func(w dirWork, _ struct{}) error {
-		var (
-			sub []dirWork
-			fs  []placed
-			err error
-		)
-		if w.old.IsZero() {
-			sub, fs, err = h.makeDir(w)
-		} else {
-			sub, fs, err = h.diffDir(w)
-		}
-		mu.Lock()
-		next = append(next, sub...)
-		files = append(files, fs...)
-		mu.Unlock()
-		return err
-	})
-	return next, files, err
+	return next, files, fillAll(lacking, false)
 }
 
 // makeDir fills directory w with its subdirectories (returned, to be
